@@ -1,0 +1,113 @@
+"""The installed environment: what README's setup promises."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / 'scripts' / 'setup_env.sh'
+
+
+def test_plugin_imports_and_registers_backbone():
+    import mmdet_custom  # noqa: F401  (importing registers everything)
+    import ops_dcnv3  # noqa: F401
+    from mmdet.models.builder import BACKBONES
+    assert BACKBONES.get('InternImage') is not None
+
+
+def test_pinned_versions():
+    import mmcv
+    import mmdet
+    import numpy
+    assert torch.__version__.split('+')[0] == '2.14.1'
+    assert mmcv.__version__ == '1.7.2'
+    assert mmdet.__version__ == '2.28.2'
+    assert int(numpy.__version__.split('.')[0]) < 2
+
+
+def test_mmcv_compiled_ops_load():
+    from mmcv.ops import RoIAlign
+    feats = torch.arange(16.).reshape(1, 1, 4, 4)
+    rois = torch.tensor([[0., 0., 0., 3., 3.]])
+    out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(feats, rois)
+    assert out.shape == (1, 1, 2, 2)
+
+
+def test_dcnv3_extension_has_cpu_kernel():
+    import ops_dcnv3._C  # noqa: F401  (the compiled extension, not the fallback)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_forward', 'CPU')
+    assert torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_backward', 'CPU')
+
+
+@pytest.mark.skipif(shutil.which('nvcc') is None or os.environ.get('DCNV3_WITH_CUDA') == '0',
+                    reason='no nvcc: the extension is built without CUDA kernels')
+def test_dcnv3_extension_compiled_cuda_kernels_when_nvcc_found():
+    import ops_dcnv3._C  # noqa: F401
+    assert torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_forward', 'CUDA')
+    assert torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_backward', 'CUDA')
+
+
+def test_find_cuda_home_follows_nvcc_wrapper(tmp_path, monkeypatch):
+    """A wrapper script named nvcc must lead to the toolkit, not to the wrapper's folder."""
+    real = shutil.which('nvcc')
+    if real is None:
+        pytest.skip('no nvcc on PATH')
+    wrapper = tmp_path / 'bin' / 'nvcc'
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {os.path.realpath(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.delenv('CUDA_HOME', raising=False)
+    sys.path.insert(0, str(ROOT))
+    try:
+        from setup import find_cuda_home
+    finally:
+        sys.path.remove(str(ROOT))
+    home = find_cuda_home()
+    assert home is not None and (Path(home) / 'include' / 'cuda_runtime.h').is_file()
+    assert Path(home) != tmp_path
+
+
+def _fake_python(tmp_path, version):
+    fake = tmp_path / 'python-fake'
+    fake.write_text(f'#!/bin/sh\necho {version}\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def test_setup_rejects_unsupported_python(tmp_path):
+    fake = _fake_python(tmp_path, '3.13')
+    result = subprocess.run(['bash', str(SETUP)], env={**os.environ, 'PYTHON': str(fake)},
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert 'Python 3.13' in result.stderr and 'not supported' in result.stderr
+    assert 'PYTHON=' in result.stderr  # says how to fix it
+
+
+def test_setup_names_missing_compiler(tmp_path):
+    fake = _fake_python(tmp_path, '3.11')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for tool in ('dirname', 'bash', 'cat', 'head', 'grep'):
+        path = shutil.which(tool)
+        if path:
+            (bin_dir / tool).symlink_to(path)
+    result = subprocess.run([shutil.which('bash'), str(SETUP)],
+                            env={'PATH': str(bin_dir), 'PYTHON': str(fake), 'HOME': str(tmp_path)},
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert 'no C++ compiler' in result.stderr and 'g++' in result.stderr
+
+
+@pytest.mark.slow
+def test_setup_second_run_reuses_everything():
+    """With .venv in place the setup installs and builds nothing."""
+    result = subprocess.run(['bash', str(SETUP)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for word in ('installing', 'building'):
+        assert word not in result.stderr, result.stderr
+    assert 'ready' in result.stderr
