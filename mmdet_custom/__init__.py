@@ -1,0 +1,5 @@
+"""InternImage plugin for mmdet 2.x: importing this package registers its backbone, optimizer
+constructor and datasets (configs load it with ``custom_imports=dict(imports=['mmdet_custom'])``).
+"""
+from . import models  # noqa: F401  (first: core refers to the backbone class)
+from . import core, datasets  # noqa: F401

@@ -1,0 +1,3 @@
+from .optimizers import CustomLayerDecayOptimizerConstructor
+
+__all__ = ['CustomLayerDecayOptimizerConstructor']

@@ -1,0 +1,3 @@
+from .backbones import InternImage
+
+__all__ = ['InternImage']

@@ -1,0 +1,3 @@
+from .intern_image import InternImage
+
+__all__ = ['InternImage']

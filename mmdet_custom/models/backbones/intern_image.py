@@ -1,0 +1,410 @@
+"""InternImage backbone for mmdet 2.x ("InternImage: Exploring Large-Scale Vision Foundation Models
+with Deformable Convolutions").
+
+A conv stem, then four stages of DCNv3 blocks with a strided-conv downsample between stages. Inside
+the stages everything is channels-last (N, H, W, C); the outputs are NCHW feature maps, one per
+entry of ``out_indices``, each taken before its stage's downsample.
+
+Module and parameter names follow the original implementation so that released ImageNet and COCO
+checkpoints load unchanged (e.g. ``levels.2.blocks.5.dcn.offset.weight``).
+"""
+import os.path as osp
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.utils.checkpoint as checkpoint
+from mmcv.cnn.bricks import DropPath
+from mmcv.runner import BaseModule, _load_checkpoint
+from mmdet.models.builder import BACKBONES
+from mmdet.utils import get_root_logger
+from torch import nn
+
+from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
+from ops_dcnv3.modules.dcnv3 import build_activation, build_norm
+
+__all__ = ['InternImage']
+
+# core_op names as the original configs spell them.
+CORE_OPS = {'DCNv3': DCNv3, 'DCNv3_pytorch': DCNv3_pytorch}
+
+
+class StemLayer(nn.Module):
+    """Two stride-2 3x3 convs: (N, 3, H, W) -> (N, H/4, W/4, C), channels-last."""
+
+    def __init__(self, in_chans: int = 3, out_chans: int = 96, act_layer: str = 'GELU',
+                 norm_layer: str = 'BN'):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, out_chans // 2, kernel_size=3, stride=2, padding=1)
+        self.norm1 = build_norm(out_chans // 2, norm_layer, 'channels_first', 'channels_first')
+        self.act = build_activation(act_layer)
+        self.conv2 = nn.Conv2d(out_chans // 2, out_chans, kernel_size=3, stride=2, padding=1)
+        self.norm2 = build_norm(out_chans, norm_layer, 'channels_first', 'channels_last')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class DownsampleLayer(nn.Module):
+    """Stride-2 3x3 conv that doubles the channels: (N, H, W, C) -> (N, ceil(H/2), ceil(W/2), 2C)."""
+
+    def __init__(self, channels: int, norm_layer: str = 'LN'):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = build_norm(2 * channels, norm_layer, 'channels_first', 'channels_last')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)))
+
+
+class MLPLayer(nn.Module):
+    """fc1 -> activation -> fc2, channels-last."""
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer: str = 'GELU',
+                 drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = build_activation(act_layer)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class InternImageBlock(nn.Module):
+    """One residual block: a DCNv3 branch, then an MLP branch.
+
+    Pre-norm (``post_norm=False``): ``x + gamma * f(norm(x))``; post-norm: ``x + gamma * norm(f(x))``;
+    ``res_post_norm``: pre-norm plus an extra LayerNorm on each branch output. The gammas exist
+    only when ``layer_scale`` is set.
+    """
+
+    def __init__(self,
+                 core_op: type,
+                 channels: int,
+                 groups: int,
+                 mlp_ratio: float = 4.0,
+                 drop: float = 0.0,
+                 drop_path: float = 0.0,
+                 act_layer: str = 'GELU',
+                 norm_layer: str = 'LN',
+                 post_norm: bool = False,
+                 layer_scale: Optional[float] = None,
+                 offset_scale: float = 1.0,
+                 with_cp: bool = False,
+                 dw_kernel_size: Optional[int] = None,
+                 res_post_norm: bool = False,
+                 center_feature_scale: bool = False,
+                 use_dcn_v4_op: bool = False):
+        super().__init__()
+        if post_norm and res_post_norm:
+            raise ValueError('post_norm and res_post_norm are alternatives; set at most one')
+        self.post_norm = post_norm
+        self.with_cp = with_cp
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(layer_scale * torch.ones(channels))
+            self.gamma2 = nn.Parameter(layer_scale * torch.ones(channels))
+        else:
+            self.gamma1 = self.gamma2 = None
+        # The block norms are LayerNorms whatever norm_layer says (norm_layer applies to the
+        # dw-conv branch and the downsample), as in the original.
+        self.norm1 = build_norm(channels, 'LN')
+        self.dcn = core_op(channels=channels, kernel_size=3, stride=1, pad=1, dilation=1, group=groups,
+                           offset_scale=offset_scale, act_layer=act_layer, norm_layer=norm_layer,
+                           dw_kernel_size=dw_kernel_size, center_feature_scale=center_feature_scale,
+                           use_dcn_v4_op=use_dcn_v4_op)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = build_norm(channels, 'LN')
+        self.mlp = MLPLayer(channels, int(channels * mlp_ratio), act_layer=act_layer, drop=drop)
+        if res_post_norm:
+            self.res_post_norm1 = build_norm(channels, 'LN')
+            self.res_post_norm2 = build_norm(channels, 'LN')
+        else:
+            self.res_post_norm1 = self.res_post_norm2 = None
+
+    def _residual(self, x, branch, norm, res_norm, gamma):
+        out = norm(branch(x)) if self.post_norm else branch(norm(x))
+        if res_norm is not None:
+            out = res_norm(out)
+        if gamma is not None:
+            out = gamma * out
+        return self.drop_path(out)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self._residual(x, self.dcn, self.norm1, self.res_post_norm1, self.gamma1)
+        x = x + self._residual(x, self.mlp, self.norm2, self.res_post_norm2, self.gamma2)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and torch.is_grad_enabled():
+            # Recompute activations in backward to save memory; non-reentrant so that parameter
+            # gradients flow even when x itself needs no gradient.
+            return checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class InternImageStage(nn.Module):
+    """A stage (``levels.L`` in checkpoints): blocks, optional norms, optional downsample.
+
+    ``forward`` returns ``(features, downsampled)``: the stage output before the downsample (what
+    the backbone emits) and the input of the next stage (None for the last stage).
+    """
+
+    def __init__(self,
+                 core_op: type,
+                 channels: int,
+                 depth: int,
+                 groups: int,
+                 downsample: bool = True,
+                 mlp_ratio: float = 4.0,
+                 drop: float = 0.0,
+                 drop_path: Sequence[float] = (),
+                 act_layer: str = 'GELU',
+                 norm_layer: str = 'LN',
+                 post_norm: bool = False,
+                 offset_scale: float = 1.0,
+                 layer_scale: Optional[float] = None,
+                 with_cp: bool = False,
+                 dw_kernel_size: Optional[int] = None,
+                 post_norm_block_ids: Optional[Sequence[int]] = None,
+                 res_post_norm: bool = False,
+                 center_feature_scale: bool = False,
+                 use_dcn_v4_op: bool = False):
+        super().__init__()
+        drop_path = list(drop_path) or [0.0] * depth
+        if len(drop_path) != depth:
+            raise ValueError(f'need one drop-path rate per block ({depth}), got {len(drop_path)}')
+        self.blocks = nn.ModuleList([
+            InternImageBlock(core_op, channels, groups, mlp_ratio=mlp_ratio, drop=drop,
+                             drop_path=drop_path[i], act_layer=act_layer, norm_layer=norm_layer,
+                             post_norm=post_norm, layer_scale=layer_scale,
+                             offset_scale=offset_scale, with_cp=with_cp,
+                             dw_kernel_size=dw_kernel_size, res_post_norm=res_post_norm,
+                             center_feature_scale=center_feature_scale,
+                             use_dcn_v4_op=use_dcn_v4_op)
+            for i in range(depth)])
+        # Pre-norm blocks leave the residual stream unnormalised, so the stage ends with a norm.
+        self.has_stage_norm = not post_norm or center_feature_scale
+        if self.has_stage_norm:
+            self.norm = build_norm(channels, 'LN')
+        # Extra LayerNorms after selected blocks (level 2 of the large models) keep deep stacks stable.
+        self.post_norm_block_ids = list(post_norm_block_ids or [])
+        bad_ids = [i for i in self.post_norm_block_ids if not 0 <= i < depth]
+        if bad_ids:
+            raise ValueError(f'post-norm block ids {bad_ids} are outside 0..{depth - 1}')
+        if self.post_norm_block_ids:
+            self.post_norms = nn.ModuleList([build_norm(channels, 'LN') for _ in self.post_norm_block_ids])
+        self.downsample = DownsampleLayer(channels, norm_layer) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.post_norm_block_ids:
+                x = self.post_norms[self.post_norm_block_ids.index(i)](x)
+        if self.has_stage_norm:
+            x = self.norm(x)
+        return x, (self.downsample(x) if self.downsample is not None else None)
+
+
+@BACKBONES.register_module()
+class InternImage(BaseModule):
+    """InternImage backbone.
+
+    Args:
+        core_op: 'DCNv3' (compiled op) or 'DCNv3_pytorch' (pure PyTorch); same parameters.
+        channels: width of the first stage; stage i has ``channels * 2**i``.
+        depths: blocks per stage.
+        groups: DCNv3 groups per stage.
+        mlp_ratio: MLP hidden width / channels.
+        drop_rate: dropout after the stem and inside the MLPs.
+        drop_path_rate: stochastic depth of the last block.
+        drop_path_type: 'linear' (0 -> drop_path_rate over all blocks) or 'uniform'.
+        act_layer, norm_layer: activation ('GELU', 'ReLU', 'SiLU') and norm ('LN', 'BN') of the
+            stem, the DCN offset branch and the downsamples.
+        layer_scale: initial value of the per-channel residual scales (None: no scales).
+        offset_scale: DCNv3 offset scale.
+        post_norm: normalise branch outputs instead of inputs (S/B/L/XL models).
+        with_cp: gradient checkpointing per block (saves memory, costs a second forward).
+        dw_kernel_size: kernel of the DCN offset branch's depth-wise conv (None: 3).
+        level2_post_norm, level2_post_norm_block_ids: LayerNorms after these blocks of stage 2.
+        res_post_norm: extra LayerNorm on each pre-norm branch output (H/G models).
+        center_feature_scale: DCNv3 centre feature gate (H/G models); also keeps the stage norms.
+        use_dcn_v4_op: not supported (DCNv4 is not provided); must be False.
+        out_indices: stages whose outputs are returned.
+        frozen_stages: -1 trains everything; 0 freezes the stem; k > 0 also freezes stages 0..k-1.
+        init_cfg: mmcv init config; ``dict(type='Pretrained', checkpoint=...)`` loads an ImageNet
+            classification or detection checkpoint (head and non-backbone keys are ignored).
+    """
+
+    def __init__(self,
+                 core_op: str = 'DCNv3',
+                 channels: int = 64,
+                 depths: Sequence[int] = (3, 4, 18, 5),
+                 groups: Sequence[int] = (3, 6, 12, 24),
+                 mlp_ratio: float = 4.0,
+                 drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.2,
+                 drop_path_type: str = 'linear',
+                 act_layer: str = 'GELU',
+                 norm_layer: str = 'LN',
+                 layer_scale: Optional[float] = None,
+                 offset_scale: float = 1.0,
+                 post_norm: bool = False,
+                 with_cp: bool = False,
+                 dw_kernel_size: Optional[int] = None,
+                 level2_post_norm: bool = False,
+                 level2_post_norm_block_ids: Optional[Sequence[int]] = None,
+                 res_post_norm: bool = False,
+                 center_feature_scale: bool = False,
+                 use_dcn_v4_op: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if core_op not in CORE_OPS:
+            raise ValueError(f'core_op must be one of {sorted(CORE_OPS)}, got {core_op!r}')
+        if len(depths) != len(groups):
+            raise ValueError(f'depths and groups need one entry per stage, got {list(depths)} and {list(groups)}')
+        if drop_path_type not in ('linear', 'uniform'):
+            raise ValueError(f"drop_path_type must be 'linear' or 'uniform', got {drop_path_type!r}")
+        num_stages = len(depths)
+        if not all(0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'out_indices {list(out_indices)} must lie in 0..{num_stages - 1}')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must lie in -1..{num_stages}, got {frozen_stages}')
+        if level2_post_norm and not level2_post_norm_block_ids:
+            raise ValueError('level2_post_norm=True needs level2_post_norm_block_ids')
+
+        self.core_op = core_op
+        self.channels = channels
+        self.depths = list(depths)
+        self.num_levels = num_stages
+        self.num_features = int(channels * 2 ** (num_stages - 1))
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+
+        self.patch_embed = StemLayer(3, channels, act_layer=act_layer, norm_layer=norm_layer)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        if drop_path_type == 'linear':
+            rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        else:
+            rates = [drop_path_rate] * sum(depths)
+        self.levels = nn.ModuleList()
+        for i in range(num_stages):
+            first = sum(depths[:i])
+            self.levels.append(InternImageStage(
+                core_op=CORE_OPS[core_op], channels=int(channels * 2 ** i), depth=depths[i],
+                groups=groups[i], downsample=i < num_stages - 1, mlp_ratio=mlp_ratio,
+                drop=drop_rate, drop_path=rates[first:first + depths[i]], act_layer=act_layer,
+                norm_layer=norm_layer, post_norm=post_norm, offset_scale=offset_scale,
+                layer_scale=layer_scale, with_cp=with_cp, dw_kernel_size=dw_kernel_size,
+                post_norm_block_ids=level2_post_norm_block_ids if level2_post_norm and i == 2 else None,
+                res_post_norm=res_post_norm, center_feature_scale=center_feature_scale,
+                use_dcn_v4_op=use_dcn_v4_op))
+
+        self.apply(self._init_layer)
+        self._freeze_stages()
+
+    @staticmethod
+    def _init_layer(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        if isinstance(m, (DCNv3, DCNv3_pytorch)):
+            m.reset_parameters()  # after its Linears were visited: DCN keeps its own init
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(N, 3, H, W) -> NCHW feature maps at strides 4, 8, 16, 32 (those in ``out_indices``)."""
+        x = self.pos_drop(self.patch_embed(x))
+        outs = []
+        for i, level in enumerate(self.levels):
+            features, x = level(x)
+            if i in self.out_indices:
+                outs.append(features.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+    # --- training mode and freezing -----------------------------------------------------------
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.patch_embed] + list(self.levels[:self.frozen_stages])
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'InternImage':
+        super().train(mode)
+        self._freeze_stages()  # frozen parts stay in eval mode (dropout, drop-path off)
+        return self
+
+    # --- pretrained weights -------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        init_cfg = self.init_cfg
+        if not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'):
+            super().init_weights()
+            return
+        self.load_pretrained(init_cfg['checkpoint'], map_location=init_cfg.get('map_location', 'cpu'))
+        self._is_init = True
+
+    def load_pretrained(self, path: str, map_location: str = 'cpu') -> Tuple[List[str], List[str]]:
+        """Load backbone weights from a classification or detection checkpoint.
+
+        Accepts a bare state_dict or one under 'state_dict' or 'model', with or without
+        'module.'/'backbone.' prefixes. Keys that are not backbone parameters (the classifier
+        head, a detector's neck and heads) are skipped; both lists are logged and returned as
+        ``(missing, skipped)``.
+        """
+        logger = get_root_logger()
+        if '://' not in path and not osp.isfile(path):
+            raise FileNotFoundError(f'InternImage: pretrained checkpoint not found: {path}')
+        try:
+            ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
+        except Exception as exc:
+            raise RuntimeError(f'InternImage: could not load pretrained checkpoint {path}: {exc}') from exc
+        state_dict = _backbone_state_dict(ckpt, path)
+
+        own_keys = set(self.state_dict().keys())
+        skipped = [k for k in state_dict if k not in own_keys]
+        missing = [k for k in own_keys if k not in state_dict]
+        self.load_state_dict(OrderedDict((k, v) for k, v in state_dict.items() if k in own_keys),
+                             strict=False)
+        logger.info(f'InternImage: loaded {len(state_dict) - len(skipped)} tensors from {path}')
+        if skipped:
+            logger.info(f'InternImage: skipped {len(skipped)} keys that are not backbone parameters '
+                        f'(e.g. the classifier head): {skipped}')
+        if missing:
+            logger.warning(f'InternImage: {len(missing)} backbone parameters are not in {path} and keep '
+                           f'their initial values: {sorted(missing)}')
+        return sorted(missing), skipped
+
+
+def _backbone_state_dict(ckpt, path: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint with wrapper prefixes removed."""
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f'InternImage: checkpoint {path} holds a {type(ckpt).__name__}, not a dict')
+    for container in ('state_dict', 'model'):
+        if isinstance(ckpt.get(container), dict):
+            ckpt = ckpt[container]
+            break
+    state_dict = OrderedDict()
+    for key, value in ckpt.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        changed = True
+        while changed:  # 'module.backbone.' and 'backbone.module.' both occur in the wild
+            changed = False
+            for prefix in ('module.', 'backbone.'):
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        state_dict[key] = value
+    return state_dict

@@ -1,0 +1,183 @@
+"""DCNv3 / DCNv3_pytorch modules: parameter layout, init, forward semantics, dtype handling."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
+
+MODULES = [DCNv3, DCNv3_pytorch]
+PLAIN_KEYS = [
+    'dw_conv.0.weight', 'dw_conv.0.bias', 'dw_conv.1.1.weight', 'dw_conv.1.1.bias',
+    'offset.weight', 'offset.bias', 'mask.weight', 'mask.bias',
+    'input_proj.weight', 'input_proj.bias', 'output_proj.weight', 'output_proj.bias']
+GATE_KEYS = ['center_feature_scale_proj_weight', 'center_feature_scale_proj_bias']
+
+
+def layout(module):
+    return [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
+
+
+def randomise(module, seed=0):
+    """Non-trivial weights everywhere (fresh init has zero offsets and uniform masks)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module
+
+
+@pytest.mark.parametrize('center_feature_scale', [False, True])
+def test_both_modules_have_identical_parameter_layout(center_feature_scale):
+    compiled = DCNv3(channels=32, group=2, center_feature_scale=center_feature_scale)
+    reference = DCNv3_pytorch(channels=32, group=2, center_feature_scale=center_feature_scale)
+    assert layout(compiled) == layout(reference)
+    expected = (GATE_KEYS if center_feature_scale else []) + PLAIN_KEYS
+    assert [k for k, _ in layout(compiled)] == expected
+    shapes = dict(layout(compiled))
+    assert shapes['offset.weight'] == (2 * 9 * 2, 32)
+    assert shapes['mask.weight'] == (2 * 9, 32)
+    assert shapes['dw_conv.0.weight'] == (32, 1, 3, 3)
+    if center_feature_scale:
+        assert shapes['center_feature_scale_proj_weight'] == (2, 32)
+        assert shapes['center_feature_scale_proj_bias'] == (2,)
+
+
+def test_dw_kernel_size_and_layernorm_eps():
+    module = DCNv3_pytorch(channels=16, group=1, dw_kernel_size=5)
+    assert module.dw_conv[0].weight.shape == (16, 1, 5, 5)
+    assert module.dw_conv[0].padding == (2, 2)
+    assert module.dw_conv[1][1].eps == 1e-6
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_use_dcn_v4_op_is_accepted_but_dcnv4_is_not_provided(cls):
+    cls(channels=16, group=1, use_dcn_v4_op=False)
+    with pytest.raises(NotImplementedError, match='DCNv4'):
+        cls(channels=16, group=1, use_dcn_v4_op=True)
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_channels_must_divide_into_groups(cls):
+    with pytest.raises(ValueError, match='divisible'):
+        cls(channels=30, group=4)
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_fresh_init(cls):
+    module = cls(channels=32, group=2, center_feature_scale=True)
+    for name in ('offset', 'mask'):
+        layer = getattr(module, name)
+        assert torch.count_nonzero(layer.weight) == 0 and torch.count_nonzero(layer.bias) == 0
+    for name in ('input_proj', 'output_proj'):
+        layer = getattr(module, name)
+        bound = math.sqrt(6 / (32 + 32))  # xavier-uniform
+        assert torch.count_nonzero(layer.bias) == 0
+        assert layer.weight.abs().max() <= bound and layer.weight.std() > bound / 4
+
+
+def _identity(linear):
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.weight.shape[0], dtype=linear.weight.dtype))
+        linear.bias.zero_()
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_zero_offsets_and_uniform_masks_average_a_3x3_window(cls):
+    """At init every group samples its 3x3 neighbourhood with weight 1/9 (zero padding)."""
+    torch.manual_seed(0)
+    module = cls(channels=16, group=2).double()
+    x = torch.randn(2, 5, 7, 16, dtype=torch.float64)
+    values = module.input_proj(x).permute(0, 3, 1, 2)
+    averaged = F.avg_pool2d(values, 3, stride=1, padding=1, count_include_pad=True)
+    expected = module.output_proj(averaged.permute(0, 2, 3, 1))
+    torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_mask_is_softmax_over_the_points_of_each_group(cls):
+    """With zero offsets and position-independent mask logits the layer is a depth-wise conv whose
+    kernel is the per-group softmax of the logits (point p = column * 3 + row)."""
+    torch.manual_seed(0)
+    group, channels = 2, 8
+    module = cls(channels=channels, group=group).double()
+    _identity(module.input_proj)
+    _identity(module.output_proj)
+    logits = torch.randn(group * 9, dtype=torch.float64)
+    with torch.no_grad():
+        module.mask.bias.copy_(logits)
+    weights = logits.view(group, 9).softmax(-1)
+    kernel = weights.view(group, 3, 3).transpose(1, 2)  # [g, column, row] -> [g, row, column]
+    kernel = kernel.repeat_interleave(channels // group, 0).unsqueeze(1)
+    x = torch.randn(1, 6, 5, channels, dtype=torch.float64)
+    expected = F.conv2d(x.permute(0, 3, 1, 2), kernel, padding=1, groups=channels).permute(0, 2, 3, 1)
+    torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_center_feature_scale_blends_sampled_and_projected_values(cls):
+    torch.manual_seed(0)
+    plain = randomise(cls(channels=16, group=2)).double()
+    gated = cls(channels=16, group=2, center_feature_scale=True).double()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    for module in (plain, gated):
+        _identity(module.output_proj)
+    gate_logits = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        gated.center_feature_scale_proj_bias.copy_(gate_logits)
+    x = torch.randn(2, 4, 5, 16, dtype=torch.float64)
+    gate = gate_logits.sigmoid().repeat_interleave(8)
+    expected = plain(x) * (1 - gate) + plain.input_proj(x) * gate
+    torch.testing.assert_close(gated(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('center_feature_scale', [False, True])
+def test_compiled_and_pytorch_modules_agree(center_feature_scale):
+    torch.manual_seed(0)
+    reference = randomise(DCNv3_pytorch(channels=32, group=2, center_feature_scale=center_feature_scale))
+    compiled = DCNv3(channels=32, group=2, center_feature_scale=center_feature_scale)
+    compiled.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 9, 32)
+    out = reference(x)
+    assert out.shape == (2, 6, 9, 32)
+    torch.testing.assert_close(compiled(x), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_gradients_reach_all_parameters(cls):
+    torch.manual_seed(0)
+    module = randomise(cls(channels=16, group=2, center_feature_scale=True))
+    x = torch.randn(1, 4, 4, 16, requires_grad=True)
+    module(x).square().sum().backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+    assert torch.count_nonzero(x.grad) > 0
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_autocast_runs_in_low_precision(cls):
+    """Under autocast the softmax gives float32 and the Linears bfloat16; the module reconciles them."""
+    torch.manual_seed(0)
+    module = randomise(cls(channels=16, group=1))
+    x = torch.randn(1, 4, 5, 16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = module(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), module(x), rtol=0.1, atol=0.1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('center_feature_scale', [False, True])
+def test_cuda_compiled_module_matches_pytorch_module(center_feature_scale):
+    torch.manual_seed(0)
+    reference = randomise(DCNv3_pytorch(channels=64, group=4, center_feature_scale=center_feature_scale)).cuda()
+    compiled = DCNv3(channels=64, group=4, center_feature_scale=center_feature_scale).cuda()
+    compiled.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 13, 17, 64, device='cuda')
+    torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+    with torch.autocast('cuda', dtype=torch.float16):
+        low = compiled(x)
+    assert low.dtype == torch.float16
+    torch.testing.assert_close(low.float(), reference(x), rtol=2e-2, atol=2e-2)

@@ -1,0 +1,280 @@
+"""InternImage backbone: key layout, reference outputs, options, checkpointing, pretrained loading."""
+import logging
+
+import pytest
+import torch
+from internimage_testlib import TINY_BACKBONE, load_reference_json, load_reference_pt
+
+from mmdet.models import build_backbone
+from mmdet.models.builder import BACKBONES
+from mmdet_custom.models.backbones import InternImage
+
+
+def tiny(**overrides):
+    return InternImage(**{**TINY_BACKBONE, **overrides})
+
+
+def keys(module):
+    return list(module.state_dict().keys())
+
+
+def relative_error(out, expected):
+    return ((out - expected).norm() / expected.norm()).item()
+
+
+def test_registered_in_mmdet():
+    assert BACKBONES.get('InternImage') is InternImage
+    model = build_backbone(dict(type='InternImage', **TINY_BACKBONE))
+    assert isinstance(model, InternImage)
+
+
+@pytest.mark.parametrize('size', ['t', 's', 'b'])
+def test_state_dict_layout_matches_reference(size):
+    ref = load_reference_json(size)
+    cfg = dict(ref['backbone_config'])
+    assert cfg.pop('type') == 'InternImage'
+    with torch.device('meta'):  # layout only: no memory, no init cost
+        model = InternImage(**cfg)
+    got = [['backbone.' + k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert got == ref['backbone_state_dict']
+    assert sum(p.numel() for p in model.parameters()) == ref['backbone_num_parameters']
+    assert not list(model.buffers())
+
+
+def test_core_ops_build_the_same_layout():
+    compiled, reference = tiny(core_op='DCNv3'), tiny(core_op='DCNv3_pytorch')
+    assert [(k, v.shape) for k, v in compiled.state_dict().items()] == \
+        [(k, v.shape) for k, v in reference.state_dict().items()]
+    with pytest.raises(ValueError, match='core_op'):
+        tiny(core_op='DCNv2')
+
+
+def test_constructor_defaults():
+    model = InternImage(channels=16, groups=[1, 2, 4, 8])  # default depths [3, 4, 18, 5]
+    assert [len(level.blocks) for level in model.levels] == [3, 4, 18, 5]
+    assert not any('gamma' in k for k in keys(model))  # layer_scale=None: no gammas
+    assert all(f'levels.{i}.norm.0.weight' in keys(model) for i in range(4))  # post_norm=False
+    rates = [b.drop_path.drop_prob for level in model.levels for b in level.blocks[1:]]
+    assert max(rates) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize('style', ['t', 'sb'])
+@pytest.mark.parametrize('core_op', ['DCNv3', 'DCNv3_pytorch'])
+def test_reproduces_reference_outputs(style, core_op):
+    ref = load_reference_pt(style)
+    cfg = {k: v for k, v in ref['config'].items() if k != 'type'}
+    model = InternImage(**{**cfg, 'core_op': core_op})
+    model.load_state_dict(ref['state_dict'])  # strict: same keys as the original
+    assert model.eval() is model
+    with torch.no_grad():
+        outputs = model(ref['input'])
+        stem = model.patch_embed(ref['input'])
+    assert relative_error(stem, ref['stem_output']) < 1e-5
+    assert len(outputs) == len(ref['outputs']) == 4
+    for out, expected in zip(outputs, ref['outputs']):
+        assert out.shape == expected.shape and out.dtype == torch.float32
+        assert relative_error(out, expected) < 1e-4
+
+    model.double()
+    with torch.no_grad():
+        outputs = model(ref['input'].double())
+    for out, expected in zip(outputs, ref['outputs_float64']):
+        assert out.dtype == torch.float64
+        assert relative_error(out, expected) < 1e-9
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('style', ['t', 'sb'])
+def test_reproduces_reference_outputs_on_cuda(style):
+    ref = load_reference_pt(style)
+    cfg = {k: v for k, v in ref['config'].items() if k != 'type'}
+    model = InternImage(**{**cfg, 'core_op': 'DCNv3'})
+    model.load_state_dict(ref['state_dict'])
+    model.cuda().eval()
+    with torch.no_grad():
+        outputs = model(ref['input'].cuda())
+    for out, expected in zip(outputs, ref['outputs']):
+        assert relative_error(out.cpu(), expected) < 1e-4
+    with torch.no_grad():
+        outputs = model.double()(ref['input'].double().cuda())
+    for out, expected in zip(outputs, ref['outputs_float64']):
+        assert relative_error(out.cpu(), expected) < 1e-9
+
+
+def test_train_returns_self_and_out_indices():
+    model = tiny(out_indices=(1, 3))
+    assert model.train() is model and model.training
+    assert model.eval() is model and not model.training
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 12), (1, 128, 2, 3)]
+    with pytest.raises(ValueError, match='out_indices'):
+        tiny(out_indices=(4,))
+
+
+def test_drop_path_schedules():
+    def rates(model):
+        return [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.0
+                for level in model.levels for b in level.blocks]
+    linear = rates(tiny(drop_path_rate=0.5, drop_path_type='linear'))
+    assert linear == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
+    assert rates(tiny(drop_path_rate=0.5, drop_path_type='uniform')) == pytest.approx([0.5] * 5)
+    with pytest.raises(ValueError, match='drop_path_type'):
+        tiny(drop_path_type='cosine')
+
+
+def test_large_model_flags_key_layout():
+    # L/XL-style: post-norm with extra norms after chosen blocks of stage 2.
+    model = tiny(depths=[1, 1, 4, 1], post_norm=True, level2_post_norm=True,
+                 level2_post_norm_block_ids=[1, 3], offset_scale=2.0)
+    k = keys(model)
+    assert not any(key.startswith(f'levels.{i}.norm.') for i in range(4) for key in k)
+    post = [key for key in k if key.startswith('levels.2.post_norms')]
+    assert post == ['levels.2.post_norms.0.0.weight', 'levels.2.post_norms.0.0.bias',
+                    'levels.2.post_norms.1.0.weight', 'levels.2.post_norms.1.0.bias']
+    # after the stage's blocks, before its downsample
+    assert k.index(post[0]) > k.index('levels.2.blocks.3.mlp.fc2.bias')
+    assert k.index(post[-1]) < k.index('levels.2.downsample.conv.weight')
+    assert model.levels[2].post_norms[0][0].eps == 1e-6
+    assert all(o.isfinite().all() for o in model(torch.randn(1, 3, 64, 64)))
+
+    # H/G-style: res-post-norm, centre feature scale, 5x5 offset conv, no layer scale.
+    model = tiny(layer_scale=None, res_post_norm=True, center_feature_scale=True, dw_kernel_size=5,
+                 post_norm=False)
+    k = keys(model)
+    block = [key[len('levels.0.blocks.0.'):] for key in k if key.startswith('levels.0.blocks.0.')]
+    assert block[:2] == ['norm1.0.weight', 'norm1.0.bias']
+    assert block[2:4] == ['dcn.center_feature_scale_proj_weight', 'dcn.center_feature_scale_proj_bias']
+    assert block[-4:] == ['res_post_norm1.0.weight', 'res_post_norm1.0.bias',
+                          'res_post_norm2.0.weight', 'res_post_norm2.0.bias']
+    assert model.state_dict()['levels.0.blocks.0.dcn.dw_conv.0.weight'].shape == (16, 1, 5, 5)
+    assert all(o.isfinite().all() for o in model(torch.randn(1, 3, 64, 64)))
+
+    # centre feature scale keeps the stage norms even with post-norm blocks
+    k = keys(tiny(post_norm=True, center_feature_scale=True))
+    assert all(f'levels.{i}.norm.0.weight' in k for i in range(4))
+
+
+def test_res_post_norm_normalises_each_branch():
+    # With the branch outputs layer-normalised (unit weight, zero bias), each residual update has
+    # zero mean and unit variance over channels, whatever the weights are.
+    model = tiny(layer_scale=None, post_norm=False, res_post_norm=True).eval()
+    block = model.levels[0].blocks[0]
+    x = torch.randn(1, 4, 4, 16) * 3
+    with torch.no_grad():
+        block.mlp.fc2.weight.normal_()  # fresh-init outputs are so small that LN's eps would show
+        update = block(x) - x - block.res_post_norm1(block.dcn(block.norm1(x)))
+        assert update.mean(-1).abs().max() < 1e-4
+        assert update.var(-1, unbiased=False).sub(1).abs().max() < 1e-2
+
+
+def test_invalid_flag_combinations():
+    with pytest.raises(ValueError, match='res_post_norm'):
+        tiny(post_norm=True, res_post_norm=True)
+    with pytest.raises(ValueError, match='level2_post_norm_block_ids'):
+        tiny(level2_post_norm=True)
+    with pytest.raises(ValueError, match='outside'):
+        tiny(level2_post_norm=True, level2_post_norm_block_ids=[2])
+    with pytest.raises(NotImplementedError, match='DCNv4'):
+        tiny(use_dcn_v4_op=True)
+
+
+def test_with_cp_gives_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = tiny(core_op='DCNv3_pytorch', drop_path_rate=0.0)
+    checkpointed = tiny(core_op='DCNv3_pytorch', drop_path_rate=0.0, with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 48, 64)
+    results = []
+    for model in (plain, checkpointed):
+        model.train()
+        inp = x.clone().requires_grad_(True)
+        outs = model(inp)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, inp.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (outs_a, gx_a, grads_a), (outs_b, gx_b, grads_b) = results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(gx_a, gx_b, rtol=1e-6, atol=1e-7)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert grads_a[name] is not None, name
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_frozen_stages():
+    model = tiny(frozen_stages=1, drop_rate=0.1)
+    frozen_prefixes = ('patch_embed.', 'levels.0.')
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(frozen_prefixes)), name
+    model.train()
+    assert not model.patch_embed.training and not model.levels[0].training
+    assert model.levels[1].training
+
+
+# --- pretrained loading -------------------------------------------------------------------------
+
+@pytest.fixture
+def mmdet_log():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger('mmdet')
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def _classification_checkpoint(source):
+    state = {f'module.{k}': v.clone() for k, v in source.state_dict().items()}
+    state['module.head.weight'] = torch.randn(10, 128)
+    state['module.conv_head.0.weight'] = torch.randn(8, 128, 1, 1)
+    state['module.fc_norm.weight'] = torch.randn(8)
+    return {'model': state, 'epoch': 3}
+
+
+@pytest.mark.parametrize('layout', ['classification', 'detector'])
+def test_pretrained_init_cfg_loads_backbone_weights(tmp_path, mmdet_log, layout):
+    torch.manual_seed(0)
+    source = tiny()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    if layout == 'classification':
+        ckpt = _classification_checkpoint(source)
+        head_keys = ['head.weight', 'conv_head.0.weight', 'fc_norm.weight']
+    else:
+        ckpt = {'meta': {}, 'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}}
+        ckpt['state_dict']['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 16, 1, 1)
+        head_keys = ['neck.lateral_convs.0.conv.weight']
+    path = tmp_path / 'pretrained.pth'
+    torch.save(ckpt, path)
+
+    model = tiny(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    for (name, expected), got in zip(source.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+    logged = '\n'.join(r.getMessage() for r in mmdet_log)
+    assert all(k in logged for k in head_keys)
+
+
+def test_pretrained_reports_missing_backbone_keys(tmp_path, mmdet_log):
+    source = tiny()
+    state = source.state_dict()
+    del state['levels.3.norm.0.weight']
+    path = tmp_path / 'partial.pth'
+    torch.save({'state_dict': state}, path)
+    missing, skipped = tiny().load_pretrained(str(path))
+    assert missing == ['levels.3.norm.0.weight'] and skipped == []
+    assert any('levels.3.norm.0.weight' in r.getMessage() and r.levelno == logging.WARNING
+               for r in mmdet_log)
+
+
+def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):
+    missing = tmp_path / 'nowhere.pth'
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        tiny(init_cfg=dict(type='Pretrained', checkpoint=str(missing))).init_weights()
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'this is not a checkpoint')
+    with pytest.raises(RuntimeError, match=str(corrupt)):
+        tiny(init_cfg=dict(type='Pretrained', checkpoint=str(corrupt))).init_weights()

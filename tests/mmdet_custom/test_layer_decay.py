@@ -1,0 +1,140 @@
+"""CustomLayerDecayOptimizerConstructor: layer ids, lr scales and weight-decay groups."""
+import logging
+
+import pytest
+import torch
+from internimage_testlib import TINY_BACKBONE
+from mmcv.runner import OPTIMIZER_BUILDERS, build_optimizer
+from torch import nn
+
+from mmdet_custom.core.optimizers import CustomLayerDecayOptimizerConstructor, get_layer_id
+from mmdet_custom.models.backbones import InternImage
+
+DEPTHS = TINY_BACKBONE['depths']  # [1, 1, 2, 1]: blocks 1..5, heads 6
+BASE_LR, WD, RATE = 1e-3, 0.05, 0.5
+
+
+class ToyDetector(nn.Module):
+    def __init__(self, **backbone_overrides):
+        super().__init__()
+        self.backbone = InternImage(**{**TINY_BACKBONE, **backbone_overrides})
+        self.neck = nn.Conv2d(16, 8, 1)
+        self.head = nn.Sequential(nn.Linear(8, 4), nn.LayerNorm(4))
+
+
+def optimizer_for(model, **paramwise):
+    paramwise = {'num_layers': sum(DEPTHS), 'layer_decay_rate': RATE, 'depths': DEPTHS, **paramwise}
+    return build_optimizer(model, dict(type='AdamW', lr=BASE_LR, betas=(0.9, 0.999), weight_decay=WD,
+                                       constructor='CustomLayerDecayOptimizerConstructor',
+                                       paramwise_cfg=paramwise))
+
+
+def group_of(optimizer, model):
+    """parameter name -> its param group."""
+    by_id = {id(p): g for g in optimizer.param_groups for p in g['params']}
+    return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
+
+
+def test_registered():
+    assert OPTIMIZER_BUILDERS.get('CustomLayerDecayOptimizerConstructor') is CustomLayerDecayOptimizerConstructor
+
+
+# (parameter, expected layer id) for depths [1, 1, 2, 1]
+EXPECTED_IDS = [
+    ('backbone.patch_embed.conv1.weight', 0),
+    ('backbone.patch_embed.norm2.1.bias', 0),
+    ('backbone.levels.0.blocks.0.gamma1', 1),
+    ('backbone.levels.0.blocks.0.dcn.offset.weight', 1),
+    ('backbone.levels.0.norm.0.weight', 1),          # stage norm: the stage's last block
+    ('backbone.levels.0.downsample.conv.weight', 2),  # downsample: the next stage's first block
+    ('backbone.levels.1.blocks.0.mlp.fc1.weight', 2),
+    ('backbone.levels.1.downsample.norm.1.weight', 3),
+    ('backbone.levels.2.blocks.0.dcn.input_proj.weight', 3),
+    ('backbone.levels.2.blocks.1.norm2.0.weight', 4),
+    ('backbone.levels.2.norm.0.bias', 4),
+    ('backbone.levels.2.downsample.conv.weight', 5),
+    ('backbone.levels.3.blocks.0.dcn.dw_conv.0.weight', 5),
+    ('backbone.levels.3.norm.0.weight', 5),
+    ('neck.weight', 6),
+    ('head.1.bias', 6),
+]
+
+
+def test_layer_ids_and_lr_scales_per_block():
+    model = ToyDetector()
+    groups = group_of(optimizer_for(model), model)
+    assert len(groups) == len(list(model.parameters()))  # every parameter exactly once
+    for name, layer_id in EXPECTED_IDS:
+        assert get_layer_id(name, DEPTHS) == layer_id, name
+        assert groups[name]['lr'] == pytest.approx(BASE_LR * RATE ** (sum(DEPTHS) + 1 - layer_id)), name
+    # all parameters of one block share one scale
+    block = [g['lr'] for n, g in groups.items() if n.startswith('backbone.levels.2.blocks.1.')]
+    assert len(set(block)) == 1
+    assert max(g['lr'] for g in groups.values()) == pytest.approx(BASE_LR)
+
+
+def test_no_weight_decay_for_norms_biases_and_gammas():
+    model = ToyDetector()
+    groups = group_of(optimizer_for(model), model)
+    for name, p in model.named_parameters():
+        no_decay = p.ndim == 1 or name.endswith('.bias')
+        assert groups[name]['weight_decay'] == (0.0 if no_decay else WD), name
+    assert groups['backbone.levels.0.blocks.0.gamma1']['weight_decay'] == 0.0
+    assert groups['backbone.levels.0.blocks.0.norm1.0.weight']['weight_decay'] == 0.0
+    assert groups['backbone.levels.0.blocks.0.dcn.mask.weight']['weight_decay'] == WD
+    assert groups['neck.weight']['weight_decay'] == WD and groups['neck.bias']['weight_decay'] == 0.0
+
+
+def test_backbone_alone_frozen_params_and_post_norms():
+    model = InternImage(**{**TINY_BACKBONE, 'depths': [1, 1, 4, 1], 'post_norm': True,
+                           'level2_post_norm': True, 'level2_post_norm_block_ids': [1, 3],
+                           'frozen_stages': 0})
+    depths = [1, 1, 4, 1]
+    optimizer = optimizer_for(model, num_layers=7, depths=depths)
+    groups = group_of(optimizer, model)
+    assert not any(n.startswith('patch_embed.') for n in groups)  # frozen: not optimised
+    # post_norms.k follows block ids[k] of stage 2, whose first block is layer 3
+    assert groups['levels.2.post_norms.0.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 4))
+    assert groups['levels.2.post_norms.1.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 6))
+    assert groups['levels.3.blocks.0.mlp.fc2.weight']['lr'] == pytest.approx(BASE_LR * RATE)
+
+
+def test_offset_lr_scale():
+    model = ToyDetector()
+    groups = group_of(optimizer_for(model, offset_lr_scale=0.1), model)
+    offset = groups['backbone.levels.1.blocks.0.dcn.offset.weight']
+    other = groups['backbone.levels.1.blocks.0.dcn.mask.weight']
+    assert offset['lr'] == pytest.approx(other['lr'] * 0.1)
+
+
+def test_group_summary_is_logged():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger('mmdet').addHandler(handler)
+    try:
+        optimizer_for(ToyDetector())
+    finally:
+        logging.getLogger('mmdet').removeHandler(handler)
+    text = '\n'.join(r.getMessage() for r in records)
+    assert 'layer_0_decay' in text and 'layer_6_no_decay' in text
+
+
+def test_invalid_paramwise_cfg():
+    with pytest.raises(ValueError, match='sum\\(depths\\)'):
+        optimizer_for(ToyDetector(), num_layers=4)
+    with pytest.raises(KeyError, match='depths'):
+        build_optimizer(ToyDetector(), dict(type='AdamW', lr=BASE_LR,
+                                            constructor='CustomLayerDecayOptimizerConstructor',
+                                            paramwise_cfg=dict(num_layers=5)))
+    with pytest.raises(ValueError, match='cannot assign a layer id'):
+        get_layer_id('backbone.cls_token', DEPTHS)
+
+
+def test_optimizer_steps():
+    model = ToyDetector()
+    optimizer = optimizer_for(model)
+    before = model.backbone.levels[0].blocks[0].mlp.fc1.weight.detach().clone()
+    sum(o.sum() for o in model.backbone(torch.randn(1, 3, 32, 32))).backward()
+    optimizer.step()
+    assert not torch.equal(before, model.backbone.levels[0].blocks[0].mlp.fc1.weight)
