@@ -65,10 +65,15 @@ def get_extensions():
         os.environ['CUDA_HOME'] = cuda_home  # must be set before torch.utils.cpp_extension is imported
         os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
 
+    import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
+    # at::parallel_for is implemented in ATen's headers: without OpenMP the CPU kernels run on one
+    # thread. Linking with -fopenmp resolves to the libgomp torch has already loaded, so
+    # torch.set_num_threads keeps controlling the kernels.
+    openmp = ['-fopenmp'] if torch.backends.openmp.is_available() else []
     sources = [os.path.join(CSRC, 'dcnv3.cpp')] + sorted(glob.glob(os.path.join(CSRC, 'cpu', '*.cpp')))
-    cxx_flags = ['-O3', '-std=c++20']
+    cxx_flags = ['-O3', '-std=c++20'] + openmp
     if cuda_home:
         sources += sorted(glob.glob(os.path.join(CSRC, 'cuda', '*.cu')))
         return [CUDAExtension(
@@ -76,9 +81,10 @@ def get_extensions():
             include_dirs=[os.path.join(HERE, CSRC)] + _nvidia_wheel_includes(),
             define_macros=[('WITH_CUDA', None)],
             extra_compile_args={'cxx': cxx_flags,
-                                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr']})]
+                                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr']},
+            extra_link_args=openmp)]
     return [CppExtension('ops_dcnv3._C', sources, include_dirs=[os.path.join(HERE, CSRC)],
-                         extra_compile_args={'cxx': cxx_flags})]
+                         extra_compile_args={'cxx': cxx_flags}, extra_link_args=openmp)]
 
 
 def main():

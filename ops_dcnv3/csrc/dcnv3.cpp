@@ -1,0 +1,147 @@
+// The dcnv3:: operator schema, the shared argument checks, the autocast wrappers and the Python
+// module init of ops_dcnv3._C. The kernels register themselves per device (cpu/, cuda/); autograd
+// and the fake (meta) kernels are registered once, in Python (functions/dcnv3_func.py).
+#include <Python.h>
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include "dcnv3.h"
+
+namespace dcnv3 {
+
+std::pair<int64_t, int64_t> check_dcnv3_args(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
+    int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
+    double /*offset_scale: any value is meaningful*/) {
+  const std::pair<const char*, const at::Tensor*> tensors[] = {
+      {"input", &input}, {"offset", &offset}, {"mask", &mask}};
+  for (const auto& [name, tensor] : tensors) {
+    TORCH_CHECK_VALUE(tensor->dim() == 4, "dcnv3: ", name,
+                      " must be a 4-D channels-last (N, H, W, C) tensor, got ", tensor->dim(),
+                      "-D shape ", tensor->sizes());
+  }
+  TORCH_CHECK_VALUE(kernel_h >= 1 && kernel_w >= 1, "dcnv3: kernel size must be >= 1, got kernel_h=",
+                    kernel_h, ", kernel_w=", kernel_w);
+  TORCH_CHECK_VALUE(stride_h >= 1 && stride_w >= 1, "dcnv3: stride must be >= 1, got stride_h=",
+                    stride_h, ", stride_w=", stride_w);
+  TORCH_CHECK_VALUE(pad_h >= 0 && pad_w >= 0, "dcnv3: padding must be >= 0, got pad_h=", pad_h,
+                    ", pad_w=", pad_w);
+  TORCH_CHECK_VALUE(dilation_h >= 1 && dilation_w >= 1,
+                    "dcnv3: dilation must be >= 1, got dilation_h=", dilation_h,
+                    ", dilation_w=", dilation_w);
+  TORCH_CHECK_VALUE(group >= 1, "dcnv3: group must be >= 1, got ", group);
+  TORCH_CHECK_VALUE(group_channels >= 1, "dcnv3: group_channels must be >= 1, got ", group_channels);
+
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "dcnv3: input must have a floating-point dtype, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(
+      input.scalar_type() == offset.scalar_type() && input.scalar_type() == mask.scalar_type(),
+      "dcnv3: input, offset and mask must have the same dtype, got ", input.scalar_type(), ", ",
+      offset.scalar_type(), " and ", mask.scalar_type());
+  TORCH_CHECK_VALUE(input.device() == offset.device() && input.device() == mask.device(),
+                    "dcnv3: input, offset and mask must be on the same device, got ",
+                    input.device(), ", ", offset.device(), " and ", mask.device());
+
+  const int64_t batch = input.size(0), height = input.size(1), width = input.size(2);
+  const int64_t channels = input.size(3);
+  TORCH_CHECK_VALUE(channels % group == 0, "dcnv3: input channels (", channels,
+                    ") must be divisible by group (", group, ")");
+  TORCH_CHECK_VALUE(channels == group * group_channels, "dcnv3: input channels (", channels,
+                    ") must equal group * group_channels (", group, " * ", group_channels, " = ",
+                    group * group_channels, ")");
+  const int64_t points = kernel_h * kernel_w;
+  TORCH_CHECK_VALUE(offset.size(3) == group * points * 2,
+                    "dcnv3: offset last dim must be group * kernel_h * kernel_w * 2 (", group, " * ",
+                    kernel_h, " * ", kernel_w, " * 2 = ", group * points * 2, "), got ",
+                    offset.size(3));
+  TORCH_CHECK_VALUE(mask.size(3) == group * points,
+                    "dcnv3: mask last dim must be group * kernel_h * kernel_w (", group, " * ",
+                    kernel_h, " * ", kernel_w, " = ", group * points, "), got ", mask.size(3));
+
+  const auto [out_h, out_w] = dcnv3_output_size(height, width, kernel_h, kernel_w, stride_h,
+                                                stride_w, pad_h, pad_w, dilation_h, dilation_w);
+  TORCH_CHECK_VALUE(out_h >= 1 && out_w >= 1, "dcnv3: output size would be ", out_h, "x", out_w,
+                    " (input ", height, "x", width, ", kernel ", kernel_h, "x", kernel_w,
+                    ", stride ", stride_h, "x", stride_w, ", pad ", pad_h, "x", pad_w,
+                    ", dilation ", dilation_h, "x", dilation_w, "); it must be at least 1x1");
+  for (const auto& [name, tensor] : {tensors[1], tensors[2]}) {
+    TORCH_CHECK_VALUE(
+        tensor->size(0) == batch && tensor->size(1) == out_h && tensor->size(2) == out_w,
+        "dcnv3: ", name, " must have shape (N, Ho, Wo, ...) = (", batch, ", ", out_h, ", ", out_w,
+        ", ...) for this input and kernel settings, got ", tensor->sizes());
+  }
+  return {out_h, out_w};
+}
+
+void check_dcnv3_grad_output(const at::Tensor& grad_output, const at::Tensor& input, int64_t out_h,
+                             int64_t out_w) {
+  const std::vector<int64_t> expected = {input.size(0), out_h, out_w, input.size(3)};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected),
+                    "dcnv3: grad_output must have the output shape ", at::IntArrayRef(expected),
+                    ", got ", grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(),
+                   "dcnv3: grad_output must have the input dtype ", input.scalar_type(), ", got ",
+                   grad_output.scalar_type());
+  TORCH_CHECK_VALUE(grad_output.device() == input.device(),
+                    "dcnv3: grad_output must be on the input device ", input.device(), ", got ",
+                    grad_output.device());
+}
+
+namespace {
+
+// Under autocast the op runs in the dtype of `input` (the projected values): the DCNv3 module
+// computes its mask with a softmax, which autocast keeps in float32, next to half-precision values.
+// Casting offset and mask here, rather than to one autocast dtype, keeps float32 models in float32.
+template <c10::DispatchKey autocast_key>
+at::Tensor dcnv3_forward_autocast(const at::Tensor& input, const at::Tensor& offset,
+                                  const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
+                                  int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                  int64_t dilation_h, int64_t dilation_w, int64_t group,
+                                  int64_t group_channels, double offset_scale) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("dcnv3::dcnv3_forward", "")
+                             .typed<decltype(dcnv3_forward_autocast<autocast_key>)>();
+  // Only floating tensors are cast, so a wrong dtype still reaches the check and its message.
+  const auto cast = [&](const at::Tensor& t) {
+    return at::isFloatingType(t.scalar_type()) && at::isFloatingType(input.scalar_type())
+               ? t.to(input.scalar_type())
+               : t;
+  };
+  return op.call(input, cast(offset), cast(mask), kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                 pad_w, dilation_h, dilation_w, group, group_channels, offset_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dcnv3, m) {
+  m.def(
+      "dcnv3_forward(Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
+      "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, "
+      "int group, int group_channels, float offset_scale) -> Tensor");
+  m.def(
+      "dcnv3_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor mask, "
+      "int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, "
+      "int dilation_h, int dilation_w, int group, int group_channels, float offset_scale) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dcnv3, AutocastCPU, m) {
+  m.impl("dcnv3_forward", &dcnv3_forward_autocast<c10::DispatchKey::AutocastCPU>);
+}
+
+TORCH_LIBRARY_IMPL(dcnv3, AutocastCUDA, m) {
+  m.impl("dcnv3_forward", &dcnv3_forward_autocast<c10::DispatchKey::AutocastCUDA>);
+}
+
+}  // namespace dcnv3
+
+// Importing ops_dcnv3._C loads this library, whose static initialisers register the ops above;
+// the module itself holds nothing.
+static PyModuleDef dcnv3_module = {PyModuleDef_HEAD_INIT, "_C",
+                                   "DCNv3 operator library: see torch.ops.dcnv3", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&dcnv3_module); }
