@@ -66,7 +66,7 @@ if ! have "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"; then
   say "installing torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION"
   "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
-if ! have "mmdet==2.28.2" "numpy" "yapf==0.40.1" "pycocotools" "timm" "pytest" "wheel" "ninja"; then
+if ! have "mmdet==2.28.2" "numpy" "yapf==0.40.1" "addict" "opencv-python-headless" "pycocotools" "timm" "pytest" "wheel" "ninja"; then
   say "installing requirements.txt"
   "${PIP[@]}" -r "$ROOT/requirements.txt"
 fi
@@ -99,17 +99,22 @@ if ! have "mmcv-full==$MMCV_VERSION"; then
   else
     say "using cached mmcv-full wheel from $wheel_dir"
   fi
+  # --no-deps: mmcv's runtime deps come from requirements.txt, resolved there together with numpy<2
+  # (opencv-python-headless instead of the GUI opencv-python mmcv names).
   "${PIP[@]}" --no-deps "$wheel_dir"/mmcv_full-*.whl
-  "${PIP[@]}" addict packaging Pillow pyyaml opencv-python-headless
 fi
 
-# --- this project (builds the DCNv3 extension) -----------------------------------------------------
+# --- this project: build the DCNv3 extension in place and put the checkout on the venv's path ----
+# (an in-place build plus a .pth file is what `pip install -e .` amounts to, without pip's
+# isolated build environment, which would lack torch)
+site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$ROOT" >"$site_packages/internimage_mmdet.pth"
 stamp="$VENV/.dcnv3-build-stamp"
-sources_hash="$(cd "$ROOT" && cat setup.py $(find ops_dcnv3/csrc -type f | sort) 2>/dev/null | sha256sum | cut -c1-16)"
+sources_hash="$(cd "$ROOT" && cat setup.py $(find ops_dcnv3/csrc -type f | sort) | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c 'import ops_dcnv3._C' 2>/dev/null; then
-  say "building the DCNv3 extension (pip install -e .)"
-  if ! (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-deps --no-build-isolation -e . >"$VENV/dcnv3-build.log" 2>&1); then
-    tail -n 40 "$VENV/dcnv3-build.log" >&2
+  say "building the DCNv3 extension (CPU kernels$([ -n "${CUDA_HOME:-}" ] && [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && echo ' and CUDA kernels'))"
+  if ! (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace >"$VENV/dcnv3-build.log" 2>&1); then
+    grep -E -B2 -A6 'error' "$VENV/dcnv3-build.log" | head -n 60 >&2 || tail -n 40 "$VENV/dcnv3-build.log" >&2
     die "building the DCNv3 extension failed (full log: $VENV/dcnv3-build.log)"
   fi
   echo "$sources_hash" >"$stamp"
