@@ -2,7 +2,8 @@
 # mmdet tools (tools/train.py, tools/test.py, init_detector) can use these configs.
 custom_imports = dict(imports=['mmdet_custom'], allow_failed_imports=False)
 
-checkpoint_config = dict(interval=1)
+# A checkpoint every epoch (the last three kept, plus latest.pth), so --auto-resume loses little.
+checkpoint_config = dict(interval=1, max_keep_ckpts=3, save_last=True)
 log_config = dict(
     interval=50,
     hooks=[

@@ -1,42 +1,8 @@
-# Mask R-CNN with InternImage-T + FPN on COCO, 3x schedule (36 epochs) with multi-scale
-# training and the DETR-style random crop. Model and optimizer come from the 1x config.
-_base_ = './mask_rcnn_internimage_t_fpn_1x_coco.py'
-img_norm_cfg = dict(
-    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-# Shorter side 480, 512, ..., 800; longer side at most 1333.
-multi_scales = [(1333, short) for short in range(480, 801, 32)]
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', flip_ratio=0.5),
-    dict(
-        type='AutoAugment',
-        policies=[
-            [dict(type='Resize', img_scale=multi_scales, multiscale_mode='value', keep_ratio=True)],
-            [
-                dict(
-                    type='Resize',
-                    img_scale=[(1333, 400), (1333, 500), (1333, 600)],
-                    multiscale_mode='value',
-                    keep_ratio=True),
-                dict(
-                    type='RandomCrop',
-                    crop_type='absolute_range',
-                    crop_size=(384, 600),
-                    allow_negative_crop=True),
-                dict(
-                    type='Resize',
-                    img_scale=multi_scales,
-                    multiscale_mode='value',
-                    override=True,
-                    keep_ratio=True),
-            ],
-        ]),
-    dict(type='Normalize', **img_norm_cfg),
-    dict(type='Pad', size_divisor=32),
-    dict(type='DefaultFormatBundle'),
-    dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks']),
+# Mask R-CNN with InternImage-T + FPN on COCO, 3x schedule (36 epochs, multi-scale + random crop).
+# Trained on 8 GPUs x 2 images: bash tools/dist_train.sh THIS_CONFIG 8
+_base_ = [
+    '../_base_/models/mask_rcnn_internimage_t_fpn.py',
+    '../_base_/datasets/coco_instance_multiscale_crop.py',
+    '../_base_/schedules/schedule_3x.py',
+    '../_base_/default_runtime.py',
 ]
-data = dict(train=dict(pipeline=train_pipeline))
-lr_config = dict(step=[27, 33])
-runner = dict(max_epochs=36)

@@ -1,6 +1,5 @@
 # 12 epochs, lr steps after epochs 8 and 11, 500-iteration linear warm-up (mmdet 2.x's 1x).
-optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
-optimizer_config = dict(grad_clip=None)
+# The optimizer comes with the model (_base_/models/mask_rcnn_internimage_fpn.py).
 lr_config = dict(
     policy='step',
     warmup='linear',
