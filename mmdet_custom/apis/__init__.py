@@ -1,0 +1,14 @@
+"""Training and testing entry points used by tools/: resumable, CPU- and GPU-distributed."""
+from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
+                         read_checkpoint)
+from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
+from .seeding import EpochSeedHook, derive_seed, seed_everything
+from .test import DistEvalHookAnyDevice, multi_process_test
+from .train import build_train_dataloader, train_detector
+
+__all__ = [
+    'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint', 'read_checkpoint',
+    'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
+    'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
+    'build_train_dataloader', 'train_detector'
+]

@@ -1,0 +1,101 @@
+"""Reading detector checkpoints with one clear error per failure, and finding where to resume."""
+import glob
+import os.path as osp
+import re
+import zipfile
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model; the message says which."""
+
+
+def read_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint file into a dict, raising CheckpointError with a readable reason."""
+    if not osp.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for damaged files
+        # The first sentence names the failure; torch appends generic advice after it.
+        reason = str(error).strip().split('. ')[0] or type(error).__name__
+        raise CheckpointError(
+            f'cannot read checkpoint {path} (truncated or not a PyTorch checkpoint?): {reason}') from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights')
+    return checkpoint
+
+
+def _strip_prefix(state_dict, prefix='module.'):
+    # Checkpoints saved from a (Distributed)DataParallel wrapper prefix every key with 'module.'.
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def load_detector_checkpoint(model, path, map_location='cpu', logger=None):
+    """Load weights into ``model`` only if they fit it; returns the checkpoint dict.
+
+    Unlike mmcv's lenient loader, a checkpoint of another architecture (weights missing or of the
+    wrong shape) is an error rather than a warning followed by a randomly initialised model.
+    Extra weights the model has no use for are tolerated and reported.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise CheckpointError(f'checkpoint {path} has no state_dict of tensors')
+    state_dict = _strip_prefix(state_dict)
+
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    wrong_shape = [key for key in expected
+                   if key in state_dict and state_dict[key].shape != expected[key].shape]
+    if missing or wrong_shape:
+        details = []
+        if missing:
+            details.append(f'{len(missing)} of the model\'s {len(expected)} weights are missing '
+                           f'(first: {missing[0]})')
+        if wrong_shape:
+            key = wrong_shape[0]
+            details.append(f'{len(wrong_shape)} have another shape (first: {key} is '
+                           f'{tuple(state_dict[key].shape)} in the checkpoint, '
+                           f'{tuple(expected[key].shape)} in the model)')
+        raise CheckpointError(f'checkpoint {path} does not fit the model built from the config '
+                              f'(another architecture?): ' + '; '.join(details))
+    unexpected = [key for key in state_dict if key not in expected]
+    if unexpected and logger is not None:
+        logger.warning(f'{len(unexpected)} checkpoint weights are not used by the model '
+                       f'(first: {unexpected[0]})')
+    model.load_state_dict({key: state_dict[key] for key in expected})
+    return checkpoint
+
+
+def _is_complete_torch_file(path):
+    # torch.save writes a zip archive whose directory sits at the very end: a file cut short by a
+    # kill mid-save has no readable directory.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return len(archive.namelist()) > 0
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def find_resumable_checkpoint(work_dir, logger=None):
+    """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, or None.
+
+    Unlike mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
+    half-written by a killed run is skipped in favour of the one before it.
+    """
+    numbered = []
+    for path in glob.glob(osp.join(work_dir, '*.pth')):
+        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
+        if match:
+            numbered.append((int(match.group(1)), path))
+    for _, path in sorted(numbered, reverse=True):
+        if _is_complete_torch_file(path):
+            return path
+        if logger is not None:
+            logger.warning(f'skipping incomplete checkpoint {path}')
+    return None

@@ -1,0 +1,95 @@
+"""Distributed set-up that works on GPU nodes (as mmcv does it) and on CPU-only machines.
+
+mmcv's ``init_dist`` and mmdet's ``build_ddp`` assume CUDA: they pin a GPU per rank, default to
+NCCL and refuse CPU models. Where CUDA is available the process group is set up by mmcv
+unchanged; elsewhere each process joins a gloo group. Either way the model is wrapped in
+``MMDistributedDataParallelAnyDevice`` (mmcv's wrapper plus a CPU path and a torch 2.x fix).
+"""
+import os
+import subprocess
+
+import torch
+import torch.distributed as dist
+from mmcv.parallel import MMDistributedDataParallel, scatter_kwargs
+from mmcv.runner import init_dist
+from mmdet.utils import build_ddp, build_dp
+from torch.nn.parallel import DistributedDataParallel
+
+
+def init_distributed(launcher, backend=None):
+    """Join the process group for ``launcher`` ('pytorch' or 'slurm'); returns the backend used."""
+    if torch.cuda.is_available():
+        backend = backend or 'nccl'
+        init_dist(launcher, backend=backend)
+        return backend
+    if backend in (None, 'nccl'):
+        backend = 'gloo'  # configs name nccl for GPU nodes; it has no CPU implementation
+    if launcher == 'slurm':
+        _export_slurm_env()
+    elif launcher != 'pytorch':
+        raise ValueError(f'launcher {launcher!r} is not supported on CPU (use pytorch or slurm)')
+    # torchrun (or the slurm variables above) supplies RANK, WORLD_SIZE, MASTER_ADDR/PORT.
+    dist.init_process_group(backend=backend)
+    return backend
+
+
+def _export_slurm_env():
+    """Translate slurm's task variables into the ones torch.distributed reads."""
+    proc_id = int(os.environ['SLURM_PROCID'])
+    os.environ['RANK'] = str(proc_id)
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in os.environ:
+        node_list = os.environ['SLURM_NODELIST']
+        first_host = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1').strip()
+        os.environ['MASTER_ADDR'] = first_host
+
+
+class MMDistributedDataParallelAnyDevice(MMDistributedDataParallel):
+    """mmcv's DDP wrapper, working on CPU processes and with the installed torch.
+
+    - Without ``device_ids`` (CPU processes) mmcv's ``train_step``/``val_step`` would hand
+      DataContainers to the model unopened; they are unpacked onto the CPU first (device -1, as
+      MMDataParallel does on CPU). With ``device_ids`` (one GPU per process) nothing changes.
+    - ``forward`` (used by distributed testing and evaluation): mmcv 1.7.2 overrides DDP's
+      ``_run_ddp_forward`` with code that reads ``_use_replicated_tensor_module``, an attribute
+      torch 2.x no longer has, so every DDP forward fails, on GPUs too. The replacement only
+      unpacks the DataContainers onto the process's device and then runs torch's own version.
+    """
+
+    def _unpack(self, inputs, kwargs):
+        device = self.device_ids[0] if self.device_ids else -1
+        inputs, kwargs = scatter_kwargs(inputs, kwargs, [device], dim=self.dim)
+        return inputs[0], kwargs[0]
+
+    def _run_ddp_forward(self, *inputs, **kwargs):
+        inputs, kwargs = self._unpack(inputs, kwargs)
+        return DistributedDataParallel._run_ddp_forward(self, *inputs, **kwargs)
+
+    def train_step(self, *inputs, **kwargs):
+        if not self.device_ids:
+            inputs, kwargs = self._unpack(inputs, kwargs)
+        return super().train_step(*inputs, **kwargs)
+
+    def val_step(self, *inputs, **kwargs):
+        if not self.device_ids:
+            inputs, kwargs = self._unpack(inputs, kwargs)
+        return super().val_step(*inputs, **kwargs)
+
+
+def wrap_model(model, cfg, distributed, find_unused_parameters=False):
+    """Wrap a detector for training or testing on ``cfg.device`` (the mmdet conventions)."""
+    if not distributed:
+        return build_dp(model, cfg.device, device_ids=cfg.gpu_ids)
+    # broadcast_buffers=False as in mmdet.
+    if cfg.device == 'cpu':
+        return MMDistributedDataParallelAnyDevice(
+            model, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+    if cfg.device != 'cuda':
+        return build_ddp(model, cfg.device, device_ids=[int(os.environ['LOCAL_RANK'])],
+                         broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+    local_rank = int(os.environ['LOCAL_RANK'])
+    return MMDistributedDataParallelAnyDevice(
+        model.cuda(local_rank), device_ids=[local_rank], broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters)

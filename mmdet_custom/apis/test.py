@@ -1,0 +1,71 @@
+"""Distributed inference that also runs on CPU processes (gloo).
+
+mmdet's ``multi_gpu_test`` collects the ranks' results through CUDA tensors. On CUDA we use it
+unchanged; on CPU the per-rank results are gathered with ``torch.distributed.gather_object``.
+"""
+import os.path as osp
+
+import mmcv
+import torch
+import torch.distributed as dist
+from mmcv.runner import get_dist_info
+from mmdet.apis import multi_gpu_test
+from mmdet.core import DistEvalHook, encode_mask_results
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def _gather_on_cpu(model, data_loader):
+    model.eval()
+    rank, world_size = get_dist_info()
+    dataset = data_loader.dataset
+    progress = mmcv.ProgressBar(len(dataset)) if rank == 0 else None
+    local_results = []
+    for data in data_loader:
+        with torch.no_grad():
+            batch_results = model(return_loss=False, rescale=True, **data)
+        if isinstance(batch_results[0], tuple):  # (boxes, masks): store masks as RLE, as mmdet does
+            batch_results = [(boxes, encode_mask_results(masks)) for boxes, masks in batch_results]
+        local_results.extend(batch_results)
+        if progress is not None:
+            for _ in range(len(batch_results) * world_size):
+                progress.update()
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(local_results, gathered, dst=0)
+    if rank != 0:
+        return None
+    # mmdet's DistributedSampler deals indices round-robin (rank r gets r, r + W, ...) and pads
+    # the tail, so interleaving the parts restores dataset order; the padding is cut off.
+    ordered = [result for round_ in zip(*gathered) for result in round_]
+    return ordered[:len(dataset)]
+
+
+def multi_process_test(model, data_loader, tmpdir=None, gpu_collect=False):
+    """Test with one process per rank; returns all results on rank 0 and None elsewhere."""
+    if torch.cuda.is_available():
+        return multi_gpu_test(model, data_loader, tmpdir=tmpdir, gpu_collect=gpu_collect)
+    return _gather_on_cpu(model, data_loader)
+
+
+class DistEvalHookAnyDevice(DistEvalHook):
+    """mmdet's DistEvalHook, with results collected by ``multi_process_test`` (CPU or CUDA)."""
+
+    def _do_evaluate(self, runner):
+        if self.broadcast_bn_buffer:
+            # Evaluate every rank with rank 0's BatchNorm statistics (they drift apart in training).
+            for module in runner.model.modules():
+                if isinstance(module, _BatchNorm) and module.track_running_stats:
+                    dist.broadcast(module.running_var, 0)
+                    dist.broadcast(module.running_mean, 0)
+        if not self._should_evaluate(runner):
+            return
+        tmpdir = self.tmpdir or osp.join(runner.work_dir, '.eval_hook')
+        results = multi_process_test(runner.model, self.dataloader, tmpdir=tmpdir,
+                                     gpu_collect=self.gpu_collect)
+        self.latest_results = results
+        if runner.rank != 0:
+            return
+        print('\n')
+        runner.log_buffer.output['eval_iter_num'] = len(self.dataloader)
+        key_score = self.evaluate(runner, results)
+        if self.save_best and key_score:
+            self._save_ckpt(runner, key_score)

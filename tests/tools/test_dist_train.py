@@ -1,0 +1,59 @@
+"""tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
+import os.path as osp
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+from tools_testlib import ROOT, free_port, run_tool, write_tiny_config  # noqa: E402
+
+# Each rank saves its own weights at the end, so the ranks can be compared with each other.
+DUMP_HOOK = '''
+import os.path as osp
+import torch
+from mmcv.runner import HOOKS, Hook
+
+
+@HOOKS.register_module()
+class DumpRankWeightsHook(Hook):
+    def after_run(self, runner):
+        model = getattr(runner.model, 'module', runner.model)
+        torch.save(model.state_dict(), osp.join(runner.work_dir, f'rank{runner.rank}_weights.pth'))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shapes):
+    (tmp_path / 'dump_hook.py').write_text(DUMP_HOOK)
+    config = write_tiny_config(
+        tmp_path / 'tiny_dist.py', tiny_shapes, epochs=2,
+        extra="custom_imports = dict(imports=['mmdet_custom', 'dump_hook'])\n"
+              "custom_hooks = [dict(type='NumClassCheckHook'), dict(type='DumpRankWeightsHook')]\n")
+    work_dir = tmp_path / 'work'
+    env = {'PYTHONPATH': f'{ROOT}:{tmp_path}', 'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
+    # Validation after the last epoch exercises the distributed evaluation hook as well.
+    result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
+                       '--seed', '0'], env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    assert '2 processes, gloo' in log
+    assert 'bbox_mAP' in log  # the DistEvalHook ran on CPU
+
+    rank0 = torch.load(work_dir / 'rank0_weights.pth', weights_only=True)
+    rank1 = torch.load(work_dir / 'rank1_weights.pth', weights_only=True)
+    checkpoint = torch.load(work_dir / 'epoch_2.pth', weights_only=True)
+    # 8 images, 2 per process: 2 iterations per epoch.
+    assert checkpoint['meta']['iter'] == 4
+    for key, value in rank0.items():
+        assert torch.equal(rank1[key], value), key
+        assert torch.equal(checkpoint['state_dict'][key], value), key
+
+    env['PORT'] = str(free_port())
+    result = run_tool(['bash', 'tools/dist_test.sh', config, str(work_dir / 'epoch_2.pth'), '2',
+                       '--eval', 'bbox', 'segm', '--out', str(tmp_path / 'results.pkl')],
+                      env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert 'segm_mAP' in result.stdout
+    import mmcv
+    assert len(mmcv.load(str(tmp_path / 'results.pkl'))) == 4  # every val image, in order, once

@@ -1,0 +1,46 @@
+"""tools/get_flops.py: generic counter plus the DCNv3 cores, against the published figures."""
+import os.path as osp
+import sys
+
+import pytest
+
+pytest.importorskip('mmdet')
+from tools_testlib import QUICKSTART_CONFIG, ROOT  # noqa: E402
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import get_flops  # noqa: E402
+
+
+def test_dcnv3_cores_are_added_per_layer_and_level():
+    from mmcv import Config
+    cfg = Config.fromfile(QUICKSTART_CONFIG)
+    total, dcn, params = get_flops.count_complexity(cfg, 256, 192)
+    # Width 32, depths [1, 1, 2, 1]: stage i has 32 * 2**i channels on a (256 / 4 / 2**i) x
+    # (192 / 4 / 2**i) map, and each DCNv3 layer costs 5 * h * w * 9 * C.
+    expected = sum(depth * 5 * (64 >> i) * (48 >> i) * 9 * (32 << i)
+                   for i, depth in enumerate([1, 1, 2, 1]))
+    assert dcn == expected
+    assert total > dcn and params > 0
+
+
+# Published: flops at 1280x800 and parameter counts of the COCO Mask R-CNN models.
+PUBLISHED = {
+    't': (270e9, 48_920_544),
+    's': (340e9, 68_715_024),
+    'b': (501e9, 115_245_264),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('size', ['t', 's', 'b'])
+def test_published_figures(size, capsys):
+    config = osp.join(ROOT, 'configs', 'coco', f'mask_rcnn_internimage_{size}_fpn_1x_coco.py')
+    if not osp.isfile(config):
+        pytest.skip(f'{config} not written yet')
+    get_flops.main([config, '--shape', '1280', '800'])
+    out = capsys.readouterr().out
+    flops = float(out.split('Flops: ')[1].split(' GFLOPs')[0]) * 1e9
+    params = int(out.split('Params: ')[1].split(' ')[0].replace(',', ''))
+    published_flops, published_params = PUBLISHED[size]
+    assert params == published_params
+    assert abs(flops - published_flops) / published_flops < 0.02, f'{flops / 1e9:.1f}G'

@@ -1,0 +1,89 @@
+"""tools/test.py refuses bad input with one clear line and a non-zero exit status."""
+import os.path as osp
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
+
+TEST_TOOL = osp.join(ROOT, 'tools', 'test.py')
+
+
+@pytest.fixture(scope='module')
+def matching_checkpoint(tmp_path_factory, tiny_shapes):
+    """A randomly initialised checkpoint of the tiny config's model, saved the way training saves."""
+    from mmcv import Config
+    from mmcv.runner import save_checkpoint
+    from mmdet.models import build_detector
+
+    import mmdet_custom  # noqa: F401
+    folder = tmp_path_factory.mktemp('ckpt')
+    config = write_tiny_config(folder / 'tiny.py', tiny_shapes)
+    model = build_detector(Config.fromfile(config).model)
+    path = str(folder / 'tiny.pth')
+    save_checkpoint(model, path, meta=dict(CLASSES=('circle', 'triangle', 'rectangle')))
+    return config, path
+
+
+def _run_test_tool(*args):
+    result = run_tool([PYTHON, TEST_TOOL, *args, '--eval', 'bbox'], timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert 'Traceback' not in result.stderr, result.stderr
+    errors = [line for line in lines if 'error:' in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_bad_config_path(matching_checkpoint):
+    _, checkpoint = matching_checkpoint
+    message = _run_test_tool('configs/no/such_config.py', checkpoint)
+    assert 'config file not found: configs/no/such_config.py' in message
+
+
+@pytest.mark.slow
+def test_missing_checkpoint(matching_checkpoint, tmp_path):
+    config, _ = matching_checkpoint
+    message = _run_test_tool(config, str(tmp_path / 'epoch_99.pth'))
+    assert 'checkpoint not found' in message and 'epoch_99.pth' in message
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint(matching_checkpoint, tmp_path):
+    config, checkpoint = matching_checkpoint
+    truncated = tmp_path / 'truncated.pth'
+    with open(checkpoint, 'rb') as f:
+        truncated.write_bytes(f.read()[:4096])
+    message = _run_test_tool(config, str(truncated))
+    assert 'cannot read checkpoint' in message and 'truncated.pth' in message
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_architecture(matching_checkpoint, tmp_path):
+    config, _ = matching_checkpoint
+    other = tmp_path / 'resnet.pth'
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7),
+                                'backbone.bn1.weight': torch.ones(64)}, meta={}), other)
+    message = _run_test_tool(config, str(other))
+    assert 'does not fit the model' in message and 'missing' in message
+
+
+@pytest.mark.slow
+def test_checkpoint_with_other_class_count(matching_checkpoint, tmp_path):
+    config, checkpoint = matching_checkpoint
+    state = torch.load(checkpoint, weights_only=True)
+    state['state_dict']['roi_head.bbox_head.fc_cls.weight'] = torch.zeros(81, 256)
+    altered = tmp_path / 'coco_classes.pth'
+    torch.save(state, altered)
+    message = _run_test_tool(config, str(altered))
+    assert 'another shape' in message and 'fc_cls.weight' in message
+
+
+@pytest.mark.slow
+def test_matching_checkpoint_evaluates(matching_checkpoint):
+    config, checkpoint = matching_checkpoint
+    result = run_tool([PYTHON, TEST_TOOL, config, checkpoint, '--eval', 'bbox', 'segm'], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'bbox_mAP' in result.stdout and 'segm_mAP' in result.stdout

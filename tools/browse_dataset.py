@@ -1,0 +1,65 @@
+"""Draw a dataset's ground truth as the training pipeline delivers it (after resizing, flipping,
+...), to check annotations and augmentation before training.
+
+    python tools/browse_dataset.py CONFIG --output-dir browse/ [--split train] [--num 20]
+"""
+import argparse
+import os.path as osp
+
+import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+
+import mmcv  # noqa: E402
+from mmcv import Config, DictAction  # noqa: E402
+from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
+from mmdet.datasets import build_dataset  # noqa: E402
+from mmdet.utils import update_data_root  # noqa: E402
+
+import mmdet_custom  # noqa: E402,F401
+
+# Steps that turn the annotated image into tensors; drawing needs the arrays before them.
+TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Draw the ground truth of a dataset')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--output-dir', default='browse_dataset', help='where the drawings go')
+    parser.add_argument('--split', choices=['train', 'val', 'test'], default='train',
+                        help='data.<split> of the config (val/test use the train pipeline\'s '
+                        'annotation loading so that boxes and masks are drawn)')
+    parser.add_argument('--num', type=int, default=20, help='how many images to draw')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    update_data_root(cfg)
+    data_cfg = cfg.data[args.split]
+    if args.split != 'train':
+        data_cfg.pipeline = cfg.data.train.pipeline
+        data_cfg.test_mode = False
+    data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
+    dataset = build_dataset(data_cfg)
+    mmcv.mkdir_or_exist(args.output_dir)
+    progress = mmcv.ProgressBar(min(args.num, len(dataset)))
+    for index in range(min(args.num, len(dataset))):
+        item = dataset[index]
+        masks = item.get('gt_masks')
+        imshow_det_bboxes(
+            item['img'],
+            item['gt_bboxes'],
+            item['gt_labels'],
+            segms=None if masks is None else masks.to_ndarray().astype(bool),
+            class_names=dataset.CLASSES,
+            show=False,
+            out_file=osp.join(args.output_dir, osp.basename(item['filename'])))
+        progress.update()
+    print(f'\n{min(args.num, len(dataset))} drawings in {args.output_dir}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,184 @@
+"""Test (and evaluate) a trained detector (mmdet 2.x command line), on one process or many.
+
+    python tools/test.py CONFIG CHECKPOINT --eval bbox segm
+    bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES --eval bbox segm
+
+A bad config, a missing or damaged checkpoint, or a checkpoint of another model ends the run
+with one line naming the problem and exit status 1.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import time
+
+import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+
+import mmcv  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from mmcv import Config, DictAction  # noqa: E402
+from mmcv.cnn import fuse_conv_bn  # noqa: E402
+from mmcv.runner import get_dist_info, wrap_fp16_model  # noqa: E402
+from mmdet.apis import single_gpu_test  # noqa: E402
+from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor  # noqa: E402
+from mmdet.models import build_detector  # noqa: E402
+from mmdet.utils import compat_cfg, get_device, update_data_root  # noqa: E402
+
+import mmdet_custom  # noqa: E402,F401
+from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
+                               multi_process_test, wrap_model)
+
+
+EVAL_HOOK_ONLY_KEYS = ('interval', 'tmpdir', 'start', 'gpu_collect', 'save_best', 'rule',
+                       'dynamic_intervals', 'by_epoch', 'broadcast_bn_buffer')
+
+
+class UsageError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where to save the evaluation metrics as json')
+    parser.add_argument('--out', help='write the raw results to this pickle file (.pkl/.pickle)')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold BatchNorm into the preceding convs (slightly faster inference)')
+    parser.add_argument('--format-only', action='store_true',
+                        help='only convert the results to the dataset\'s submission format '
+                        '(e.g. COCO json), without evaluating')
+    parser.add_argument('--eval', type=str, nargs='+',
+                        help='metrics to evaluate, e.g. "bbox segm" for COCO')
+    parser.add_argument('--show', action='store_true', help='show each result in a window')
+    parser.add_argument('--show-dir', help='save images with drawn results into this folder')
+    parser.add_argument('--show-score-thr', type=float, default=0.3,
+                        help='score threshold for drawn results (default: 0.3)')
+    parser.add_argument('--gpu-collect', action='store_true',
+                        help='gather the ranks\' results through GPU memory (CUDA only)')
+    parser.add_argument('--tmpdir', help='shared folder to gather the ranks\' results through '
+                        '(when --gpu-collect is not given; CUDA only)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. data.test.ann_file=...')
+    parser.add_argument('--eval-options', nargs='+', action=DictAction,
+                        help='extra arguments of dataset.evaluate(), e.g. classwise=True')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if not (args.out or args.eval or args.format_only or args.show or args.show_dir):
+        parser.error('say what to do with the results: --out, --eval, --format-only, --show '
+                     'or --show-dir')
+    if args.eval and args.format_only:
+        parser.error('--eval and --format-only cannot both be given')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out must name a .pkl or .pickle file')
+    return args
+
+
+def load_config(path, cfg_options):
+    if not osp.isfile(path):
+        raise UsageError(f'config file not found: {path}')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as error:
+        raise UsageError(f'cannot read config {path}: {type(error).__name__}: {error}') from None
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg = compat_cfg(cfg)
+    update_data_root(cfg)
+    if 'model' not in cfg or 'data' not in cfg or 'test' not in cfg.data:
+        raise UsageError(f'config {path} has no model or no data.test: not a detector test config')
+    # Weights come from the checkpoint: skip downloading pretrained backbones.
+    cfg.model.pretrained = None
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None
+    cfg.model.train_cfg = None
+    return cfg
+
+
+def build_model(cfg, config_path):
+    try:
+        return build_detector(cfg.model, test_cfg=cfg.get('test_cfg'))
+    except (KeyError, TypeError, ValueError, AssertionError) as error:
+        raise UsageError(f'cannot build the model of config {config_path}: '
+                         f'{type(error).__name__}: {error}') from None
+
+
+def run(args):
+    cfg = load_config(args.config, args.cfg_options)
+    if args.tmpdir or args.gpu_collect:
+        if not torch.cuda.is_available():
+            print('note: --tmpdir/--gpu-collect apply to CUDA runs; CPU ranks gather via gloo')
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
+    cfg.device = get_device()
+    cfg.gpu_ids = [0]
+
+    distributed = args.launcher != 'none'
+    if distributed:
+        init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+    rank, _ = get_dist_info()
+
+    loader_args = dict(samples_per_gpu=1, workers_per_gpu=2, dist=distributed, shuffle=False)
+    loader_args.update(cfg.data.get('test_dataloader', {}))
+    if loader_args['samples_per_gpu'] > 1:
+        cfg.data.test.pipeline = replace_ImageToTensor(cfg.data.test.pipeline)
+    cfg.data.test.test_mode = True
+
+    model = build_model(cfg, args.config)
+    if cfg.get('fp16') is not None:
+        wrap_fp16_model(model)
+    # Check the checkpoint before building the data loader: its errors are the common ones.
+    checkpoint = load_detector_checkpoint(model, args.checkpoint)
+    if args.fuse_conv_bn:
+        model = fuse_conv_bn(model)
+    dataset = build_dataset(cfg.data.test)
+    data_loader = build_dataloader(dataset, **loader_args)
+    model.CLASSES = checkpoint.get('meta', {}).get('CLASSES', dataset.CLASSES)
+
+    if distributed:
+        model = wrap_model(model, cfg, distributed=True)
+        results = multi_process_test(model, data_loader, args.tmpdir, args.gpu_collect)
+    else:
+        model = wrap_model(model, cfg, distributed=False)
+        results = single_gpu_test(model, data_loader, args.show, args.show_dir, args.show_score_thr)
+
+    if rank != 0:
+        return
+    if args.out:
+        print(f'\nwriting results to {args.out}')
+        mmcv.dump(results, args.out)
+    eval_options = dict(args.eval_options or {})
+    if args.format_only:
+        dataset.format_results(results, **eval_options)
+    if args.eval:
+        # The config's evaluation settings apply too, minus those meant for the training hook.
+        eval_kwargs = {key: value for key, value in cfg.get('evaluation', {}).items()
+                       if key not in EVAL_HOOK_ONLY_KEYS}
+        eval_kwargs.update(eval_options, metric=args.eval)
+        metrics = dataset.evaluate(results, **eval_kwargs)
+        print(metrics)
+        if args.work_dir is not None:
+            mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
+            timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+            with open(osp.join(args.work_dir, f'eval_{timestamp}.json'), 'w') as f:
+                json.dump(dict(config=args.config, checkpoint=args.checkpoint,
+                               metric=dict(metrics)), f, indent=2)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, CheckpointError) as error:
+        raise SystemExit(f'tools/test.py: error: {error}') from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()

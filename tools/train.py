@@ -1,0 +1,150 @@
+"""Train a detector (mmdet 2.x command line), on one process or many, GPU or CPU.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--auto-resume] [--seed 0] ...
+    bash tools/dist_train.sh CONFIG NUM_PROCESSES [same options]
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import time
+
+import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+
+import cv2  # noqa: E402
+import mmcv  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from mmcv import Config, DictAction  # noqa: E402
+from mmcv.runner import get_dist_info  # noqa: E402
+from mmcv.utils import get_git_hash  # noqa: E402
+from mmdet import __version__ as mmdet_version  # noqa: E402
+from mmdet.apis import init_random_seed, set_random_seed  # noqa: E402
+from mmdet.datasets import build_dataset  # noqa: E402
+from mmdet.models import build_detector  # noqa: E402
+from mmdet.utils import collect_env, get_device, get_root_logger, update_data_root  # noqa: E402
+
+import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
+from mmdet_custom.apis import init_distributed, train_detector  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--resume-from', help='checkpoint to resume from (weights, optimizer, epoch)')
+    parser.add_argument('--auto-resume', action='store_true',
+                        help='resume from the newest complete checkpoint in the work dir, if any')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='do not evaluate checkpoints during training')
+    parser.add_argument('--seed', type=int, default=None, help='random seed')
+    parser.add_argument('--diff-seed', action='store_true',
+                        help='give every rank a different seed (seed + rank)')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='use deterministic algorithms (cuDNN and torch)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. optimizer.lr=0.001 data.samples_per_gpu=2')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate with the total batch size (config auto_scale_lr)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher: none (single process), pytorch (torchrun) or slurm')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='set by old torch.distributed.launch; torchrun sets LOCAL_RANK instead')
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def setup_multiprocessing(cfg):
+    """mmdet's defaults (fork for loader workers, no OpenCV threads), minus the OMP override.
+
+    mmdet sets OMP_NUM_THREADS=1 when loaders use several workers; on a CPU-only machine that
+    would be wrong for the training process itself, and the workers are single-threaded anyway.
+    """
+    mp.set_start_method(cfg.get('mp_start_method', 'fork'), force=True)
+    cv2.setNumThreads(cfg.get('opencv_num_threads', 0))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    update_data_root(cfg)
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+        cfg.auto_scale_lr.enable = True
+    setup_multiprocessing(cfg)
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
+
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.resume_from is not None:
+        cfg.resume_from = args.resume_from
+    cfg.auto_resume = args.auto_resume
+    cfg.device = get_device()
+
+    distributed = args.launcher != 'none'
+    if distributed:
+        backend = init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+        _, world_size = get_dist_info()
+        cfg.gpu_ids = list(range(world_size))
+    else:
+        backend = None
+        cfg.gpu_ids = [0]
+
+    mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+    cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
+    timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+    logger = get_root_logger(log_file=osp.join(cfg.work_dir, f'{timestamp}.log'),
+                             log_level=cfg.log_level)
+
+    meta = dict()
+    env_info = '\n'.join(f'{key}: {value}' for key, value in collect_env().items())
+    meta['env_info'] = env_info
+    meta['config'] = cfg.pretty_text
+    logger.info('Environment info:\n' + env_info)
+    logger.info(f'Distributed training: {distributed}' +
+                (f' ({get_dist_info()[1]} processes, {backend})' if distributed else '') +
+                f', device: {cfg.device}')
+    logger.info(f'Config:\n{cfg.pretty_text}')
+
+    # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise.
+    seed = init_random_seed(args.seed, device=cfg.device)
+    if args.diff_seed:
+        seed += get_dist_info()[0]
+    logger.info(f'Set random seed to {seed}, deterministic: {args.deterministic}')
+    set_random_seed(seed, deterministic=args.deterministic)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg.seed = seed
+    meta['seed'] = seed
+    meta['exp_name'] = osp.basename(args.config)
+
+    model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
+    model.init_weights()
+
+    datasets = [build_dataset(cfg.data.train)]
+    if len(cfg.workflow) == 2:
+        val_dataset = copy.deepcopy(cfg.data.val)
+        val_dataset.pipeline = cfg.data.train.pipeline
+        datasets.append(build_dataset(val_dataset))
+    if cfg.checkpoint_config is not None:
+        # Checkpoints remember the versions and class names they were trained with.
+        cfg.checkpoint_config.meta = dict(
+            mmdet_version=mmdet_version + get_git_hash()[:7], CLASSES=datasets[0].CLASSES)
+    model.CLASSES = datasets[0].CLASSES
+    try:
+        train_detector(model, datasets, cfg, distributed=distributed,
+                       validate=not args.no_validate, timestamp=timestamp, meta=meta)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
