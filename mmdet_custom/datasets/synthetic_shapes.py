@@ -38,7 +38,10 @@ MIN_VISIBLE_FRACTION = 0.5
 # Smallest and largest shape, as a fraction of the image side (circumscribed-circle radius).
 MIN_RADIUS_FRACTION = 0.07
 MAX_RADIUS_FRACTION = 0.2
-# Colours closer than this (Euclidean, 0-255 RGB) to the background's mean are redrawn.
+# Background textures blend two colours at most this far apart per RGB channel (0-255); shape
+# colours closer than MIN_COLOUR_CONTRAST (Euclidean) to either of them are redrawn, so that
+# every shape stands out from every part of its background.
+MAX_BACKGROUND_CONTRAST = 60.0
 MIN_COLOUR_CONTRAST = 90.0
 MAX_PLACEMENT_TRIES = 30
 
@@ -67,8 +70,10 @@ def _fill_mask(outline, size):
 
 
 def _background(rng, size):
-    """A float32 H x W x 3 RGB texture in [0, 255]."""
-    colour_a, colour_b = rng.uniform(0, 255, (2, 3))
+    """A float32 H x W x 3 RGB texture in [0, 255], and the two colours it blends."""
+    colour_a = rng.uniform(0, 255, 3)
+    # Visible texture, but quieter than the shapes drawn on it.
+    colour_b = np.clip(colour_a + rng.uniform(-MAX_BACKGROUND_CONTRAST, MAX_BACKGROUND_CONTRAST, 3), 0, 255)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     kind = rng.integers(4)
     if kind == 0:  # linear gradient in a random direction
@@ -87,7 +92,7 @@ def _background(rng, size):
         weight = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1)
     image = colour_a + weight[..., None] * (colour_b - colour_a)
     image += rng.normal(0, 8, image.shape)  # fine grain everywhere
-    return image.astype(np.float32)
+    return image.astype(np.float32), (colour_a, colour_b)
 
 
 def _has_hole(mask):
@@ -126,8 +131,7 @@ def render_image(seed, split, index, size=256, min_instances=2, max_instances=6)
         ``shape_area`` (pixels of the whole shape, hidden ones included).
     """
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    image = _background(rng, size)
-    background_mean = image.reshape(-1, 3).mean(0)
+    image, background_colours = _background(rng, size)
     wanted = int(rng.integers(min_instances, max_instances + 1))
 
     instances = []  # drawn bottom to top; masks hold visible pixels only
@@ -149,7 +153,7 @@ def render_image(seed, split, index, size=256, min_instances=2, max_instances=6)
         for inst, remaining in zip(instances, covered):
             inst['mask'] = remaining
         colour = rng.uniform(0, 255, 3)
-        while np.linalg.norm(colour - background_mean) < MIN_COLOUR_CONTRAST:
+        while min(np.linalg.norm(colour - c) for c in background_colours) < MIN_COLOUR_CONTRAST:
             colour = rng.uniform(0, 255, 3)
         instances.append(dict(label=label, colour=colour, mask=mask, shape_area=int(mask.sum())))
 
