@@ -29,20 +29,20 @@ model = dict(
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=fpn_channels),
     rpn_head=dict(in_channels=fpn_channels, feat_channels=fpn_channels),
     roi_head=dict(
-        # A fixed 2x2 samples per RoIAlign bin instead of adaptive (up to 8x8 for the larger
-        # shapes): mmcv's CPU RoIAlign was the costliest op of a training step.
+        # One sample per RoIAlign bin instead of adaptive (up to 8x8 for the larger shapes):
+        # mmcv's CPU RoIAlign was the costliest op of a training step.
         bbox_roi_extractor=dict(
-            roi_layer=dict(sampling_ratio=2), out_channels=fpn_channels),
+            roi_layer=dict(sampling_ratio=1), out_channels=fpn_channels),
         bbox_head=dict(in_channels=fpn_channels, fc_out_channels=256, num_classes=num_classes),
         mask_roi_extractor=dict(
-            roi_layer=dict(sampling_ratio=2), out_channels=fpn_channels),
+            roi_layer=dict(sampling_ratio=1), out_channels=fpn_channels),
         mask_head=dict(num_convs=2, in_channels=fpn_channels, conv_out_channels=fpn_channels,
                        num_classes=num_classes)),
     # A handful of objects per image: far fewer anchors, proposals and RoIs than COCO needs.
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=30)))
