@@ -14,12 +14,16 @@ would hide most of an earlier shape, or cut a hole into it (COCO polygons cannot
 are redrawn, so every annotation is a faithful outline of what is on screen.
 
 Each image has its own random stream derived from (seed, split, index): the same seed gives the
-same files, and asking for more images leaves the first ones unchanged.
+same files, and asking for more images leaves the first ones unchanged. Images are square by
+default; ``--size H W`` makes them H pixels high and W wide, with shape sizes and texture scales
+measured against the shorter side.
 
-Usage::
+The module needs only numpy and OpenCV, so it also runs by file path before mmcv and mmdet are
+installed (importing the ``mmdet_custom`` package, which ``-m`` does, pulls them in). Usage::
 
-    python -m mmdet_custom.datasets.synthetic_shapes --out data/shapes \
+    python mmdet_custom/datasets/synthetic_shapes.py --out data/shapes \
         --num-train 400 --num-val 100 --size 256 --seed 0
+    python -m mmdet_custom.datasets.synthetic_shapes --out data/wide --size 800 1333
 """
 import argparse
 import json
@@ -62,19 +66,30 @@ def _shape_outline(class_name, centre, radius, angle, rng):
     return np.stack([centre[0] + radius * np.cos(thetas), centre[1] + radius * np.sin(thetas)], 1)
 
 
-def _fill_mask(outline, size):
-    mask = np.zeros((size, size), np.uint8)
+def _image_shape(size):
+    """(height, width) from an int (a square side) or a (height, width) pair."""
+    pair = (size, size) if np.isscalar(size) else tuple(size)
+    if len(pair) != 2 or any(int(side) != side or side < 1 for side in pair):
+        raise ValueError(f'image size must be a side or a (height, width) pair of positive whole '
+                         f'pixels, got {size!r}')
+    return int(pair[0]), int(pair[1])
+
+
+def _fill_mask(outline, height, width):
+    mask = np.zeros((height, width), np.uint8)
     # Sub-pixel precision (4 fractional bits) keeps small shapes symmetric.
     cv2.fillPoly(mask, [np.round(outline * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
 
 
-def _background(rng, size):
+def _background(rng, height, width):
     """A float32 H x W x 3 RGB texture in [0, 255], and the two colours it blends."""
     colour_a = rng.uniform(0, 255, 3)
     # Visible texture, but quieter than the shapes drawn on it.
     colour_b = np.clip(colour_a + rng.uniform(-MAX_BACKGROUND_CONTRAST, MAX_BACKGROUND_CONTRAST, 3), 0, 255)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    # Coordinates in units of the shorter side, so stripes and checkers keep their proportions.
+    short_side = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) / short_side
     kind = rng.integers(4)
     if kind == 0:  # linear gradient in a random direction
         angle = rng.uniform(0, 2 * np.pi)
@@ -88,8 +103,10 @@ def _background(rng, size):
         cells = int(rng.integers(4, 12))
         weight = ((np.floor(xx * cells) + np.floor(yy * cells)) % 2).astype(np.float32)
     else:  # smooth value noise: a coarse random grid, upsampled
-        coarse = rng.uniform(0, 1, (int(rng.integers(3, 9)),) * 2).astype(np.float32)
-        weight = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+        cells = int(rng.integers(3, 9))
+        grid = (round(cells * height / short_side), round(cells * width / short_side))
+        coarse = rng.uniform(0, 1, grid).astype(np.float32)
+        weight = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
     image = colour_a + weight[..., None] * (colour_b - colour_a)
     image += rng.normal(0, 8, image.shape)  # fine grain everywhere
     return image.astype(np.float32), (colour_a, colour_b)
@@ -123,25 +140,28 @@ def _mask_to_polygons(mask):
 
 
 def render_image(seed, split, index, size=256, min_instances=2, max_instances=6):
-    """Draw one image.
+    """Draw one image, ``size`` pixels square or ``(height, width)``.
 
     Returns:
         image (H x W x 3 uint8, RGB) and a list of instances, each a dict with ``label``
         (index into CLASSES), ``colour``, ``mask`` (H x W bool: the visible pixels) and
         ``shape_area`` (pixels of the whole shape, hidden ones included).
     """
+    height, width = _image_shape(size)
+    short_side = min(height, width)
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    image, background_colours = _background(rng, size)
+    image, background_colours = _background(rng, height, width)
     wanted = int(rng.integers(min_instances, max_instances + 1))
 
     instances = []  # drawn bottom to top; masks hold visible pixels only
     for _ in range(wanted):
         for _ in range(MAX_PLACEMENT_TRIES):
             label = int(rng.integers(len(CLASSES)))
-            radius = rng.uniform(MIN_RADIUS_FRACTION, MAX_RADIUS_FRACTION) * size
-            centre = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+            radius = rng.uniform(MIN_RADIUS_FRACTION, MAX_RADIUS_FRACTION) * short_side
+            # (x, y): a shape may poke out of the image by up to 40% of its radius.
+            centre = rng.uniform(radius * 0.6, np.array([width, height]) - radius * 0.6, 2)
             outline = _shape_outline(CLASSES[label], centre, radius, rng.uniform(0, 2 * np.pi), rng)
-            mask = _fill_mask(outline, size)
+            mask = _fill_mask(outline, height, width)
             covered = [inst['mask'] & ~mask for inst in instances]
             acceptable = mask.sum() >= 30 and all(
                 remaining.sum() >= MIN_VISIBLE_FRACTION * inst['shape_area'] and not _has_hole(remaining)
@@ -177,16 +197,17 @@ def instance_annotation(mask):
 
 def write_split(out_dir, split, num_images, size=256, seed=0, log_every=100):
     """Render ``num_images`` images of ``split`` to ``out_dir`` and write its COCO json."""
+    height, width = _image_shape(size)
     image_dir = osp.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
-        image, instances = render_image(seed, split, index, size)
+        image, instances = render_image(seed, split, index, (height, width))
         file_name = f'{index:06d}.png'
         cv2.imwrite(osp.join(image_dir, file_name), image[..., ::-1])  # cv2 writes BGR
         image_id = index + 1
-        images.append(dict(id=image_id, file_name=file_name, width=size, height=size))
+        images.append(dict(id=image_id, file_name=file_name, width=width, height=height))
         for inst in instances:
             annotations.append(dict(id=len(annotations) + 1, image_id=image_id,
                                     category_id=inst['label'] + 1, **instance_annotation(inst['mask'])))
@@ -215,16 +236,25 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='data/shapes', help='output folder')
     parser.add_argument('--num-train', type=int, default=400, help='training images')
     parser.add_argument('--num-val', type=int, default=100, help='validation images')
-    parser.add_argument('--size', type=int, default=256, help='image side in pixels')
+    parser.add_argument('--size', type=int, nargs='+', default=[256], metavar=('H', 'W'),
+                        help='image size in pixels: one value for square images, or height and width')
     parser.add_argument('--seed', type=int, default=0, help='the same seed gives the same dataset')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.size) > 2 or min(args.size) < 1:
+        parser.error(f'--size takes one side or a height and a width, all positive; got {args.size}')
+    if min(args.num_train, args.num_val) < 0:
+        parser.error('--num-train and --num-val must not be negative')
+    height, width = args.size * 2 if len(args.size) == 1 else args.size
+    args.size = (height, width)
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    height, width = args.size
     print(f'Writing synthetic shapes ({args.num_train} train + {args.num_val} val images, '
-          f'{args.size}x{args.size}, seed {args.seed}) to {args.out}', flush=True)
+          f'{width}x{height} (width x height), seed {args.seed}) to {args.out}', flush=True)
     for ann_file in generate(args.out, args.num_train, args.num_val, args.size, args.seed):
         print(f'  wrote {ann_file}')
     print(f'Done in {time.time() - start:.1f} s; classes: {", ".join(CLASSES)}')

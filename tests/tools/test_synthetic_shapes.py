@@ -1,8 +1,11 @@
 """The built-in synthetic shapes dataset: deterministic, valid COCO, masks match the pixels."""
 import filecmp
+import hashlib
 import json
 import os
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +113,75 @@ def test_command_line(tmp_path, capsys):
     assert (tmp_path / 'annotations' / 'instances_train.json').is_file()
     assert (tmp_path / 'val' / '000000.png').is_file()
     assert 'instances_val.json' in capsys.readouterr().out
+
+
+def _pixels_and_masks_digest(image, instances):
+    digest = hashlib.sha256(image.tobytes())
+    for inst in instances:
+        digest.update(np.packbits(inst['mask']).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize('split,index,expected', [
+    ('train', 0, '11757cef6e7ad0fbe9fb31cbe32e6b9799706f94561bbc9018119d64fde192b1'),
+    ('val', 7, '37283f854b664b02a7ae2e00b6eee73cd719de39af984428946703afd8588077'),
+])
+def test_square_quick_start_images_stay_the_same(split, index, expected):
+    # The quick-start figures in docs/benchmarks.md were measured on exactly these pixels; a change
+    # to the generator must not make the dataset easier or harder without anyone noticing.
+    assert _pixels_and_masks_digest(*render_image(0, split, index, 256)) == expected
+    assert _pixels_and_masks_digest(*render_image(0, split, index, (256, 256))) == expected
+
+
+def test_non_square_images(tmp_path):
+    height, width = 96, 160
+    generate(str(tmp_path), num_train=0, num_val=6, size=(height, width), seed=2)
+    coco = COCO(str(tmp_path / 'annotations' / 'instances_val.json'))
+    far_right = 0
+    for image_info in coco.loadImgs(coco.getImgIds()):
+        assert (image_info['height'], image_info['width']) == (height, width)
+        stored = cv2.imread(str(tmp_path / 'val' / image_info['file_name']))
+        assert stored.shape == (height, width, 3)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_info['id']])):
+            x, y, w, h = ann['bbox']
+            assert x + w <= width and y + h <= height
+            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(ann['segmentation'], height, width)))
+            assert mask.sum() == ann['area']
+            far_right += x > height  # shapes use the whole width, not just a square corner
+    assert far_right > 0
+    image, _ = render_image(2, 'val', 0, (width, height))  # portrait works too
+    assert image.shape == (width, height, 3)
+
+
+@pytest.mark.parametrize('size', [0, (64, 0), (64, 64, 3), 12.5])
+def test_bad_size_is_named(size):
+    with pytest.raises(ValueError, match='image size must be'):
+        render_image(0, 'train', 0, size)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--size', '64', '64', '3'], '--size takes one side or a height and a width'),
+    (['--size', '0'], '--size takes one side or a height and a width'),
+    (['--num-val', '-1'], '--num-train and --num-val must not be negative'),
+])
+def test_command_line_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        synthetic_shapes.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_runs_by_file_path_without_mmcv_mmdet_or_torch(tmp_path):
+    # quickstart.sh generates the data while mmcv-full is still building: the generator must not
+    # import the mmdet_custom package (which needs mmcv, mmdet and torch).
+    blocker = ("import runpy, sys\n"
+               "for name in ('mmcv', 'mmdet', 'torch', 'mmdet_custom'):\n"
+               "    sys.modules[name] = None  # any import of these now fails\n"
+               "sys.argv = [sys.argv[1]] + sys.argv[2:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    result = subprocess.run(
+        [sys.executable, '-c', blocker, synthetic_shapes.__file__, '--out', str(tmp_path),
+         '--num-train', '1', '--num-val', '1', '--size', '48', '80'],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert '80x48 (width x height)' in result.stdout
+    assert cv2.imread(str(tmp_path / 'train' / '000000.png')).shape == (48, 80, 3)
