@@ -1,0 +1,15 @@
+"""Deployment: Mask R-CNN export to ONNX in standard operators, and ONNX Runtime inference.
+
+Not imported by ``import mmdet_custom``: only the deployment tools need it (and onnx/onnxruntime).
+"""
+from .export import (MAX_OPSET, MIN_OPSET, compare_detections, default_input_shape,
+                     export_mask_rcnn, non_standard_ops, prepare_input, pytorch_detections,
+                     test_size_divisor)
+from .mask_rcnn import OUTPUT_NAMES, MaskRCNNForExport
+from .ort_detector import ONNXRuntimeMaskRCNN
+
+__all__ = [
+    'MAX_OPSET', 'MIN_OPSET', 'compare_detections', 'default_input_shape', 'export_mask_rcnn',
+    'non_standard_ops', 'prepare_input', 'pytorch_detections', 'test_size_divisor', 'OUTPUT_NAMES',
+    'MaskRCNNForExport', 'ONNXRuntimeMaskRCNN'
+]

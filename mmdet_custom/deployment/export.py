@@ -1,0 +1,172 @@
+"""Export a Mask R-CNN to ONNX (standard operators only) and check it against PyTorch."""
+import warnings
+
+import numpy as np
+import torch
+from mmcv.parallel import collate
+from mmdet.datasets.pipelines import Compose
+
+from .mask_rcnn import OUTPUT_NAMES, MaskRCNNForExport
+
+__all__ = ['MIN_OPSET', 'MAX_OPSET', 'test_size_divisor', 'default_input_shape', 'prepare_input',
+           'export_mask_rcnn', 'non_standard_ops', 'pytorch_detections', 'compare_detections']
+
+# GridSample (DCNv3) and RoiAlign's coordinate_transformation_mode need 16; the TorchScript-based
+# exporter writes up to 20.
+MIN_OPSET, MAX_OPSET = 16, 20
+STANDARD_DOMAINS = ('', 'ai.onnx')
+
+
+def _test_transforms(cfg):
+    """The test pipeline's steps, with MultiScaleFlipAug's inner transforms flattened in."""
+    for step in cfg.data.test.pipeline:
+        yield step
+        yield from step.get('transforms', [])
+
+
+def test_size_divisor(cfg):
+    """The ``size_divisor`` of the test pipeline's Pad (1 when it pads to a fixed size or not at all)."""
+    for step in _test_transforms(cfg):
+        if step['type'] == 'Pad' and step.get('size_divisor'):
+            return int(step['size_divisor'])
+    return 1
+
+
+def default_input_shape(cfg):
+    """(H, W) for an export: the test scale's short side by its long side, rounded up to the
+    size divisor, e.g. (800, 1344) for img_scale=(1333, 800)."""
+    scale = next((step['img_scale'] for step in cfg.data.test.pipeline if 'img_scale' in step), None)
+    if scale is None:
+        raise ValueError('the test pipeline has no img_scale: give the input shape explicitly')
+    if isinstance(scale, list):
+        scale = scale[0]
+    divisor = test_size_divisor(cfg)
+    short, long = sorted(int(side) for side in scale)
+    return tuple(-(-side // divisor) * divisor for side in (short, long))
+
+
+def prepare_input(cfg, image, shape):
+    """Run ``image`` (a path or an RGB/BGR uint8 array as mmcv reads it) through the config's test
+    pipeline and zero-pad it to ``shape`` (H, W), as the pipeline's own Pad does.
+
+    Returns the (1, 3, H, W) tensor and its image meta, in which img_shape, pad_shape and
+    ori_shape are all (H, W) and scale_factor is 1, i.e. the coordinates of the tensor itself.
+    """
+    pipeline = [dict(step) for step in cfg.data.test.pipeline]
+    if isinstance(image, np.ndarray):
+        pipeline[0] = dict(type='LoadImageFromWebcam')
+        data = dict(img=image)
+    else:
+        data = dict(img_info=dict(filename=image), img_prefix=None)
+    # MultiScaleFlipAug yields one (1, 3, h, w) tensor per test scale; the export uses one scale.
+    img = collate([Compose(pipeline)(data)], samples_per_gpu=1)['img'][0]
+    height, width = img.shape[-2:]
+    if height > shape[0] or width > shape[1]:
+        raise ValueError(f'the test pipeline makes this image {height}x{width}, larger than the '
+                         f'export shape {shape[0]}x{shape[1]}')
+    img = torch.nn.functional.pad(img, (0, shape[1] - width, 0, shape[0] - height))
+    size = (shape[0], shape[1], 3)
+    meta = dict(img_shape=size, pad_shape=size, ori_shape=size, batch_input_shape=tuple(shape),
+                scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None)
+    return img.float().contiguous(), meta
+
+
+def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False):
+    """Trace ``detector`` on ``img`` and write ``output_file``; returns the loaded ONNX model.
+
+    Raises ValueError for an unsupported opset and RuntimeError if the graph would need an
+    operator outside the standard ONNX domain.
+    """
+    import onnx
+
+    from ops_dcnv3 import HAS_COMPILED_OP
+    from ops_dcnv3.onnx import register_dcnv3_onnx_symbolic
+    if not MIN_OPSET <= opset_version <= MAX_OPSET:
+        raise ValueError(f'unsupported opset {opset_version}: the export needs an opset from '
+                         f'{MIN_OPSET} to {MAX_OPSET}')
+    if not HAS_COMPILED_OP:
+        raise RuntimeError('ONNX export translates the compiled DCNv3 op; build ops_dcnv3._C '
+                           '(pip install -e .) first')
+    register_dcnv3_onnx_symbolic(MIN_OPSET)
+    dynamic_axes = {'dets': {0: 'num_dets'}, 'labels': {0: 'num_dets'}, 'masks': {0: 'num_dets'}}
+    if dynamic:
+        dynamic_axes['input'] = {2: 'height', 3: 'width'}
+        dynamic_axes['masks'].update({1: 'height', 2: 'width'})
+    wrapper = MaskRCNNForExport(detector).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns wherever a tensor becomes a Python bool; in this graph those are shape
+        # asserts and empty-input guards of mmcv/mmdet that hold for every input.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, (img,), output_file, dynamo=False, opset_version=opset_version,
+                          input_names=['input'], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    model = onnx.load(output_file)
+    onnx.checker.check_model(model)
+    others = non_standard_ops(model)
+    if others:
+        raise RuntimeError(f'{output_file} holds operators outside the standard ONNX domain: {others}')
+    return model
+
+
+def non_standard_ops(model):
+    """Sorted ``domain::op`` names of the nodes outside the standard ONNX domain, functions included."""
+    nodes = list(model.graph.node)
+    for function in model.functions:
+        nodes.extend(function.node)
+    return sorted({f'{node.domain}::{node.op_type}' for node in nodes
+                   if node.domain not in STANDARD_DOMAINS})
+
+
+def pytorch_detections(detector, img, meta):
+    """mmdet's own inference (``simple_test``, no rescaling) as ONNX-style arrays:
+    dets (N, 5), labels (N,), masks (N, H, W) bool, sorted by descending score."""
+    with torch.no_grad():
+        bbox_results, segm_results = detector.simple_test(img, [meta], rescale=False)[0]
+    labels = np.concatenate([np.full(len(boxes), label, dtype=np.int64)
+                             for label, boxes in enumerate(bbox_results)])
+    dets = np.concatenate(bbox_results).astype(np.float32)
+    masks = [mask for class_masks in segm_results for mask in class_masks]
+    masks = np.stack(masks) if masks else np.zeros((0,) + tuple(img.shape[-2:]), dtype=bool)
+    order = np.argsort(-dets[:, 4], kind='stable')
+    return dets[order], labels[order], masks[order]
+
+
+def _mask_iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def compare_detections(reference, candidate, box_tolerance=1.0, min_mask_iou=0.98,
+                       score_tolerance=1e-3):
+    """Problems (a list of sentences, empty when they agree) between two sets of detections,
+    each (dets, labels, masks) as :func:`pytorch_detections` returns them.
+
+    Every reference detection must have a candidate of the same class whose box corners are
+    within ``box_tolerance`` pixels and score within ``score_tolerance``, with mask IoU of at
+    least ``min_mask_iou``, and the other way round. Detections whose score lies within
+    ``score_tolerance`` of the lowest score kept may be missing on either side: which of two
+    near-equal scores makes the cut is decided by rounding.
+    """
+    problems = []
+    for (dets_a, labels_a, masks_a), (dets_b, labels_b, masks_b), name_a, name_b in (
+            (reference, candidate, 'reference', 'candidate'),
+            (candidate, reference, 'candidate', 'reference')):
+        cut = min(dets_a[:, 4].min(initial=np.inf), dets_b[:, 4].min(initial=np.inf))
+        for index, (det, label) in enumerate(zip(dets_a, labels_a)):
+            same_class = np.nonzero(labels_b == label)[0]
+            if len(same_class):
+                distance = np.abs(dets_b[same_class, :4] - det[:4]).max(axis=1)
+                best = same_class[np.argmin(distance)]
+                if distance.min() <= box_tolerance and abs(dets_b[best, 4] - det[4]) <= score_tolerance:
+                    if name_a == 'reference':  # check each pair once
+                        iou = _mask_iou(masks_a[index], masks_b[best])
+                        if iou < min_mask_iou:
+                            problems.append(f'{name_a} detection {index} (class {label}, box '
+                                            f'{np.round(det[:4], 1).tolist()}): mask IoU {iou:.3f} '
+                                            f'< {min_mask_iou}')
+                    continue
+            if det[4] - cut <= score_tolerance:
+                continue
+            problems.append(f'{name_a} detection {index} (class {label}, score {det[4]:.4f}, box '
+                            f'{np.round(det[:4], 1).tolist()}) has no match in the {name_b}')
+    return problems

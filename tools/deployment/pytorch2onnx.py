@@ -1,0 +1,134 @@
+"""Export a Mask R-CNN to ONNX in standard operators only (mmdet 2.x command line).
+
+    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --output-file model.onnx \\
+        [--shape H W] [--dynamic-export] [--opset-version 17] [--input-img IMG] [--verify]
+
+The model takes ``input``, a (1, 3, H, W) float32 image resized, normalised and padded as the
+config's test pipeline does, and gives ``dets`` (N, 5), ``labels`` (N,) and ``masks`` (N, H, W),
+in the input's coordinates. DCNv3, NMS and RoIAlign are written in ONNX's own operators, so
+any ONNX runtime runs it. ``--verify`` runs ONNX Runtime and PyTorch on the same image and
+fails if their detections differ.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
+import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
+
+from mmcv import DictAction  # noqa: E402
+
+from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
+from tools.test import UsageError, build_model, load_config  # noqa: E402
+
+PROG = 'tools/deployment/pytorch2onnx.py'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog=PROG, description='Export a Mask R-CNN to ONNX')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--output-file', default='tmp.onnx', help='ONNX file to write')
+    parser.add_argument('--shape', type=int, nargs='+',
+                        help='input height and width (one value: square); default: the test '
+                        'scale, e.g. 800 1344 for img_scale=(1333, 800)')
+    parser.add_argument('--dynamic-export', action='store_true',
+                        help='make the input height and width dynamic')
+    parser.add_argument('--opset-version', type=int, default=17, help='ONNX opset (16 to 20)')
+    parser.add_argument('--input-img', help='image to trace and verify with (default: a generated '
+                        'synthetic-shapes image of the input size)')
+    parser.add_argument('--verify', action='store_true',
+                        help='compare ONNX Runtime\'s detections with PyTorch\'s on the input image')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. model.test_cfg.rcnn.max_per_img=50')
+    args = parser.parse_args(argv)
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        parser.error('--shape takes one or two values: H W (or one for a square)')
+    return args
+
+
+def input_shape(args, cfg):
+    from mmdet_custom.deployment import default_input_shape, test_size_divisor
+    if args.shape is None:
+        try:
+            return default_input_shape(cfg)
+        except ValueError as error:
+            raise UsageError(f'{error} (--shape H W)') from None
+    shape = tuple(args.shape) * 2 if len(args.shape) == 1 else tuple(args.shape)
+    divisor = test_size_divisor(cfg)
+    if min(shape) < 1 or shape[0] % divisor or shape[1] % divisor:
+        raise UsageError(f'--shape {shape[0]} {shape[1]}: height and width must be positive '
+                         f'multiples of the model\'s size divisor {divisor} (the test pipeline '
+                         f'pads to it)')
+    return shape
+
+
+def input_image(args, shape):
+    if args.input_img is None:
+        from mmdet_custom.datasets.synthetic_shapes import render_image
+        image, _ = render_image(seed=0, split='val', index=0, size=shape)
+        return image[:, :, ::-1].copy()  # RGB -> BGR, as mmcv reads files
+    if not osp.isfile(args.input_img):
+        raise UsageError(f'input image not found: {args.input_img}')
+    return args.input_img
+
+
+def verify(detector, onnx_file, img, meta, num_classes):
+    from mmdet_custom.deployment import ONNXRuntimeMaskRCNN, compare_detections, pytorch_detections
+    reference = pytorch_detections(detector, img, meta)
+    candidate = ONNXRuntimeMaskRCNN(onnx_file, num_classes).run(img)
+    problems = compare_detections(reference, candidate)
+    if problems:
+        shown = '; '.join(problems[:5]) + (f'; and {len(problems) - 5} more' if len(problems) > 5 else '')
+        raise UsageError(f'ONNX Runtime and PyTorch disagree on {onnx_file}: {shown}')
+    print(f'verified: ONNX Runtime and PyTorch give the same {len(reference[0])} detections '
+          '(boxes within 1 px, same labels, mask IoU >= 0.98)')
+
+
+def run(args):
+    from mmdet_custom.deployment import MAX_OPSET, MIN_OPSET, export_mask_rcnn, prepare_input
+    if not MIN_OPSET <= args.opset_version <= MAX_OPSET:
+        raise UsageError(f'unsupported --opset-version {args.opset_version}: the export needs '
+                         f'opset {MIN_OPSET} to {MAX_OPSET} (GridSample and RoiAlign\'s '
+                         'coordinate_transformation_mode need 16)')
+    cfg = load_config(args.config, args.cfg_options)
+    shape = input_shape(args, cfg)
+    detector = build_model(cfg, args.config)
+    checkpoint = load_detector_checkpoint(detector, args.checkpoint)
+    detector.eval()
+    classes = checkpoint.get('meta', {}).get('CLASSES') or cfg.get('classes')
+    num_classes = detector.roi_head.bbox_head.num_classes
+    try:
+        img, meta = prepare_input(cfg, input_image(args, shape), shape)
+    except ValueError as error:
+        raise UsageError(f'{error}; give a larger --shape') from None
+
+    out_dir = osp.dirname(osp.abspath(args.output_file))
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        export_mask_rcnn(detector, img, args.output_file, args.opset_version, args.dynamic_export)
+    except NotImplementedError as error:
+        raise UsageError(f'cannot export {args.config}: {error}') from None
+    seconds = time.perf_counter() - start
+    size_mb = osp.getsize(args.output_file) / 2 ** 20
+    kind = 'dynamic' if args.dynamic_export else 'static'
+    print(f'exported {args.output_file} ({size_mb:.1f} MiB, input 1x3x{shape[0]}x{shape[1]} '
+          f'{kind}, opset {args.opset_version}, {len(classes or []) or num_classes} classes) '
+          f'in {seconds:.1f} s')
+    if args.verify:
+        verify(detector, args.output_file, img, meta, num_classes)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, CheckpointError) as error:
+        raise SystemExit(f'{PROG}: error: {error}') from None
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,125 @@
+"""Evaluate an exported ONNX model on the config's test set (mmdet 2.x command line).
+
+    python tools/deployment/test.py CONFIG MODEL.onnx --backend onnxruntime --eval bbox segm
+
+The images go through the config's test pipeline as in tools/test.py; a model exported with a
+static input size takes smaller images zero-padded up to it.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
+import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
+
+import mmcv  # noqa: E402
+from mmcv import DictAction  # noqa: E402
+from mmdet.core import encode_mask_results  # noqa: E402
+from mmdet.datasets import build_dataloader, build_dataset  # noqa: E402
+
+from tools.test import EVAL_HOOK_ONLY_KEYS, UsageError, load_config  # noqa: E402
+
+PROG = 'tools/deployment/test.py'
+BACKENDS = ('onnxruntime',)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog=PROG, description='Evaluate an exported model')
+    parser.add_argument('config', help='test config file')
+    parser.add_argument('model', help='exported model file (.onnx)')
+    parser.add_argument('--backend', default='onnxruntime',
+                        help=f'inference backend: {", ".join(BACKENDS)}')
+    parser.add_argument('--out', help='write the raw results to this pickle file (.pkl/.pickle)')
+    parser.add_argument('--format-only', action='store_true',
+                        help='only convert the results to the dataset\'s submission format')
+    parser.add_argument('--eval', type=str, nargs='+', help='metrics, e.g. "bbox segm" for COCO')
+    parser.add_argument('--work-dir', help='where to save the evaluation metrics as json')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='ONNX Runtime intra-op threads (0: its default, all cores)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. data.test.ann_file=...')
+    parser.add_argument('--eval-options', nargs='+', action=DictAction,
+                        help='extra arguments of dataset.evaluate(), e.g. classwise=True')
+    args = parser.parse_args(argv)
+    if not (args.out or args.eval or args.format_only):
+        parser.error('say what to do with the results: --out, --eval or --format-only')
+    if args.eval and args.format_only:
+        parser.error('--eval and --format-only cannot both be given')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out must name a .pkl or .pickle file')
+    return args
+
+
+def build_backend(args, num_classes):
+    if args.backend not in BACKENDS:
+        raise UsageError(f'unsupported --backend {args.backend!r}: this tool runs '
+                         f'{", ".join(BACKENDS)} (TensorRT engines are built from the .onnx file '
+                         'with trtexec)')
+    if not osp.isfile(args.model):
+        raise UsageError(f'model file not found: {args.model}')
+    from mmdet_custom.deployment import ONNXRuntimeMaskRCNN
+    try:
+        return ONNXRuntimeMaskRCNN(args.model, num_classes, num_threads=args.threads)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except Exception as error:  # onnxruntime raises its own types for unreadable files
+        raise UsageError(f'cannot load {args.model} in ONNX Runtime: {error}') from None
+
+
+def infer(model, data_loader):
+    results = []
+    progress = mmcv.ProgressBar(len(data_loader.dataset))
+    for data in data_loader:
+        img = data['img'][0]
+        img_meta = data['img_metas'][0].data[0][0]
+        try:
+            bbox_results, segm_results = model(img, img_meta)
+        except ValueError as error:
+            raise UsageError(f'{img_meta["ori_filename"]}: {error}') from None
+        results.append((bbox_results, encode_mask_results(segm_results)))
+        progress.update()
+    return results
+
+
+def run(args):
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.data.test.test_mode = True
+    dataset = build_dataset(cfg.data.test)
+    model = build_backend(args, len(dataset.CLASSES))
+    data_loader = build_dataloader(dataset, samples_per_gpu=1,
+                                   workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
+                                   dist=False, shuffle=False)
+    results = infer(model, data_loader)
+
+    if args.out:
+        print(f'\nwriting results to {args.out}')
+        mmcv.dump(results, args.out)
+    eval_options = dict(args.eval_options or {})
+    if args.format_only:
+        dataset.format_results(results, **eval_options)
+    if args.eval:
+        eval_kwargs = {key: value for key, value in cfg.get('evaluation', {}).items()
+                       if key not in EVAL_HOOK_ONLY_KEYS}
+        eval_kwargs.update(eval_options, metric=args.eval)
+        metrics = dataset.evaluate(results, **eval_kwargs)
+        print(metrics)
+        if args.work_dir is not None:
+            mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
+            timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+            with open(osp.join(args.work_dir, f'eval_{timestamp}.json'), 'w') as f:
+                json.dump(dict(config=args.config, model=args.model, backend=args.backend,
+                               metric=dict(metrics)), f, indent=2)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UsageError as error:
+        raise SystemExit(f'{PROG}: error: {error}') from None
+
+
+if __name__ == '__main__':
+    main()
