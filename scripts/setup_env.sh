@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
 # Create or refresh .venv/ at the repository root with everything this project needs.
-# Idempotent: a second run checks what is there and installs nothing new.
+# Idempotent: a second run checks what is there and installs nothing new (a few seconds).
+#
+#   bash scripts/setup_env.sh [--beside CMD [ARGS...]]
+#
+# On a first run the slow parts overlap: once torch is in, mmcv-full builds in the background
+# (scripts/build_mmcv.sh, about 10 minutes on 2 cores) while requirements.txt installs and the
+# DCNv3 extension builds. --beside runs CMD ARGS alongside them as soon as torch and
+# requirements.txt are installed (mmcv-full may still be building), with the venv's bin/ first
+# on PATH; the setup fails if CMD fails.
 #
 # Environment variables:
+#   PYTHON                the interpreter to build the venv from (default python3.11, else python3)
 #   MMCV_WITH_CUDA=1      build mmcv-full's CUDA ops even without a visible GPU (default: only with a GPU)
 #   DCNV3_WITH_CUDA=0     build the DCNv3 extension without its CUDA kernels
-#   INTERNIMAGE_CACHE     where built wheels are cached (default: ~/.cache/internimage-mmdet)
+#   INTERNIMAGE_CACHE     where built wheels and the mmcv source are cached (default: ~/.cache/internimage-mmdet)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 CACHE="${INTERNIMAGE_CACHE:-$HOME/.cache/internimage-mmdet}"
-TORCH_VERSION=2.14.1
-TORCHVISION_VERSION=0.29.1
+REQUIREMENTS="$ROOT/requirements.txt"
 MMCV_VERSION=1.7.2
-MMCV_SDIST_URL="https://files.pythonhosted.org/packages/c9/cc/21ba65de872f57418d8b233c718cddb6f55f86ef1aa399141344887c052c/mmcv-full-1.7.2.tar.gz"
-MMCV_SDIST_SHA256=aa276a2c68fa84db9bbcdcf6ae941e30f0cb4a7f175bd283516669e00bab3759
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+BESIDE=()
+if [ $# -gt 0 ]; then
+  case "$1" in
+    --beside)
+      shift
+      [ $# -gt 0 ] || die "--beside needs a command to run, e.g. --beside python -m mmdet_custom.datasets.synthetic_shapes --out data/shapes"
+      BESIDE=("$@");;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    *) die "unknown argument '$1' (usage: bash scripts/setup_env.sh [--beside CMD [ARGS...]])";;
+  esac
+fi
 
 # --- Python ---------------------------------------------------------------------------------
 PYTHON="${PYTHON:-python3.11}"
@@ -30,6 +48,8 @@ case "$PYVER" in
   *) die "Python $PYVER at $(command -v "$PYTHON") is not supported: mmcv-full 1.7.2 and mmdet 2.28.2 need Python 3.9-3.11 (set PYTHON=/path/to/python3.11)";;
 esac
 command -v g++ >/dev/null 2>&1 || die "no C++ compiler: install g++ (e.g. 'apt-get install g++') to build mmcv-full and the DCNv3 extension"
+# shellcheck source=scripts/_build_common.sh
+source "$ROOT/scripts/_build_common.sh"
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $PYTHON ($PYVER)"
@@ -38,70 +58,100 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
-have() { "$PY" - "$@" <<'PYEOF' 2>/dev/null
+# requirement_lines [NAME...]: requirements.txt's requirement lines (all, or those of the named
+# packages), without comments; requirements.txt is the one list of what the venv needs.
+requirement_lines() {
+  local names
+  names="$(IFS='|'; echo "$*")"
+  sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$REQUIREMENTS" | grep -v -e '^$' -e '^-' \
+    | if [ -n "$names" ]; then grep -E "^($names)([<>=!~; \[]|$)"; else cat; fi
+}
+
+# satisfied REQUIREMENT...: true when every requirement is met by what the venv has installed.
+satisfied() { "$PY" - "$@" <<'PYEOF' 2>/dev/null
 import sys
-from importlib.metadata import version, PackageNotFoundError
-for spec in sys.argv[1:]:
-    name, _, want = spec.partition("==")
+from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # before requirements.txt is in, pip's own copy of packaging
+    from pip._vendor.packaging.requirements import Requirement
+for line in sys.argv[1:]:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+        continue
     try:
-        got = version(name)
+        installed = version(req.name)
     except PackageNotFoundError:
         sys.exit(1)
-    if want and got.split("+")[0] != want:
+    if not req.specifier.contains(installed, prereleases=True):
         sys.exit(1)
 PYEOF
 }
 
-# --- CUDA toolkit -----------------------------------------------------------------------------
-# `nvcc` on PATH may be a wrapper script, from whose folder torch would guess a CUDA_HOME without
-# headers; setup.py knows how to find the real toolkit.
-if [ -z "${CUDA_HOME:-}" ]; then
-  CUDA_HOME="$(cd "$ROOT" && "$PY" -c 'from setup import find_cuda_home; print(find_cuda_home() or "")')"
-  [ -n "$CUDA_HOME" ] && export CUDA_HOME || unset CUDA_HOME
-fi
-[ -n "${CUDA_HOME:-}" ] && say "CUDA toolkit: $CUDA_HOME"
+# --- background jobs: each in its own process group, ended with the setup if it stops early ----
+JOBS=()
+start_job() {  # start_job LOG CMD...: run CMD in the background, output to LOG ('-' = ours)
+  local log=$1
+  shift
+  if [ "$log" = - ]; then setsid "$@" & else setsid "$@" >"$log" 2>&1 & fi
+  JOBS+=("$!")
+}
+wait_job() {  # wait_job PID: its exit status, after which it is no longer ended on exit
+  local pid=$1 rc=0 kept=() other
+  wait "$pid" || rc=$?
+  for other in "${JOBS[@]}"; do [ "$other" = "$pid" ] || kept+=("$other"); done
+  JOBS=("${kept[@]+"${kept[@]}"}")
+  return "$rc"
+}
+end_jobs() {
+  local pid
+  for pid in "${JOBS[@]+"${JOBS[@]}"}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+}
+trap end_jobs EXIT
+trap 'exit 130' INT TERM
 
-# --- packages from the index --------------------------------------------------------------------
-if ! have "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"; then
-  say "installing torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION"
-  "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+# --- torch, and what building mmcv-full needs ----------------------------------------------------
+mapfile -t TORCH_REQUIREMENTS < <(requirement_lines torch torchvision setuptools wheel ninja)
+if ! satisfied "${TORCH_REQUIREMENTS[@]}"; then
+  say "installing ${TORCH_REQUIREMENTS[*]}"
+  "${PIP[@]}" "${TORCH_REQUIREMENTS[@]}"
 fi
-if ! have "mmdet==2.28.2" "numpy" "yapf==0.40.1" "addict" "opencv-python-headless" "pycocotools" "timm" "pytest" "wheel" "ninja"; then
-  say "installing requirements.txt"
-  "${PIP[@]}" -r "$ROOT/requirements.txt"
-fi
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
 
-# --- mmcv-full, built from source with C++20 -----------------------------------------------------
-if ! have "mmcv-full==$MMCV_VERSION"; then
+# --- mmcv-full, built from source with C++20, in the background -------------------------------------
+mmcv_wheel_dir=
+mmcv_build_pid=
+mmcv_log="$VENV/mmcv-build.log"
+if ! satisfied "mmcv-full==$MMCV_VERSION"; then
   with_cuda=0
   if [ "${MMCV_WITH_CUDA:-}" = 1 ] || { [ "${MMCV_WITH_CUDA:-}" != 0 ] && "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
     with_cuda=1
   fi
   flavour=cpu; [ "$with_cuda" = 1 ] && flavour=cuda
-  wheel_dir="$CACHE/mmcv-full-$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
-  if ! ls "$wheel_dir"/mmcv_full-*.whl >/dev/null 2>&1; then
-    say "building mmcv-full $MMCV_VERSION ($flavour ops) from source; this takes about 10 minutes on 2 cores"
-    build="$(mktemp -d)"
-    trap 'rm -rf "$build"' EXIT
-    curl -fsSL -o "$build/mmcv.tar.gz" "$MMCV_SDIST_URL" || die "could not download the mmcv-full sdist from $MMCV_SDIST_URL"
-    echo "$MMCV_SDIST_SHA256  $build/mmcv.tar.gz" | sha256sum -c --quiet - || die "mmcv-full sdist checksum mismatch"
-    tar xzf "$build/mmcv.tar.gz" -C "$build"
-    src="$build/mmcv-full-$MMCV_VERSION"
-    # torch >= 2.10 headers need C++20; mmcv hard-codes c++14/c++17.
-    sed -i -e 's/c++14/c++20/g' -e 's/c++17/c++20/g' "$src/setup.py"
-    if ! (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA="$with_cuda" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-          "$PY" -m pip wheel --no-deps --no-build-isolation -w "$build/wheel" . >"$build/build.log" 2>&1); then
-      tail -n 40 "$build/build.log" >&2
-      die "building mmcv-full failed (log above). Check that g++ supports -std=c++20 (gcc >= 10) and, for CUDA ops, that CUDA_HOME points at a toolkit matching torch."
-    fi
-    mkdir -p "$wheel_dir"
-    cp "$build"/wheel/mmcv_full-*.whl "$wheel_dir/"
+  mmcv_wheel_dir="$CACHE/mmcv-full-$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
+  if ls "$mmcv_wheel_dir"/mmcv_full-*.whl >/dev/null 2>&1; then
+    say "using cached mmcv-full wheel from $mmcv_wheel_dir"
   else
-    say "using cached mmcv-full wheel from $wheel_dir"
+    say "building mmcv-full $MMCV_VERSION ($flavour ops) from source in the background; about 10 minutes on 2 cores (log: $mmcv_log)"
+    build_args=(--python "$PY" --wheel-dir "$mmcv_wheel_dir")
+    [ "$with_cuda" = 1 ] && build_args+=(--cuda)
+    start_job "$mmcv_log" bash "$ROOT/scripts/build_mmcv.sh" "${build_args[@]}"
+    mmcv_build_pid=$!
   fi
-  # --no-deps: mmcv's runtime deps come from requirements.txt, resolved there together with numpy<2
-  # (opencv-python-headless instead of the GUI opencv-python mmcv names).
-  "${PIP[@]}" --no-deps "$wheel_dir"/mmcv_full-*.whl
+fi
+
+# --- the rest of requirements.txt ------------------------------------------------------------------
+mapfile -t ALL_REQUIREMENTS < <(requirement_lines)
+if ! satisfied "${ALL_REQUIREMENTS[@]}"; then
+  say "installing requirements.txt"
+  "${PIP[@]}" -r "$REQUIREMENTS"
+fi
+
+beside_pid=
+if [ ${#BESIDE[@]} -gt 0 ]; then
+  say "running beside the setup: ${BESIDE[*]}"
+  start_job - env PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV" "${BESIDE[@]}"
+  beside_pid=$!
 fi
 
 # --- this project: build the DCNv3 extension in place and put the checkout on the venv's path ----
@@ -112,12 +162,33 @@ echo "$ROOT" >"$site_packages/internimage_mmdet.pth"
 stamp="$VENV/.dcnv3-build-stamp"
 sources_hash="$(cd "$ROOT" && cat setup.py $(find ops_dcnv3/csrc -type f | sort) | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c 'import ops_dcnv3._C' 2>/dev/null; then
-  say "building the DCNv3 extension (CPU kernels$([ -n "${CUDA_HOME:-}" ] && [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && echo ' and CUDA kernels'))"
+  with_kernels="CPU kernels"
+  if [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && cuda_build_env "$PY" "$ROOT"; then
+    with_kernels="CPU and CUDA kernels; CUDA toolkit $CUDA_HOME"
+  fi
+  say "building the DCNv3 extension ($with_kernels)"
   if ! (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace >"$VENV/dcnv3-build.log" 2>&1); then
-    grep -E -B2 -A6 'error' "$VENV/dcnv3-build.log" | head -n 60 >&2 || tail -n 40 "$VENV/dcnv3-build.log" >&2
-    die "building the DCNv3 extension failed (full log: $VENV/dcnv3-build.log)"
+    first_compiler_error "$VENV/dcnv3-build.log" >&2
+    die "building the DCNv3 extension failed (first compiler error above; full log: $VENV/dcnv3-build.log)"
   fi
   echo "$sources_hash" >"$stamp"
+fi
+
+# --- wait for the background work ------------------------------------------------------------------
+if [ -n "$mmcv_build_pid" ]; then
+  say "waiting for the mmcv-full build (log: $mmcv_log)"
+  if ! wait_job "$mmcv_build_pid"; then
+    first_compiler_error "$mmcv_log" >&2
+    die "building mmcv-full failed (first compiler error above; full log: $mmcv_log). Check that g++ supports -std=c++20 (gcc >= 10) and, for CUDA ops, that CUDA_HOME points at a toolkit matching torch."
+  fi
+fi
+if [ -n "$mmcv_wheel_dir" ]; then
+  # --no-deps: mmcv's runtime deps come from requirements.txt (opencv-python-headless instead of
+  # the GUI opencv-python mmcv names).
+  "${PIP[@]}" --no-deps "$mmcv_wheel_dir"/mmcv_full-*.whl
+fi
+if [ -n "$beside_pid" ]; then
+  wait_job "$beside_pid" || die "the command run beside the setup failed (exit status $?): ${BESIDE[*]}"
 fi
 
 "$PY" -c 'import mmcv, mmdet, mmdet_custom, ops_dcnv3' || die "the environment in $VENV does not import cleanly"
