@@ -1,6 +1,6 @@
 """Train a detector (mmdet 2.x command line), on one process or many, GPU or CPU.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--auto-resume] [--seed 0] ...
+    python tools/train.py CONFIG [--work-dir DIR] [--auto-resume] [--seed 0] [--amp] ...
     bash tools/dist_train.sh CONFIG NUM_PROCESSES [same options]
 """
 import argparse
@@ -26,7 +26,8 @@ from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import collect_env, get_device, get_root_logger, update_data_root  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
-from mmdet_custom.apis import init_distributed, train_detector  # noqa: E402
+from mmdet_custom.apis import (AMP_CHOICES, check_mixed_precision, init_distributed,  # noqa: E402
+                               set_mixed_precision, train_detector)
 
 
 def parse_args(argv=None):
@@ -48,6 +49,11 @@ def parse_args(argv=None):
                         help='override config entries, e.g. optimizer.lr=0.001 data.samples_per_gpu=2')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate with the total batch size (config auto_scale_lr)')
+    parser.add_argument('--amp', nargs='?', const='auto', choices=AMP_CHOICES,
+                        help='mixed precision: float16 with dynamic loss scaling (the config\'s fp16, '
+                        'CUDA only) or bfloat16 autocast of backbone and neck (the config\'s bf16; '
+                        'CPU, and GPUs that support it); alone, float16 on a GPU and bfloat16 on '
+                        'the CPU')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher: none (single process), pytorch (torchrun) or slurm')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -87,6 +93,13 @@ def main(argv=None):
         cfg.resume_from = args.resume_from
     cfg.auto_resume = args.auto_resume
     cfg.device = get_device()
+    try:
+        if args.amp:
+            set_mixed_precision(cfg, args.amp)
+        else:
+            check_mixed_precision(cfg)
+    except ValueError as exc:
+        raise SystemExit(f'error: {exc}')
 
     distributed = args.launcher != 'none'
     if distributed:

@@ -4,11 +4,13 @@ from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detect
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
 from .test import DistEvalHookAnyDevice, multi_process_test
-from .train import build_train_dataloader, train_detector
+from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
+                    set_mixed_precision, train_detector)
 
 __all__ = [
     'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint', 'read_checkpoint',
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
     'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
-    'build_train_dataloader', 'train_detector'
+    'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',
+    'set_mixed_precision'
 ]

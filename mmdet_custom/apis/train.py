@@ -6,9 +6,17 @@ Differences from ``mmdet.apis.train_detector``:
   RNG from (seed, epoch, rank), so a run resumed from an epoch checkpoint replays the remaining
   epochs exactly as an uninterrupted run would;
 - ``auto_resume`` skips a checkpoint left half-written by a killed run;
-- distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``).
+- distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
+- mixed precision comes in two forms, each checked against the device before training starts:
+  ``fp16 = dict(...)`` (mmcv's way: float16 autocast of the whole detector and loss scaling
+  through Fp16OptimizerHook, CUDA only) and ``bf16 = dict()`` (bfloat16 autocast of the backbone
+  and neck, where the DCNv3 ops are, no loss scaling; CPU, and GPUs that support bfloat16).
+  ``tools/train.py --amp`` sets one of them.
 """
+import functools
 from functools import partial
+
+import torch
 
 from mmcv.parallel import collate
 from mmcv.runner import (EpochBasedRunner, Fp16OptimizerHook, OptimizerHook, build_runner,
@@ -44,6 +52,69 @@ def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **lo
         collate_fn=partial(collate, samples_per_gpu=samples_per_gpu),
         pin_memory=loader_kwargs.pop('pin_memory', False),
         **loader_kwargs)
+
+
+AMP_CHOICES = ('auto', 'float16', 'bfloat16')
+
+
+def set_mixed_precision(cfg, dtype='auto'):
+    """Turn on mixed precision in ``cfg`` for ``cfg.device``: float16 or bfloat16 ('auto': float16
+    on a CUDA GPU, bfloat16 elsewhere). A setting already in the config of the chosen kind (e.g.
+    its own ``fp16.loss_scale``) is kept; one of the other kind is replaced."""
+    if dtype not in AMP_CHOICES:
+        raise ValueError(f'mixed precision dtype must be one of {AMP_CHOICES}, got {dtype!r}')
+    if dtype == 'auto':
+        dtype = 'float16' if cfg.device == 'cuda' else 'bfloat16'
+    keep, drop = ('fp16', 'bf16') if dtype == 'float16' else ('bf16', 'fp16')
+    if drop in cfg:
+        cfg.pop(drop)
+    if cfg.get(keep) is None:
+        cfg[keep] = dict(loss_scale='dynamic') if keep == 'fp16' else dict()
+    return check_mixed_precision(cfg)
+
+
+def check_mixed_precision(cfg):
+    """The training precision the config asks for on ``cfg.device``: None (float32), 'float16' or
+    'bfloat16'. Raises ValueError, naming the fix, where the device cannot honour it: mmcv's fp16
+    path only works on CUDA (elsewhere its autocast would silently do nothing)."""
+    fp16, bf16 = cfg.get('fp16'), cfg.get('bf16')
+    device = cfg.get('device', 'cuda' if torch.cuda.is_available() else 'cpu')
+    if fp16 is not None and bf16 is not None:
+        raise ValueError('the config sets both fp16 and bf16; keep one (fp16: float16 with loss '
+                         'scaling, CUDA only; bf16: bfloat16 autocast)')
+    if fp16 is not None:
+        if device != 'cuda':
+            raise ValueError(f'float16 mixed precision (fp16 in the config, --amp float16) needs a '
+                             f'CUDA GPU: mmcv\'s Fp16OptimizerHook autocasts CUDA ops only, and on '
+                             f'{device!r} it would train in float32. Use bfloat16 instead '
+                             f'(--amp bfloat16, or bf16 = dict() in place of fp16)')
+        return 'float16'
+    if bf16 is not None:
+        if bf16:
+            raise ValueError(f'bf16 takes no options (bfloat16 needs no loss scaling), got {dict(bf16)}')
+        if device == 'cuda' and not torch.cuda.is_bf16_supported():
+            raise ValueError(f'this GPU ({torch.cuda.get_device_name()}) does not support bfloat16; '
+                             f'use float16 mixed precision (--amp float16)')
+        if device not in ('cuda', 'cpu'):
+            raise ValueError(f'bfloat16 mixed precision is supported on cuda and cpu, not {device!r}')
+        return 'bfloat16'
+    return None
+
+
+def _autocast_feature_extraction(detector, device_type, dtype):
+    """Run the detector's backbone and neck (``extract_feat``) under autocast and hand float32
+    features to the heads: mmcv's NMS and RoIAlign kernels have no bfloat16 version, and mmdet's
+    fp32 guards (``force_fp32``) only convert float16. Autograd takes each op's backward in the
+    dtype its forward ran in, so the backward needs no autocast of its own."""
+    extract_feat = detector.extract_feat
+
+    @functools.wraps(extract_feat)
+    def extract_feat_under_autocast(img):
+        with torch.autocast(device_type, dtype=dtype):
+            features = extract_feat(img)
+        return tuple(feature.float() for feature in features)
+
+    detector.extract_feat = extract_feat_under_autocast
 
 
 def _optimizer_hook_config(cfg, distributed):
@@ -83,6 +154,14 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         loader_cfg.pop(decided_here, None)
     data_loaders = [build_train_dataloader(ds, seed=cfg.seed, **loader_cfg) for ds in datasets]
 
+    precision = check_mixed_precision(cfg)
+    if precision == 'float16':
+        logger.info(f'mixed precision: float16 autocast, loss scale '
+                    f'{cfg.fp16.get("loss_scale", 512.0)} (Fp16OptimizerHook)')
+    elif precision == 'bfloat16':
+        logger.info('mixed precision: bfloat16 autocast in the backbone and neck, no loss scaling')
+    if precision == 'bfloat16':
+        _autocast_feature_extraction(model, cfg.device, torch.bfloat16)
     model = wrap_model(model, cfg, distributed, cfg.get('find_unused_parameters', False))
     optimizer = build_optimizer(model, cfg.optimizer)
     runner = build_runner(cfg.runner, default_args=dict(

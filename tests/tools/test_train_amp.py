@@ -1,0 +1,126 @@
+"""Mixed-precision training: ``tools/train.py --amp`` and the config's ``fp16`` / ``bf16``."""
+import json
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+from mmcv import Config  # noqa: E402
+
+from mmdet_custom.apis import check_mixed_precision, set_mixed_precision  # noqa: E402
+from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
+
+TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
+
+# Wraps every DCNv3 module's core call during training and records the dtypes it saw, then
+# the parameters' dtypes at the end, into work_dir/dtypes.json.
+DTYPE_PROBE = '''
+import json
+import os.path as osp
+
+from mmcv.runner import HOOKS, Hook
+
+from ops_dcnv3.modules.dcnv3 import _DCNv3Base
+
+
+@HOOKS.register_module()
+class DCNv3DtypeProbeHook(Hook):
+    def before_run(self, runner):
+        self.seen = set()
+        for module in runner.model.modules():
+            if isinstance(module, _DCNv3Base):
+                module._sample = self._probe(module._sample)
+
+    def _probe(self, sample):
+        def probed(values, offset, mask):
+            output = sample(values, offset, mask)
+            self.seen.add(f'{values.dtype}/{offset.dtype}/{mask.dtype}->{output.dtype}')
+            return output
+        return probed
+
+    def after_run(self, runner):
+        with open(osp.join(runner.work_dir, 'dtypes.json'), 'w') as f:
+            json.dump(dict(core=sorted(self.seen),
+                           params=sorted({str(p.dtype) for p in runner.model.parameters()})), f)
+'''
+
+
+def _cfg(device, **settings):
+    return Config(dict(device=device, **settings))
+
+
+def test_config_fp16_on_cpu_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match=r'needs a CUDA GPU.*--amp bfloat16'):
+        check_mixed_precision(_cfg('cpu', fp16=dict(loss_scale=512.)))
+
+
+def test_fp16_and_bf16_together_are_refused():
+    with pytest.raises(ValueError, match='both fp16 and bf16'):
+        check_mixed_precision(_cfg('cuda', fp16=dict(loss_scale='dynamic'), bf16=dict()))
+
+
+def test_bf16_takes_no_loss_scale():
+    with pytest.raises(ValueError, match='bf16 takes no options'):
+        check_mixed_precision(_cfg('cpu', bf16=dict(loss_scale=512.)))
+
+
+def test_amp_auto_is_bfloat16_on_cpu():
+    cfg = _cfg('cpu')
+    assert set_mixed_precision(cfg) == 'bfloat16'
+    assert cfg.bf16 == {} and 'fp16' not in cfg
+
+
+def test_amp_float16_keeps_the_configs_loss_scale_and_drops_bf16(monkeypatch):
+    cfg = _cfg('cuda', fp16=dict(loss_scale=dict(init_scale=512)), bf16=dict())
+    assert set_mixed_precision(cfg, 'float16') == 'float16'
+    assert cfg.fp16 == dict(loss_scale=dict(init_scale=512)) and 'bf16' not in cfg
+    cfg = _cfg('cuda')
+    assert set_mixed_precision(cfg, 'float16') == 'float16'
+    assert cfg.fp16 == dict(loss_scale='dynamic')
+
+
+def test_amp_rejects_an_unknown_dtype():
+    with pytest.raises(ValueError, match='must be one of'):
+        set_mixed_precision(_cfg('cpu'), 'float8')
+
+
+def test_no_mixed_precision_is_float32():
+    assert check_mixed_precision(_cfg('cpu')) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('option', [['--amp', 'float16'], ['--cfg-options', 'fp16.loss_scale=512.']])
+def test_train_tool_refuses_float16_on_cpu(tmp_path, tiny_shapes, option):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: float16 is allowed there')
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes)
+    result = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(tmp_path / 'work')] + option,
+                      timeout=300)
+    assert result.returncode == 1
+    assert 'float16 mixed precision' in result.stderr and 'needs a CUDA GPU' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_train_tool_amp_on_cpu_trains_dcnv3_in_bfloat16(tmp_path, tiny_shapes):
+    """--amp alone on the CPU: bfloat16 autocast; the DCNv3 cores run in bfloat16 on bfloat16
+    values, offsets and masks, the weights stay float32, and the losses stay finite."""
+    (tmp_path / 'dtype_probe.py').write_text(DTYPE_PROBE)
+    config = write_tiny_config(
+        tmp_path / 'tiny.py', tiny_shapes,
+        extra="custom_imports = dict(imports=['mmdet_custom', 'dtype_probe'])\n"
+              "custom_hooks = [dict(type='DCNv3DtypeProbeHook')]\n")
+    work = tmp_path / 'work'
+    result = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work), '--seed', '0',
+                       '--no-validate', '--amp'],
+                      env={'PYTHONPATH': f'{tmp_path}:{ROOT}'}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'mixed precision: bfloat16 autocast in the backbone' in result.stderr
+    seen = json.loads((work / 'dtypes.json').read_text())
+    assert seen['core'] == ['torch.bfloat16/torch.bfloat16/torch.bfloat16->torch.bfloat16']
+    assert seen['params'] == ['torch.float32']
+    logs = [json.loads(line) for line in next(work.glob('*.log.json')).read_text().splitlines()]
+    losses = [entry['loss'] for entry in logs if entry.get('mode') == 'train']
+    assert losses and all(math.isfinite(loss) for loss in losses)
