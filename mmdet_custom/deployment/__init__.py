@@ -4,12 +4,12 @@ Not imported by ``import mmdet_custom``: only the deployment tools need it (and 
 """
 from .export import (MAX_OPSET, MIN_OPSET, compare_detections, default_input_shape,
                      export_mask_rcnn, non_standard_ops, prepare_input, pytorch_detections,
-                     test_size_divisor)
+                     pipeline_size_divisor)
 from .mask_rcnn import OUTPUT_NAMES, MaskRCNNForExport
 from .ort_detector import ONNXRuntimeMaskRCNN
 
 __all__ = [
     'MAX_OPSET', 'MIN_OPSET', 'compare_detections', 'default_input_shape', 'export_mask_rcnn',
-    'non_standard_ops', 'prepare_input', 'pytorch_detections', 'test_size_divisor', 'OUTPUT_NAMES',
+    'non_standard_ops', 'prepare_input', 'pytorch_detections', 'pipeline_size_divisor', 'OUTPUT_NAMES',
     'MaskRCNNForExport', 'ONNXRuntimeMaskRCNN'
 ]

@@ -8,7 +8,7 @@ from mmdet.datasets.pipelines import Compose
 
 from .mask_rcnn import OUTPUT_NAMES, MaskRCNNForExport
 
-__all__ = ['MIN_OPSET', 'MAX_OPSET', 'test_size_divisor', 'default_input_shape', 'prepare_input',
+__all__ = ['MIN_OPSET', 'MAX_OPSET', 'pipeline_size_divisor', 'default_input_shape', 'prepare_input',
            'export_mask_rcnn', 'non_standard_ops', 'pytorch_detections', 'compare_detections']
 
 # GridSample (DCNv3) and RoiAlign's coordinate_transformation_mode need 16; the TorchScript-based
@@ -24,7 +24,7 @@ def _test_transforms(cfg):
         yield from step.get('transforms', [])
 
 
-def test_size_divisor(cfg):
+def pipeline_size_divisor(cfg):
     """The ``size_divisor`` of the test pipeline's Pad (1 when it pads to a fixed size or not at all)."""
     for step in _test_transforms(cfg):
         if step['type'] == 'Pad' and step.get('size_divisor'):
@@ -40,7 +40,7 @@ def default_input_shape(cfg):
         raise ValueError('the test pipeline has no img_scale: give the input shape explicitly')
     if isinstance(scale, list):
         scale = scale[0]
-    divisor = test_size_divisor(cfg)
+    divisor = pipeline_size_divisor(cfg)
     short, long = sorted(int(side) for side in scale)
     return tuple(-(-side // divisor) * divisor for side in (short, long))
 
@@ -143,15 +143,15 @@ def compare_detections(reference, candidate, box_tolerance=1.0, min_mask_iou=0.9
 
     Every reference detection must have a candidate of the same class whose box corners are
     within ``box_tolerance`` pixels and score within ``score_tolerance``, with mask IoU of at
-    least ``min_mask_iou``, and the other way round. Detections whose score lies within
-    ``score_tolerance`` of the lowest score kept may be missing on either side: which of two
-    near-equal scores makes the cut is decided by rounding.
+    least ``min_mask_iou``, and the other way round. A detection may be missing from the other
+    side only if its score lies within ``score_tolerance`` of the lowest score kept there: which
+    of two near-equal scores makes the ``max_per_img`` cut is decided by rounding.
     """
     problems = []
     for (dets_a, labels_a, masks_a), (dets_b, labels_b, masks_b), name_a, name_b in (
             (reference, candidate, 'reference', 'candidate'),
             (candidate, reference, 'candidate', 'reference')):
-        cut = min(dets_a[:, 4].min(initial=np.inf), dets_b[:, 4].min(initial=np.inf))
+        lowest_b = dets_b[:, 4].min(initial=np.inf)  # where the other side's kept list ends
         for index, (det, label) in enumerate(zip(dets_a, labels_a)):
             same_class = np.nonzero(labels_b == label)[0]
             if len(same_class):
@@ -165,7 +165,7 @@ def compare_detections(reference, candidate, box_tolerance=1.0, min_mask_iou=0.9
                                             f'{np.round(det[:4], 1).tolist()}): mask IoU {iou:.3f} '
                                             f'< {min_mask_iou}')
                     continue
-            if det[4] - cut <= score_tolerance:
+            if abs(det[4] - lowest_b) <= score_tolerance:
                 continue
             problems.append(f'{name_a} detection {index} (class {label}, score {det[4]:.4f}, box '
                             f'{np.round(det[:4], 1).tolist()}) has no match in the {name_b}')

@@ -50,14 +50,14 @@ def parse_args(argv=None):
 
 
 def input_shape(args, cfg):
-    from mmdet_custom.deployment import default_input_shape, test_size_divisor
+    from mmdet_custom.deployment import default_input_shape, pipeline_size_divisor
     if args.shape is None:
         try:
             return default_input_shape(cfg)
         except ValueError as error:
             raise UsageError(f'{error} (--shape H W)') from None
     shape = tuple(args.shape) * 2 if len(args.shape) == 1 else tuple(args.shape)
-    divisor = test_size_divisor(cfg)
+    divisor = pipeline_size_divisor(cfg)
     if min(shape) < 1 or shape[0] % divisor or shape[1] % divisor:
         raise UsageError(f'--shape {shape[0]} {shape[1]}: height and width must be positive '
                          f'multiples of the model\'s size divisor {divisor} (the test pipeline '

@@ -6,10 +6,8 @@ The images go through the config's test pipeline as in tools/test.py; a model ex
 static input size takes smaller images zero-padded up to it.
 """
 import argparse
-import json
 import os.path as osp
 import sys
-import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
 import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
@@ -19,7 +17,7 @@ from mmcv import DictAction  # noqa: E402
 from mmdet.core import encode_mask_results  # noqa: E402
 from mmdet.datasets import build_dataloader, build_dataset  # noqa: E402
 
-from tools.test import EVAL_HOOK_ONLY_KEYS, UsageError, load_config  # noqa: E402
+from tools.test import UsageError, load_config, report_results  # noqa: E402
 
 PROG = 'tools/deployment/test.py'
 BACKENDS = ('onnxruntime',)
@@ -52,13 +50,16 @@ def parse_args(argv=None):
     return args
 
 
-def build_backend(args, num_classes):
+def check_backend(args):
     if args.backend not in BACKENDS:
         raise UsageError(f'unsupported --backend {args.backend!r}: this tool runs '
                          f'{", ".join(BACKENDS)} (TensorRT engines are built from the .onnx file '
                          'with trtexec)')
     if not osp.isfile(args.model):
         raise UsageError(f'model file not found: {args.model}')
+
+
+def build_backend(args, num_classes):
     from mmdet_custom.deployment import ONNXRuntimeMaskRCNN
     try:
         return ONNXRuntimeMaskRCNN(args.model, num_classes, num_threads=args.threads)
@@ -84,6 +85,7 @@ def infer(model, data_loader):
 
 
 def run(args):
+    check_backend(args)
     cfg = load_config(args.config, args.cfg_options)
     cfg.data.test.test_mode = True
     dataset = build_dataset(cfg.data.test)
@@ -92,25 +94,7 @@ def run(args):
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
                                    dist=False, shuffle=False)
     results = infer(model, data_loader)
-
-    if args.out:
-        print(f'\nwriting results to {args.out}')
-        mmcv.dump(results, args.out)
-    eval_options = dict(args.eval_options or {})
-    if args.format_only:
-        dataset.format_results(results, **eval_options)
-    if args.eval:
-        eval_kwargs = {key: value for key, value in cfg.get('evaluation', {}).items()
-                       if key not in EVAL_HOOK_ONLY_KEYS}
-        eval_kwargs.update(eval_options, metric=args.eval)
-        metrics = dataset.evaluate(results, **eval_kwargs)
-        print(metrics)
-        if args.work_dir is not None:
-            mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
-            timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
-            with open(osp.join(args.work_dir, f'eval_{timestamp}.json'), 'w') as f:
-                json.dump(dict(config=args.config, model=args.model, backend=args.backend,
-                               metric=dict(metrics)), f, indent=2)
+    report_results(args, cfg, dataset, results, dict(model=args.model, backend=args.backend))
 
 
 def main(argv=None):

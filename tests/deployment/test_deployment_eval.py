@@ -1,0 +1,79 @@
+"""tools/deployment/test.py: COCO evaluation of an exported model, against tools/test.py's."""
+import json
+import os
+import os.path as osp
+
+import pytest
+
+pytest.importorskip('mmdet')
+pytest.importorskip('onnxruntime')
+from deployment_testlib import load_tool  # noqa: E402
+from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
+
+TEST_TOOL = osp.join(ROOT, 'tools', 'test.py')
+EXPORT_TOOL = osp.join(ROOT, 'tools', 'deployment', 'pytorch2onnx.py')
+DEPLOY_TEST_TOOL = osp.join(ROOT, 'tools', 'deployment', 'test.py')
+# A short training that lifts the tiny model's mAP well above zero: 48 images of 64x64,
+# batches of 8, 20 epochs at a higher learning rate than the quick start's.
+EPOCHS = 20
+TRAIN_OPTIONS = ['data.samples_per_gpu=8', 'optimizer.lr=0.004', 'lr_config.warmup_iters=10',
+                 f'checkpoint_config.interval={EPOCHS}', 'evaluation.interval=1000',
+                 'log_config.interval=6']
+
+
+@pytest.fixture(scope='module')
+def small_shapes(tmp_path_factory):
+    from mmdet_custom.datasets.synthetic_shapes import generate
+    folder = tmp_path_factory.mktemp('shapes')
+    generate(str(folder), num_train=48, num_val=16, size=64, seed=0)
+    return str(folder)
+
+
+def _metrics(work_dir):
+    (path,) = [osp.join(work_dir, name) for name in os.listdir(work_dir) if name.startswith('eval_')]
+    with open(path) as f:
+        return json.load(f)['metric']
+
+
+@pytest.mark.slow
+def test_exported_model_evaluates_like_pytorch(small_shapes, tmp_path):
+    config = write_tiny_config(tmp_path / 'tiny.py', small_shapes, epochs=EPOCHS, workers=0)
+    work_dir = tmp_path / 'work'
+    trained = run_tool([PYTHON, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+                        str(work_dir), '--cfg-options', *TRAIN_OPTIONS], timeout=2400)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = str(work_dir / f'epoch_{EPOCHS}.pth')
+
+    pytorch = run_tool([PYTHON, TEST_TOOL, config, checkpoint, '--eval', 'bbox', 'segm',
+                        '--work-dir', str(tmp_path / 'pytorch')], timeout=600)
+    assert pytorch.returncode == 0, pytorch.stderr[-3000:]
+    onnx_file = str(tmp_path / 'tiny.onnx')
+    exported = run_tool([PYTHON, EXPORT_TOOL, config, checkpoint, '--output-file', onnx_file,
+                         '--verify'], timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert 'verified' in exported.stdout
+    deployed = run_tool([PYTHON, DEPLOY_TEST_TOOL, config, onnx_file, '--backend', 'onnxruntime',
+                         '--eval', 'bbox', 'segm', '--work-dir', str(tmp_path / 'onnx')], timeout=600)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+
+    expected, measured = _metrics(tmp_path / 'pytorch'), _metrics(tmp_path / 'onnx')
+    for metric in ('bbox_mAP', 'segm_mAP'):
+        assert expected[metric] >= 0.1, f'training left {metric} at {expected[metric]}: too weak a check'
+        assert abs(measured[metric] - expected[metric]) <= 0.01, (metric, expected, measured)
+
+
+def _deploy_test_error(*args):
+    with pytest.raises(SystemExit) as error:
+        load_tool('test').main([*args, '--eval', 'bbox'])
+    assert str(error.value).startswith('tools/deployment/test.py: error: ')
+    return str(error.value)
+
+
+def test_deployment_test_tool_errors(tmp_path):
+    config = write_tiny_config(tmp_path / 'tiny.py', str(tmp_path / 'no_data'))
+    model = tmp_path / 'model.onnx'
+    model.write_bytes(b'not read: the arguments are checked first')
+    assert 'unsupported --backend \'tensorrt\'' in _deploy_test_error(config, str(model),
+                                                                        '--backend', 'tensorrt')
+    assert 'model file not found' in _deploy_test_error(config, str(tmp_path / 'missing.onnx'))
+    assert 'config file not found' in _deploy_test_error(str(tmp_path / 'no.py'), str(model))

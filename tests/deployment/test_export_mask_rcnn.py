@@ -1,0 +1,159 @@
+"""Export of the tiny InternImage Mask R-CNN: ONNX Runtime gives PyTorch's detections, in
+standard operators only; the export tool's command line and its errors."""
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+ort = pytest.importorskip('onnxruntime')
+onnx = pytest.importorskip('onnx')
+
+from mmdet_custom.datasets.synthetic_shapes import render_image  # noqa: E402
+from mmdet_custom.deployment import (ONNXRuntimeMaskRCNN, compare_detections,  # noqa: E402
+                                     default_input_shape, export_mask_rcnn, non_standard_ops,
+                                     prepare_input, pytorch_detections, pipeline_size_divisor)
+from deployment_testlib import load_tool  # noqa: E402
+from tools_testlib import ROOT  # noqa: E402
+
+
+def _image_input(cfg, shape, index=0):
+    image, _ = render_image(seed=0, split='val', index=index, size=shape)
+    return prepare_input(cfg, image[:, :, ::-1].copy(), shape)
+
+
+@pytest.fixture(scope='module')
+def static_export(tiny_detector, tmp_path_factory):
+    _, _, cfg, detector = tiny_detector
+    img, meta = _image_input(cfg, (64, 64))
+    path = str(tmp_path_factory.mktemp('static') / 'tiny.onnx')
+    model = export_mask_rcnn(detector, img, path, opset_version=17)
+    return path, model, img, meta
+
+
+def test_static_export_gives_pytorch_detections(tiny_detector, static_export):
+    _, _, _, detector = tiny_detector
+    path, _, img, meta = static_export
+    reference = pytorch_detections(detector, img, meta)
+    dets, labels, masks = ONNXRuntimeMaskRCNN(path, num_classes=3).run(img)
+    assert len(reference[0]) > 0
+    assert dets.shape == (len(labels), 5) and dets.dtype == np.float32
+    assert labels.dtype == np.int64 and masks.shape == (len(labels), 64, 64) and masks.dtype == bool
+    assert np.all(np.diff(dets[:, 4]) <= 0), 'detections are sorted by score'
+    assert compare_detections(reference, (dets, labels, masks)) == []
+
+
+def test_graph_holds_standard_operators_only(static_export):
+    _, model, _, _ = static_export
+    assert non_standard_ops(model) == []
+    op_types = {node.op_type for node in model.graph.node}
+    assert {'GridSample', 'RoiAlign', 'NonMaxSuppression'} <= op_types
+    assert [i.name for i in model.graph.input] == ['input']
+    assert [o.name for o in model.graph.output] == ['dets', 'labels', 'masks']
+
+
+def test_dynamic_export_runs_at_other_sizes(tiny_detector, tmp_path):
+    _, _, cfg, detector = tiny_detector
+    img, _ = _image_input(cfg, (64, 64))
+    path = str(tmp_path / 'dynamic.onnx')
+    export_mask_rcnn(detector, img, path, opset_version=17, dynamic=True)
+    model = ONNXRuntimeMaskRCNN(path, num_classes=3)
+    assert model.input_shape is None
+    for index, shape in enumerate(((96, 64), (64, 128))):
+        img, meta = _image_input(cfg, shape, index=index + 1)
+        candidate = model.run(img)
+        assert candidate[2].shape[1:] == shape
+        assert compare_detections(pytorch_detections(detector, img, meta), candidate) == []
+
+
+def test_no_detection_gives_empty_outputs(tiny_detector, tmp_path):
+    _, _, cfg, detector = tiny_detector
+    img, _ = _image_input(cfg, (64, 64))
+    path = str(tmp_path / 'none.onnx')
+    rcnn_cfg = detector.roi_head.test_cfg
+    score_thr, rcnn_cfg.score_thr = rcnn_cfg.score_thr, 1.0  # no box scores above 1
+    try:
+        export_mask_rcnn(detector, img, path, opset_version=17)
+    finally:
+        rcnn_cfg.score_thr = score_thr
+    dets, labels, masks = ONNXRuntimeMaskRCNN(path, num_classes=3).run(img)
+    assert dets.shape == (0, 5) and labels.shape == (0,) and masks.shape == (0, 64, 64)
+
+
+def test_ort_detector_rescales_to_the_original_image(static_export):
+    path, _, img, _ = static_export
+    model = ONNXRuntimeMaskRCNN(path, num_classes=3)
+    dets, labels, _ = model.run(img)
+    # As if the pipeline had resized a 32x48 image by (2, 4/3) into the top-left 64x64.
+    meta = dict(img_shape=(64, 64, 3), ori_shape=(48, 32, 3),
+                scale_factor=np.array([2, 4 / 3, 2, 4 / 3], dtype=np.float32))
+    bbox_results, segm_results = model(img, meta)
+    assert [len(boxes) for boxes in bbox_results] == np.bincount(labels, minlength=3).tolist()
+    rescaled = np.concatenate(bbox_results)
+    np.testing.assert_allclose(np.sort(rescaled[:, 0]), np.sort(dets[:, 0].clip(0, 64) / 2), rtol=1e-5)
+    assert all(mask.shape == (48, 32) for masks in segm_results for mask in masks)
+
+
+def test_static_model_rejects_a_larger_image(static_export):
+    path, _, _, _ = static_export
+    with pytest.raises(ValueError, match='does not fit the model.s static input 64x64'):
+        ONNXRuntimeMaskRCNN(path, num_classes=3).run(torch.zeros(1, 3, 96, 64))
+
+
+def test_compare_detections_names_each_difference():
+    rng = np.random.default_rng(0)
+    dets = np.array([[2, 2, 20, 20, 0.9], [30, 30, 50, 60, 0.8], [5, 40, 25, 60, 0.3]], np.float32)
+    labels = np.array([0, 1, 1])
+    masks = rng.random((3, 64, 64)) > 0.5
+    reference = (dets, labels, masks)
+    assert compare_detections(reference, (dets.copy(), labels.copy(), masks.copy())) == []
+
+    moved = dets.copy()
+    moved[0, 2] += 1.5
+    assert any('no match' in p and 'class 0' in p for p in compare_detections(reference, (moved, labels, masks)))
+    relabelled = labels.copy()
+    relabelled[1] = 0
+    assert compare_detections(reference, (dets, relabelled, masks))
+    other_masks = masks.copy()
+    other_masks[1] = ~other_masks[1]
+    assert any('mask IoU' in p for p in compare_detections(reference, (dets, labels, other_masks)))
+    # The lowest-scoring detection may fall on either side of the cut only if it ties with it.
+    assert compare_detections(reference, (dets[:2], labels[:2], masks[:2]))
+
+
+def test_default_shape_and_size_divisor(tiny_detector):
+    from mmcv import Config
+    _, _, cfg, _ = tiny_detector
+    assert pipeline_size_divisor(cfg) == 32 and default_input_shape(cfg) == (64, 64)
+    coco = Config.fromfile(osp.join(ROOT, 'configs', 'coco', 'mask_rcnn_internimage_t_fpn_1x_coco.py'))
+    assert default_input_shape(coco) == (800, 1344)
+
+
+@pytest.mark.slow
+def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
+    config, checkpoint, _, _ = tiny_detector
+    output = tmp_path / 'out' / 'tiny.onnx'
+    load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', str(output), '--shape', '64',
+                                     '--verify', '--opset-version', '16'])
+    printed = capsys.readouterr().out
+    assert output.is_file() and 'input 1x3x64x64 static, opset 16' in printed
+    assert 'verified: ONNX Runtime and PyTorch give the same' in printed
+
+
+@pytest.mark.parametrize('args, message', [
+    (['configs/no/such.py', '{checkpoint}'], 'config file not found: configs/no/such.py'),
+    (['{config}', '{missing}'], 'checkpoint not found'),
+    (['{config}', '{checkpoint}', '--opset-version', '11'], 'unsupported --opset-version 11'),
+    (['{config}', '{checkpoint}', '--shape', '64', '80'], 'multiples of the model\'s size divisor 32'),
+    (['{config}', '{checkpoint}', '--input-img', '{missing}'], 'input image not found'),
+])
+def test_export_tool_errors(tiny_detector, tmp_path, args, message):
+    config, checkpoint, _, _ = tiny_detector
+    values = dict(config=config, checkpoint=checkpoint, missing=str(tmp_path / 'missing.png'))
+    argv = [arg.format(**values) for arg in args] + ['--output-file', str(tmp_path / 'x.onnx')]
+    with pytest.raises(SystemExit) as error:
+        load_tool('pytorch2onnx').main(argv)
+    assert str(error.value).startswith('tools/deployment/pytorch2onnx.py: error: ')
+    assert message in str(error.value)
+    assert not (tmp_path / 'x.onnx').exists()
