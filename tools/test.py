@@ -148,6 +148,12 @@ def run(args):
 
     if rank != 0:
         return
+    report_results(args, cfg, dataset, results, dict(checkpoint=args.checkpoint))
+
+
+def report_results(args, cfg, dataset, results, source):
+    """What --out, --format-only, --eval and --work-dir ask for; ``source`` (what made the
+    results, e.g. the checkpoint) goes into the metrics json beside the config."""
     if args.out:
         print(f'\nwriting results to {args.out}')
         mmcv.dump(results, args.out)
@@ -165,8 +171,7 @@ def run(args):
             mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
             timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
             with open(osp.join(args.work_dir, f'eval_{timestamp}.json'), 'w') as f:
-                json.dump(dict(config=args.config, checkpoint=args.checkpoint,
-                               metric=dict(metrics)), f, indent=2)
+                json.dump(dict(config=args.config, **source, metric=dict(metrics)), f, indent=2)
 
 
 def main(argv=None):
