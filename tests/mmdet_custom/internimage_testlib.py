@@ -1,10 +1,14 @@
 """Shared helpers for the InternImage plugin tests (reference data location, tiny model settings)."""
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / 'shared' / 'reference'
+# ../shared/reference beside the checkout, or $DCNV3_REF_DIR (as for the op tests), e.g. where
+# scripts/gpu_check.sh copied it on a machine without ../shared.
+REFERENCE_DIR = Path(os.environ.get('DCNV3_REF_DIR') or
+                     Path(__file__).resolve().parents[2].parent / 'shared' / 'reference')
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / 'configs' / 'coco'
 
