@@ -1,88 +1,267 @@
 #!/usr/bin/env bash
-# GPU check of the compiled DCNv3 op: build the extension with its CUDA kernels (timed), run the
-# op tests (CPU and CUDA), then benchmark the CUDA op against dcnv3_core_pytorch in float32,
-# float16 and bfloat16. Meant for a CUDA machine without network; takes a few minutes.
+# The GPU path end to end, in one run of at most 9 minutes on one H100/H200 without network
+# (Python 3.12, torch 2.11, numpy 2: the lent GPU machine, see docs/benchmarks.md):
+#   1. installs ../shared/gpu-kit (mmcv-full 1.7.2 with sm_90 CUDA ops, mmdet 2.28.2, ...) into a
+#      private folder, builds ops_dcnv3 for sm_90 and, beside it, the original InternImage kernel
+#      (../shared/anchors/original_dcnv3), and generates a 1333x800 COCO-format shapes dataset;
+#   2. runs the CUDA tests (op, modules, backbone parity, original-kernel core op);
+#   3. times our op against the original kernel and the PyTorch core (tools/benchmark_dcnv3.py:
+#      InternImage-T stage shapes of a 1333x800 input, batch 2; float32 and float16 against the
+#      original, whose targets are forward >= 3x and backward >= 2x; bfloat16 ours only);
+#   4. trains InternImage-T Mask R-CNN (configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py, 2
+#      images per GPU) through tools/train.py: float32, mixed precision (--amp: float16 with
+#      mmcv's Fp16OptimizerHook), and float32 with the original kernel (core_op=DCNv3_original),
+#      reporting steady-state s/iter and peak GPU memory (targets: ours >= 1.3x faster than the
+#      original kernel, mixed precision >= 1.5x faster than float32);
+#   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel) for a few
+#      iterations and tools/test.py --eval bbox segm on the GPU;
+#   6. prints one summary table last.
 #
-#   bash scripts/gpu_check.sh            (from anywhere; it works in the repository root)
+#   bash scripts/gpu_check.sh --prepare   here, before sending the checkout to the GPU machine:
+#                                         copies the kit, the original kernel and the reference
+#                                         data into .device/ (git-ignored; name it in `carry`)
+#   bash scripts/gpu_check.sh             on the GPU machine, from the checkout
+#   bash scripts/gpu_check.sh --dry-run   on a CPU machine: every step it can, at tiny sizes (no
+#                                         CUDA steps, no builds, the kit only installed to a
+#                                         temporary folder when its wheels fit this Python)
 #
-# Environment variables:
-#   OUT                   folder for gpu_log.txt (default /tmp/dcnv3_gpu_check)
-#   DCNV3_REF_DIR         folder holding dcnv3_core_ref.pt (default .device/reference)
-#   TORCH_CUDA_ARCH_LIST  default 9.0 (H100/H200)
-#   PYTHON                default python3
-#
-# Every step runs even if an earlier test or benchmark fails (not after a failed build); the exit
-# status is non-zero if anything failed.
+# Options: --out DIR (default $OUT, else /tmp/gpu_check): gpu_check.log (everything) and
+# summary.txt go there. Environment: PYTHON (default python3; in --dry-run .venv/bin/python when
+# present), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_SECONDS (time budget, default 510),
+# GPU_CHECK_WORK (scratch folder: datasets, work dirs; default /tmp/gpu_check_work),
+# GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5).
+# Every step runs even if an earlier one failed (not after a failed build); the exit status is
+# non-zero if any step failed or a target was missed.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+ROOT=$PWD
+DEVICE_DIR="$ROOT/.device"
 
-PY="${PYTHON:-python3}"
-OUT="${OUT:-/tmp/dcnv3_gpu_check}"
-mkdir -p "$OUT" || exit 1
-LOG="$OUT/gpu_log.txt"
-: >"$LOG"
-export DCNV3_REF_DIR="${DCNV3_REF_DIR:-$PWD/.device/reference}"
+MODE=gpu
+OUT_DIR="${OUT:-/tmp/gpu_check}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prepare) MODE=prepare; shift;;
+    --dry-run) MODE=dry-run; shift;;
+    --out) OUT_DIR=${2:?--out needs a folder}; shift 2;;
+    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2;;
+  esac
+done
+
+# --- prepare: what the GPU machine cannot reach, copied into the checkout's ignored .device/ ------
+if [ "$MODE" = prepare ]; then
+  shared="$(dirname "$ROOT")/shared"
+  for part in gpu-kit anchors/original_dcnv3 reference; do
+    [ -d "$shared/$part" ] || { echo "gpu_check --prepare: $shared/$part not found" >&2; exit 1; }
+  done
+  mkdir -p "$DEVICE_DIR"
+  # Ignored, so that it travels only where a run's carry names it and is never committed.
+  git check-ignore -q "$DEVICE_DIR" || { echo "gpu_check --prepare: .device/ is not git-ignored" >&2; exit 1; }
+  rm -rf "$DEVICE_DIR/gpu-kit" "$DEVICE_DIR/original_dcnv3" "$DEVICE_DIR/reference"
+  cp -r "$shared/gpu-kit" "$DEVICE_DIR/gpu-kit"
+  cp -r "$shared/anchors/original_dcnv3" "$DEVICE_DIR/original_dcnv3"
+  cp -r "$shared/reference" "$DEVICE_DIR/reference"
+  chmod -R u+w "$DEVICE_DIR"
+  echo "gpu_check --prepare: $(du -sh "$DEVICE_DIR" | cut -f1) in $DEVICE_DIR (kit, original kernel, reference data)"
+  exit 0
+fi
+
+DRY=0; [ "$MODE" = dry-run ] && DRY=1
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ "$DRY" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
+else PY=python3
+fi
+export PYTHON="$PY"  # tools/dist_train.sh's interpreter where there is no .venv
+WORK="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
+[ "$DRY" = 1 ] && WORK="$(mktemp -d /tmp/gpu_check_dry.XXXXXX)"
+rm -rf "$WORK/logs" && mkdir -p "$OUT_DIR" "$WORK/logs" || exit 1
+LOG="$OUT_DIR/gpu_check.log"
+STEPS="$WORK/steps.tsv"
+RESULTS="$WORK/results.jsonl"
+: >"$LOG"; : >"$STEPS"; : >"$RESULTS"
+HELPER=("$PY" "$ROOT/scripts/gpu_check_helper.py")
+DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-510}))
+
+export DCNV3_REF_DIR="${DCNV3_REF_DIR:-$DEVICE_DIR/reference}"
+export ORIGINAL_DCNV3_DIR="$DEVICE_DIR/original_dcnv3"
+export ORIGINAL_DCNV3_BUILD="$WORK/original_dcnv3_build"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-export MAX_JOBS="${MAX_JOBS:-16}"
-# The GPU image's default CXX (/opt/gcc) builds an extension whose error paths crash inside
-# libstdc++ (a runtime mismatch with the one torch loads); the system compiler does not.
-[ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ CC=/usr/bin/gcc
-DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-450}))
-FAILED=()
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+if [ "$DRY" = 0 ]; then
+  # The GPU image's default CXX (/opt/gcc) builds extensions whose error paths crash inside
+  # libstdc++ (a runtime mismatch with the one torch loads); the system compiler does not.
+  [ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+fi
 
 log() { echo "$*" | tee -a "$LOG"; }
 
-# step NAME MAX_SECONDS COMMAND...: run with a time limit, log its output, record a failure.
-step() {
-  local name=$1 limit=$2 left=$((DEADLINE - SECONDS)) start=$SECONDS rc
+# Steps run with a time limit (clamped to what is left of the budget), their output in
+# $WORK/logs/NAME.log, then copied into the main log; steps.tsv records name, status, seconds.
+declare -A STEP_PID STEP_START
+step_start() {  # step_start NAME LIMIT COMMAND...: in the background
+  local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
   shift 2
   ((left < limit)) && limit=$left
   if ((limit <= 0)); then
     log "=== $name: SKIPPED (time budget used up)"
-    FAILED+=("$name")
+    printf '%s\tskipped (time budget)\t0\n' "$name" >>"$STEPS"
     return 1
   fi
   log "=== $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-  rc=$?
-  log "=== $name: exit $rc after $((SECONDS - start))s"
-  ((rc == 0)) || FAILED+=("$name")
+  STEP_START[$name]=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >"$WORK/logs/$name.log" 2>&1 &
+  STEP_PID[$name]=$!
+}
+step_wait() {  # step_wait NAME: its exit status, its output appended to the main log
+  local name=$1 rc=0
+  [ -n "${STEP_PID[$name]:-}" ] || return 1
+  wait "${STEP_PID[$name]}" || rc=$?
+  unset "STEP_PID[$name]"
+  cat "$WORK/logs/$name.log" >>"$LOG"
+  local took=$((SECONDS - STEP_START[$name])) status=passed
+  ((rc == 124 || rc == 137)) && status="FAILED (time limit)"
+  ((rc != 0 && rc != 124 && rc != 137)) && status="FAILED (exit $rc)"
+  log "=== $name: $status after ${took}s"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$took" >>"$STEPS"
   return "$rc"
 }
+step() {  # step NAME LIMIT COMMAND...: in the foreground, output shown as it comes
+  local name=$1
+  step_start "$@" || return 1
+  tail -n +1 -f --pid="${STEP_PID[$name]}" "$WORK/logs/$name.log" 2>/dev/null
+  step_wait "$name"
+}
+skip() {  # skip NAME REASON
+  log "=== $1: SKIPPED ($2)"
+  printf '%s\tskipped (%s)\t0\n' "$1" "$2" >>"$STEPS"
+}
+finish() {
+  "${HELPER[@]}" summary --steps "$STEPS" --results "$RESULTS" --logs "$WORK/logs" --mode "$MODE" \
+    --elapsed "$SECONDS" 2>&1 | tee "$OUT_DIR/summary.txt" | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  exit "$rc"
+}
 
-log "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') in $PWD"
+log "gpu_check ($MODE): $(date -u '+%Y-%m-%d %H:%M:%S UTC') in $ROOT, log $LOG"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG"
 command -v nvcc >/dev/null && nvcc --version 2>&1 | tail -n 2 | tee -a "$LOG"
-"$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda, "| GPU", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1 | tee -a "$LOG"
-if [ -f "$DCNV3_REF_DIR/dcnv3_core_ref.pt" ]; then
-  log "reference cases: $DCNV3_REF_DIR/dcnv3_core_ref.pt"
+"$PY" -c 'import sys, numpy, torch; print("python", sys.version.split()[0], "| numpy", numpy.__version__, "| torch", torch.__version__, "| CUDA", torch.version.cuda, "| GPU", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1 | tee -a "$LOG"
+log "cores: $(nproc), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- 1. the kit, the builds and the dataset ----------------------------------------------------------
+KIT="$DEVICE_DIR/gpu-kit"
+if [ "$DRY" = 0 ]; then
+  SITE=/tmp/gpu_check_site
+  if ! step kit-install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$KIT"/*.whl; then
+    log "gpu_check: the kit did not install (run scripts/gpu_check.sh --prepare here and carry .device)"
+    finish
+  fi
+  export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 else
-  log "WARNING: $DCNV3_REF_DIR/dcnv3_core_ref.pt not found: the reference-case test will skip"
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  py_tag="$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
+  kit_mmcv="$(ls "$KIT"/mmcv_full-*.whl "$(dirname "$ROOT")"/shared/gpu-kit/mmcv_full-*.whl 2>/dev/null | head -n1)"
+  if [ -n "$kit_mmcv" ] && [[ "$(basename "$kit_mmcv")" == *"-$py_tag-"* ]]; then
+    # The same install command, into a throwaway folder; this run keeps its own stack.
+    step kit-install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade \
+      --target "$WORK/kit-site" "$(dirname "$kit_mmcv")"/*.whl
+  else
+    skip kit-install "dry-run: the kit's wheels are not for $py_tag"
+  fi
 fi
 
-# A stale extension from another Python/torch must not be picked up if the build fails.
-rm -f ops_dcnv3/_C*.so
-if ! step build 300 "$PY" setup.py build_ext --inplace; then
-  log "gpu_check: FAILED (build); nothing else was run"
-  exit 1
+if [ "$DRY" = 0 ]; then
+  # A stale extension from another Python/torch must not be picked up if the build fails.
+  rm -f ops_dcnv3/_C*.so
+  step_start build-dcnv3 300 "$PY" setup.py build_ext --inplace
+  step_start build-original 300 bash -c 'source scripts/_build_common.sh && cuda_build_env "$0" "$PWD"; "$0" -c "
+import sys; sys.path.insert(0, sys.argv[1]); import load; load.build(); print(\"original DCNv3 built in\", sys.argv[2])" "$ORIGINAL_DCNV3_DIR" "$ORIGINAL_DCNV3_BUILD"' "$PY"
+else
+  skip build-dcnv3 "dry-run: uses the extension already built in place"
+  skip build-original "dry-run: CUDA only"
 fi
-# Without CUDA kernels every CUDA test would skip and the run would look green.
-step cuda-kernel-registered 60 "$PY" -c '
+
+DATA="$WORK/shapes"
+if [ "$DRY" = 0 ]; then IMAGE_HW=(800 1333) NUM_TRAIN=16 NUM_VAL=8; else IMAGE_HW=(96 160) NUM_TRAIN=4 NUM_VAL=2; fi
+# `--size H W`; a generator that takes one side only gets the height (square images).
+gen_size=("${IMAGE_HW[@]}")
+"$PY" -m mmdet_custom.datasets.synthetic_shapes --help 2>/dev/null | grep -qE -- '--size [A-Z]+ \[?[A-Z]' \
+  || gen_size=("${IMAGE_HW[0]}")
+step_start dataset 180 "$PY" -m mmdet_custom.datasets.synthetic_shapes --out "$DATA" \
+  --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size "${gen_size[@]}" --seed 0
+
+if [ "$DRY" = 0 ]; then
+  step_wait build-original
+  if ! step_wait build-dcnv3; then
+    step_wait dataset
+    log "gpu_check: the DCNv3 build failed; nothing else was run"
+    finish
+  fi
+  # Without CUDA kernels every CUDA test would skip and the run would look green.
+  step cuda-kernel-registered 60 "$PY" -c '
 from ops_dcnv3.functions import dcnv3_func as f
 assert f.HAS_COMPILED_OP, f.COMPILED_OP_IMPORT_ERROR
 print("kernels for:", sorted(f.COMPILED_DEVICE_TYPES))
 assert "cuda" in f.COMPILED_DEVICE_TYPES, "ops_dcnv3._C has no CUDA kernel"'
-
-step benchmark-float32 60 "$PY" tools/benchmark_dcnv3.py --device cuda --dtype float32
-step tests 240 "$PY" -m pytest -q -rs -p no:cacheprovider ${GPU_CHECK_TESTS:-tests/ops_dcnv3}
-
-for dtype in float16 bfloat16; do
-  step "benchmark-$dtype" 60 "$PY" tools/benchmark_dcnv3.py --device cuda --dtype "$dtype"
-done
-
-if ((${#FAILED[@]})); then
-  log "gpu_check: FAILED: ${FAILED[*]} (total $((SECONDS))s)"
-  exit 1
 fi
-log "gpu_check: all passed (total $((SECONDS))s)"
+
+# --- 2. CUDA tests -------------------------------------------------------------------------------------
+# In the dry run they are collected and skip (no GPU): that checks the command, not the kernels.
+step cuda-tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests/ops_dcnv3 \
+  tests/mmdet_custom tests/tools/test_original_dcnv3_core.py
+
+# --- 3. the op against the original kernel and the PyTorch core ------------------------------------------
+BENCH=("$PY" tools/benchmark_dcnv3.py)
+if [ "$DRY" = 0 ]; then
+  for dtype in float32 float16; do
+    step "benchmark-$dtype" 120 "${BENCH[@]}" --device cuda --dtype "$dtype" --batch 2 \
+      --image-size "${IMAGE_HW[@]}" --original "$ORIGINAL_DCNV3_DIR" --check-original 3 2
+  done
+  step benchmark-bfloat16 90 "${BENCH[@]}" --device cuda --dtype bfloat16 --batch 2 --image-size "${IMAGE_HW[@]}"
+else
+  # Tiny shapes on the CPU, ours against the core only; the shape options once the benchmark has them.
+  bench_size=(--stages 4)
+  "${BENCH[@]}" --help 2>/dev/null | grep -q -- '--image-size' && bench_size=(--image-size 64 96)
+  for dtype in float32 bfloat16; do
+    step "benchmark-$dtype" 120 "${BENCH[@]}" --device cpu --dtype "$dtype" --batch 2 \
+      "${bench_size[@]}" --repeats 1 --warmup 0
+  done
+fi
+
+# --- 4. InternImage-T Mask R-CNN training: float32, mixed precision, original kernel --------------------
+step_wait dataset
+EPOCHS=${GPU_CHECK_TRAIN_EPOCHS:-5}; SKIP_ITERS=10
+[ "$DRY" = 1 ] && EPOCHS=1 SKIP_ITERS=0
+CONFIG="$WORK/mask_rcnn_internimage_t_fpn_shapes.py"
+step config 60 "${HELPER[@]}" config --data "$DATA" --epochs "$EPOCHS" --out "$CONFIG" \
+  $([ "$DRY" = 1 ] && echo "--tiny ${IMAGE_HW[1]} ${IMAGE_HW[0]}")
+TRAIN=("$PY" tools/train.py "$CONFIG" --no-validate --seed 0)
+train_run() {  # train_run NAME [train.py options]: train, then record its speed and memory
+  local name=$1
+  shift
+  step "train-$name" 200 "${TRAIN[@]}" --work-dir "$WORK/$name" "$@" \
+    && "${HELPER[@]}" train-speed --name "$name" --work-dir "$WORK/$name" --skip "$SKIP_ITERS" \
+         --results "$RESULTS" | tee -a "$LOG"
+}
+train_run float32
+if [ "$DRY" = 0 ]; then
+  train_run amp --amp
+  train_run original --cfg-options model.backbone.core_op=DCNv3_original \
+    "custom_imports.imports=[mmdet_custom,original_dcnv3_core]"
+else
+  train_run amp --amp bfloat16
+  skip train-original "dry-run: the original kernel is CUDA only"
+fi
+
+# --- 5. distributed launcher and evaluation ------------------------------------------------------------
+PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+step dist-train 150 env PORT="$PORT" bash tools/dist_train.sh "$CONFIG" 1 --work-dir "$WORK/dist" \
+  --no-validate --seed 0 --cfg-options runner.max_epochs=1
+step test-eval 150 "$PY" tools/test.py "$CONFIG" "$WORK/float32/latest.pth" --eval bbox segm \
+  --work-dir "$WORK/test"
+
+# --- 6. summary ----------------------------------------------------------------------------------------
+[ "$DRY" = 1 ] && log "dry-run scratch folder: $WORK"
+finish

@@ -1,0 +1,213 @@
+"""The Python side of scripts/gpu_check.sh: its training config, training speed and summary table.
+
+    python scripts/gpu_check_helper.py config --data DIR --epochs N --out FILE [--tiny W H]
+    python scripts/gpu_check_helper.py train-speed --name NAME --work-dir DIR --skip N --results FILE
+    python scripts/gpu_check_helper.py summary --steps FILE --results FILE --logs DIR --mode gpu|dry-run
+"""
+import argparse
+import glob
+import json
+import os.path as osp
+import statistics
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+T_CONFIG = osp.join(ROOT, 'configs', 'coco', 'mask_rcnn_internimage_t_fpn_1x_coco.py')
+
+# Training targets of the GPU run (speed-up = slower run's s/iter / faster run's s/iter).
+TARGETS = (('float32 with our op vs with the original kernel', 'original', 'float32', 1.3),
+           ('mixed precision vs float32 (our op)', 'float32', 'amp', 1.5))
+PUBLISHED = 'original InternImage-T Mask R-CNN on an A100, 2 images per GPU: 0.36 s/iter (published)'
+
+CONFIG_TEMPLATE = '''\
+# Written by scripts/gpu_check.sh: the InternImage-T Mask R-CNN COCO config unchanged, except that
+# it trains on the generated shapes dataset (3 classes) from random weights (no network for the
+# ImageNet checkpoint), logs every iteration and saves one checkpoint at the end.
+_base_ = {base!r}
+classes = {classes!r}
+model = dict(
+    backbone=dict(init_cfg=None),
+    roi_head=dict(bbox_head=dict(num_classes={num_classes}), mask_head=dict(num_classes={num_classes})))
+data = dict(
+    train=dict(ann_file={train_ann!r}, img_prefix={train_img!r}, classes=classes),
+    val=dict(ann_file={val_ann!r}, img_prefix={val_img!r}, classes=classes),
+    test=dict(ann_file={val_ann!r}, img_prefix={val_img!r}, classes=classes))
+runner = dict(max_epochs={epochs})
+checkpoint_config = dict(interval={epochs})
+log_config = dict(interval=1)
+'''
+
+# The dry run's CPU-sized version: images trained and tested at their own tiny scale (not
+# upscaled to 1333x800), one block per stage but the third's two, and far fewer RoIs, whose mask
+# head dominates a CPU step otherwise.
+TINY_TEMPLATE = '''
+tiny_depths = [1, 1, 2, 1]
+optimizer = dict(paramwise_cfg=dict(num_layers=sum(tiny_depths), depths=tiny_depths))
+model['backbone']['depths'] = tiny_depths
+model.update(
+    train_cfg=dict(rpn_proposal=dict(max_per_img=64), rcnn=dict(sampler=dict(num=16))),
+    test_cfg=dict(rpn=dict(max_per_img=64), rcnn=dict(max_per_img=20)))
+data['train']['pipeline'] = {train_pipeline!r}
+data['val']['pipeline'] = data['test']['pipeline'] = {test_pipeline!r}
+'''
+
+
+def _plain(value):
+    """ConfigDicts as dicts (tuples kept), so that repr() writes them as config text."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def _rescaled_pipeline(pipeline, scale):
+    """``pipeline`` with every img_scale (nested transforms too) set to ``scale``, as plain dicts."""
+    pipeline = _plain(pipeline)
+    for transform in pipeline:
+        if 'img_scale' in transform:
+            transform['img_scale'] = scale
+        if 'transforms' in transform:
+            transform['transforms'] = _rescaled_pipeline(transform['transforms'], scale)
+    return pipeline
+
+
+def write_config(data, epochs, out, tiny_scale=None):
+    from mmdet_custom.datasets.synthetic_shapes import CLASSES
+    text = CONFIG_TEMPLATE.format(
+        base=T_CONFIG, classes=tuple(CLASSES), num_classes=len(CLASSES), epochs=epochs,
+        train_ann=osp.join(data, 'annotations', 'instances_train.json'),
+        train_img=osp.join(data, 'train') + '/',
+        val_ann=osp.join(data, 'annotations', 'instances_val.json'),
+        val_img=osp.join(data, 'val') + '/')
+    if tiny_scale is not None:
+        from mmcv import Config
+        base = Config.fromfile(T_CONFIG)
+        scale = tuple(tiny_scale)
+        text += TINY_TEMPLATE.format(
+            train_pipeline=_rescaled_pipeline(base.data.train.pipeline, scale),
+            test_pipeline=_rescaled_pipeline(base.data.test.pipeline, scale))
+    with open(out, 'w') as f:
+        f.write(text)
+    print(f'config: {out}')
+    print(text)
+
+
+def train_speed(name, work_dir, skip, results):
+    """Median s/iter after ``skip`` warm-up iterations and peak GPU memory, from mmcv's json log."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
+    if not logs:
+        raise SystemExit(f'train-speed: no *.log.json in {work_dir}')
+    with open(logs[-1]) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    train = [e for e in entries if e.get('mode') == 'train' and 'time' in e]
+    if len(train) <= skip:
+        raise SystemExit(f'train-speed: {len(train)} logged iterations in {logs[-1]}, '
+                         f'not more than the {skip} warm-up iterations to skip')
+    timed = train[skip:]
+    memory = [e['memory'] for e in train if 'memory' in e]
+    result = dict(name=name, s_per_iter=statistics.median(e['time'] for e in timed),
+                  data_time=statistics.median(e.get('data_time', 0.0) for e in timed),
+                  iters=len(timed), skipped=skip, peak_memory_mb=max(memory) if memory else None,
+                  last_loss=train[-1].get('loss'))
+    with open(results, 'a') as f:
+        f.write(json.dumps(result) + '\n')
+    memory_text = f'{result["peak_memory_mb"]} MiB' if memory else 'n/a (no GPU)'
+    print(f'train-{name}: {result["s_per_iter"]:.3f} s/iter (median of {len(timed)} after {skip}, '
+          f'data {result["data_time"]:.3f} s), peak GPU memory {memory_text}, last loss '
+          f'{result["last_loss"]}')
+
+
+def _table(header, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ['  '.join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [header, ['-' * w for w in widths], *rows]]
+    return '\n'.join(lines)
+
+
+def _tail(path, lines=8):
+    with open(path) as f:
+        text = [line.rstrip() for line in f if line.strip()]
+    return '\n'.join(text[-lines:])
+
+
+def summary(steps_file, results_file, logs_dir, mode, elapsed):
+    with open(steps_file) as f:
+        steps = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+    with open(results_file) as f:
+        runs = {r['name']: r for r in (json.loads(line) for line in f if line.strip())}
+    failed = [name for name, status, _ in steps if status.startswith('FAILED')]
+    print(f'\n===== gpu_check summary ({mode}, {elapsed} s) =====')
+    print(_table(['step', 'status', 'seconds'], steps))
+    for name, status, _ in steps:
+        log = osp.join(logs_dir, f'{name}.log')
+        if name.startswith('benchmark-') and osp.isfile(log):
+            print(f'\n{name} ({status}), the end of its output:\n{_tail(log)}')
+    if runs:
+        print('\nInternImage-T Mask R-CNN training, 2 images per GPU, through tools/train.py:')
+        print(_table(['run', 's/iter', 'data s/iter', 'iterations', 'peak GPU memory'],
+                     [[r['name'], f'{r["s_per_iter"]:.3f}', f'{r["data_time"]:.3f}',
+                       f'{r["iters"]} (after {r["skipped"]})',
+                       f'{r["peak_memory_mb"]} MiB' if r['peak_memory_mb'] is not None else 'n/a']
+                      for r in runs.values()]))
+        print(PUBLISHED)
+    missed = []
+    rows = []
+    for label, slower, faster, target in TARGETS:
+        if slower in runs and faster in runs:
+            ratio = runs[slower]['s_per_iter'] / runs[faster]['s_per_iter']
+            met = ratio >= target
+            verdict = 'met' if met else 'MISSED'
+            rows.append([label, f'{ratio:.2f}x', f'>= {target}x',
+                         verdict if mode == 'gpu' else 'not checked (dry run)'])
+        else:
+            met = False
+            rows.append([label, 'n/a', f'>= {target}x', 'not measured'])
+        if not met:
+            missed.append(label)
+    print()
+    print(_table(['training target', 'speed-up', 'target', ''], rows))
+    verdict_failed = bool(failed)
+    if mode == 'gpu':
+        verdict_failed = verdict_failed or bool(missed)
+    else:
+        print('(dry run: CPU at tiny sizes; the targets are checked on the GPU only)')
+    print(f'\ngpu_check: {"FAILED" if verdict_failed else "passed"}' +
+          (f'; failed steps: {", ".join(failed)}' if failed else '') +
+          (f'; targets missed: {"; ".join(missed)}' if mode == 'gpu' and missed else ''))
+    return 1 if verdict_failed else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    config = commands.add_parser('config', help='write the training config')
+    config.add_argument('--data', required=True, help='the generated shapes dataset')
+    config.add_argument('--epochs', type=int, required=True)
+    config.add_argument('--out', required=True)
+    config.add_argument('--tiny', type=int, nargs=2, metavar=('W', 'H'),
+                        help='CPU-sized: train and test at this scale (not 1333x800), few RoIs')
+    speed = commands.add_parser('train-speed', help='record a training run\'s s/iter and memory')
+    speed.add_argument('--name', required=True)
+    speed.add_argument('--work-dir', required=True)
+    speed.add_argument('--skip', type=int, default=10, help='warm-up iterations left out')
+    speed.add_argument('--results', required=True, help='JSON-lines file to append to')
+    table = commands.add_parser('summary', help='print the summary table; exit 1 on a failure')
+    table.add_argument('--steps', required=True)
+    table.add_argument('--results', required=True)
+    table.add_argument('--logs', required=True, help='folder of the steps\' logs (NAME.log)')
+    table.add_argument('--mode', choices=('gpu', 'dry-run'), required=True)
+    table.add_argument('--elapsed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == 'config':
+        write_config(args.data, args.epochs, args.out, args.tiny)
+    elif args.command == 'train-speed':
+        train_speed(args.name, args.work_dir, args.skip, args.results)
+    else:
+        return summary(args.steps, args.results, args.logs, args.mode, args.elapsed)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, ROOT)
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""scripts/gpu_check.sh: its dry run on the CPU (so the GPU run does not fail on a typo), its
+--prepare step, and the helper that times training runs and decides the verdict."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / 'scripts' / 'gpu_check.sh'
+
+
+def _load_helper():
+    spec = importlib.util.spec_from_file_location('gpu_check_helper',
+                                                  ROOT / 'scripts' / 'gpu_check_helper.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helper = _load_helper()
+
+
+def _write_train_log(work_dir, times, memory=None):
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(dict(env_info='...', seed=0))]
+    for i, t in enumerate(times):
+        entry = dict(mode='train', epoch=1, iter=i + 1, time=t, data_time=0.01, loss=1.0)
+        if memory is not None:
+            entry['memory'] = memory + i
+        lines.append(json.dumps(entry))
+    (work_dir / '20260101_000000.log.json').write_text('\n'.join(lines) + '\n')
+
+
+def test_train_speed_is_the_median_after_the_warm_up(tmp_path):
+    _write_train_log(tmp_path / 'run', [5.0, 4.0, 0.3, 0.5, 0.4, 9.0, 0.35], memory=1000)
+    results = tmp_path / 'results.jsonl'
+    helper.train_speed('float32', str(tmp_path / 'run'), skip=2, results=str(results))
+    result = json.loads(results.read_text())
+    assert result['s_per_iter'] == pytest.approx(0.4)  # median of the last five
+    assert result['iters'] == 5 and result['peak_memory_mb'] == 1006
+
+
+def test_train_speed_needs_iterations_past_the_warm_up(tmp_path):
+    _write_train_log(tmp_path / 'run', [1.0, 1.0])
+    with pytest.raises(SystemExit, match='not more than the 2 warm-up'):
+        helper.train_speed('x', str(tmp_path / 'run'), skip=2, results=str(tmp_path / 'r.jsonl'))
+
+
+def _summary(tmp_path, steps, runs, mode):
+    (tmp_path / 'steps.tsv').write_text(''.join(f'{n}\t{s}\t1\n' for n, s in steps))
+    (tmp_path / 'results.jsonl').write_text(''.join(
+        json.dumps(dict(name=n, s_per_iter=t, data_time=0.0, iters=30, skipped=10,
+                        peak_memory_mb=None)) + '\n' for n, t in runs.items()))
+    return helper.summary(str(tmp_path / 'steps.tsv'), str(tmp_path / 'results.jsonl'),
+                          str(tmp_path), mode, 1)
+
+
+def test_summary_passes_when_steps_pass_and_targets_are_met(tmp_path, capsys):
+    runs = dict(float32=0.30, amp=0.18, original=0.42)
+    assert _summary(tmp_path, [('train-float32', 'passed')], runs, 'gpu') == 0
+    out = capsys.readouterr().out
+    assert '1.40x' in out and '1.67x' in out and 'MISSED' not in out
+    assert out.rstrip().endswith('gpu_check: passed')
+
+
+def test_summary_fails_on_a_missed_target_on_the_gpu_only(tmp_path, capsys):
+    runs = dict(float32=0.30, amp=0.25, original=0.42)
+    assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'gpu') == 1
+    assert 'targets missed: mixed precision vs float32' in capsys.readouterr().out
+    assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'dry-run') == 0
+
+
+def test_summary_fails_on_a_failed_step(tmp_path, capsys):
+    assert _summary(tmp_path, [('dist-train', 'FAILED (exit 1)')], {}, 'dry-run') == 1
+    assert 'failed steps: dist-train' in capsys.readouterr().out
+
+
+def test_unknown_argument_is_named():
+    result = subprocess.run(['bash', str(GPU_CHECK), '--bogus'], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown argument '--bogus'" in result.stderr
+
+
+def _fake_checkout(tmp_path, with_shared=True):
+    """A checkout (scripts/gpu_check.sh, .device ignored) with ../shared beside it."""
+    repo = tmp_path / 'repo'
+    (repo / 'scripts').mkdir(parents=True)
+    shutil.copy(GPU_CHECK, repo / 'scripts' / 'gpu_check.sh')
+    (repo / '.gitignore').write_text('/.device/\n')
+    subprocess.run(['git', 'init', '-q', str(repo)], check=True)
+    if with_shared:
+        for part in ('gpu-kit', 'anchors/original_dcnv3', 'reference'):
+            folder = tmp_path / 'shared' / part
+            folder.mkdir(parents=True)
+            (folder / 'marker.txt').write_text(part)
+    return repo
+
+
+def test_prepare_copies_what_the_gpu_machine_cannot_reach(tmp_path):
+    repo = _fake_checkout(tmp_path)
+    result = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh'), '--prepare'],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for part, copied in (('gpu-kit', 'gpu-kit'), ('anchors/original_dcnv3', 'original_dcnv3'),
+                         ('reference', 'reference')):
+        assert (repo / '.device' / copied / 'marker.txt').read_text() == part
+
+
+def test_prepare_names_what_is_missing(tmp_path):
+    repo = _fake_checkout(tmp_path, with_shared=False)
+    result = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh'), '--prepare'],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and 'shared/gpu-kit not found' in result.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
+    pytest.importorskip('mmdet')
+    built = sorted(ROOT.glob('ops_dcnv3/_C*.so'))
+    before = {path: path.stat().st_mtime_ns for path in built}
+    result = subprocess.run(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
+                            capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert result.returncode == 0, summary + result.stdout[-3000:]
+    assert summary.rstrip().endswith('gpu_check: passed')
+    for step in ('cuda-tests', 'benchmark-float32', 'benchmark-bfloat16', 'dataset', 'config',
+                 'train-float32', 'train-amp', 'dist-train', 'test-eval'):
+        assert any(line.split()[:2] == [step, 'passed'] for line in summary.splitlines()), (step, summary)
+    for step in ('build-dcnv3', 'build-original', 'train-original'):
+        assert any(line.startswith(step) and 'skipped' in line for line in summary.splitlines())
+    log = (tmp_path / 'gpu_check.log').read_text()
+    assert 'bbox_mAP' in log and 'segm_mAP' in log  # the COCO evaluation ran
+    # The extension built in place was not rebuilt under other processes.
+    assert {path: path.stat().st_mtime_ns for path in built} == before
+
+
+@pytest.mark.parametrize('tiny', [None, (160, 96)])
+def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
+    mmcv = pytest.importorskip('mmcv')
+    out = tmp_path / 'config.py'
+    helper.write_config(str(tmp_path / 'shapes'), 5, str(out), tiny)
+    cfg = mmcv.Config.fromfile(str(out))
+    assert cfg.model.backbone.type == 'InternImage' and cfg.model.backbone.channels == 64
+    assert cfg.model.backbone.init_cfg is None  # no network on the GPU machine
+    assert cfg.model.roi_head.bbox_head.num_classes == cfg.model.roi_head.mask_head.num_classes == 3
+    assert cfg.data.samples_per_gpu == 2 and cfg.runner.max_epochs == 5
+    for split in ('train', 'val', 'test'):
+        assert cfg.data[split].classes == ('circle', 'triangle', 'rectangle')
+        assert cfg.data[split].ann_file.startswith(str(tmp_path / 'shapes'))
+    resize = cfg.data.train.pipeline[2]
+    if tiny is None:
+        assert cfg.model.backbone.depths == [4, 4, 18, 4]
+        assert resize.img_scale == (1333, 800) and cfg.data.test.pipeline[1].img_scale == (1333, 800)
+    else:
+        assert cfg.model.backbone.depths == cfg.optimizer.paramwise_cfg.depths == [1, 1, 2, 1]
+        assert resize.img_scale == tiny and cfg.data.test.pipeline[1].img_scale == tiny
