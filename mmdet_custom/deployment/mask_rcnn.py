@@ -63,6 +63,9 @@ def _check_supported(detector):
                                       f'{type(extractor).__name__} as {name}')
     if roi_head.bbox_head.custom_cls_channels or roi_head.bbox_head.loss_cls.use_sigmoid:
         raise NotImplementedError('ONNX export supports softmax box classifiers only')
+    if roi_head.test_cfg.mask_thr_binary < 0:
+        raise NotImplementedError('ONNX export writes binary masks: test_cfg.rcnn.mask_thr_binary '
+                                  'must be >= 0')
     _nms_iou_threshold(detector.rpn_head.test_cfg.nms, 'test_cfg.rpn')
     _nms_iou_threshold(roi_head.test_cfg.nms, 'test_cfg.rcnn')
 
@@ -150,7 +153,7 @@ class MaskRCNNForExport(nn.Module):
         boxes = bbox_head.bbox_coder.decode(rois[:, 1:], bbox_pred, max_shape=img_shape)
         if bbox_head.reg_class_agnostic:  # one box per RoI, shared by the classes
             boxes = boxes.repeat(1, num_classes)
-        boxes = boxes.reshape(-1, 4)  # (RoIs * classes, 4), class-major within each RoI
+        boxes = boxes.reshape(-1, 4)  # (RoIs * classes, 4): RoI 0's classes, then RoI 1's, ...
         labels = torch.arange(num_classes, device=scores.device).repeat(scores.shape[0])
         scores = scores.reshape(-1)
         valid = torch.nonzero(scores > cfg.score_thr)[:, 0]

@@ -147,6 +147,8 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
     (['{config}', '{checkpoint}', '--opset-version', '11'], 'unsupported --opset-version 11'),
     (['{config}', '{checkpoint}', '--shape', '64', '80'], 'multiples of the model\'s size divisor 32'),
     (['{config}', '{checkpoint}', '--input-img', '{missing}'], 'input image not found'),
+    (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rcnn.nms.type=soft_nms'],
+     'supports plain per-class NMS (type="nms") in test_cfg.rcnn'),
 ])
 def test_export_tool_errors(tiny_detector, tmp_path, args, message):
     config, checkpoint, _, _ = tiny_detector

@@ -96,9 +96,8 @@ def run(args):
     cfg = load_config(args.config, args.cfg_options)
     shape = input_shape(args, cfg)
     detector = build_model(cfg, args.config)
-    checkpoint = load_detector_checkpoint(detector, args.checkpoint)
+    load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
-    classes = checkpoint.get('meta', {}).get('CLASSES') or cfg.get('classes')
     num_classes = detector.roi_head.bbox_head.num_classes
     try:
         img, meta = prepare_input(cfg, input_image(args, shape), shape)
@@ -116,7 +115,7 @@ def run(args):
     size_mb = osp.getsize(args.output_file) / 2 ** 20
     kind = 'dynamic' if args.dynamic_export else 'static'
     print(f'exported {args.output_file} ({size_mb:.1f} MiB, input 1x3x{shape[0]}x{shape[1]} '
-          f'{kind}, opset {args.opset_version}, {len(classes or []) or num_classes} classes) '
+          f'{kind}, opset {args.opset_version}, {num_classes} classes) '
           f'in {seconds:.1f} s')
     if args.verify:
         verify(detector, args.output_file, img, meta, num_classes)
