@@ -10,9 +10,10 @@
 #      original, whose targets are forward >= 3x and backward >= 2x; bfloat16 ours only);
 #   4. trains InternImage-T Mask R-CNN (configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py, 2
 #      images per GPU) through tools/train.py: float32, mixed precision (--amp: float16 with
-#      mmcv's Fp16OptimizerHook), and float32 with the original kernel (core_op=DCNv3_original),
-#      reporting steady-state s/iter and peak GPU memory (targets: ours >= 1.3x faster than the
-#      original kernel, mixed precision >= 1.5x faster than float32);
+#      mmcv's Fp16OptimizerHook), and float32 with the original kernel (core_op DCNv3_original,
+#      tools/original_dcnv3_core.py), reporting steady-state s/iter and peak GPU memory
+#      (targets: ours >= 1.3x faster than the original kernel, mixed precision >= 1.5x faster
+#      than float32);
 #   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel) for a few
 #      iterations and tools/test.py --eval bbox segm on the GPU;
 #   6. prints one summary table last.
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --prepare) MODE=prepare; shift;;
     --dry-run) MODE=dry-run; shift;;
     --out) OUT_DIR=${2:?--out needs a folder}; shift 2;;
-    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 0;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2;;
   esac
 done
@@ -237,21 +238,22 @@ EPOCHS=${GPU_CHECK_TRAIN_EPOCHS:-5}; SKIP_ITERS=10
 CONFIG="$WORK/mask_rcnn_internimage_t_fpn_shapes.py"
 step config 60 "${HELPER[@]}" config --data "$DATA" --epochs "$EPOCHS" --out "$CONFIG" \
   $([ "$DRY" = 1 ] && echo "--tiny ${IMAGE_HW[1]} ${IMAGE_HW[0]}")
-TRAIN=("$PY" tools/train.py "$CONFIG" --no-validate --seed 0)
-train_run() {  # train_run NAME [train.py options]: train, then record its speed and memory
-  local name=$1
-  shift
-  step "train-$name" 200 "${TRAIN[@]}" --work-dir "$WORK/$name" "$@" \
+# Its twin, written beside it, swaps in the original kernel (core_op DCNv3_original).
+ORIGINAL_CONFIG="${CONFIG%.py}_original.py"
+step original-core-op 60 "${HELPER[@]}" check-core-op --config "$ORIGINAL_CONFIG" --core-op DCNv3_original
+train_run() {  # train_run NAME CONFIG [train.py options]: train, then record its speed and memory
+  local name=$1 config=$2
+  shift 2
+  step "train-$name" 200 "$PY" tools/train.py "$config" --no-validate --seed 0 --work-dir "$WORK/$name" "$@" \
     && "${HELPER[@]}" train-speed --name "$name" --work-dir "$WORK/$name" --skip "$SKIP_ITERS" \
          --results "$RESULTS" | tee -a "$LOG"
 }
-train_run float32
+train_run float32 "$CONFIG"
 if [ "$DRY" = 0 ]; then
-  train_run amp --amp
-  train_run original --cfg-options model.backbone.core_op=DCNv3_original \
-    "custom_imports.imports=[mmdet_custom,original_dcnv3_core]"
+  train_run amp "$CONFIG" --amp
+  train_run original "$ORIGINAL_CONFIG"
 else
-  train_run amp --amp bfloat16
+  train_run amp "$CONFIG" --amp bfloat16
   skip train-original "dry-run: the original kernel is CUDA only"
 fi
 

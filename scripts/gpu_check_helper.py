@@ -1,6 +1,7 @@
 """The Python side of scripts/gpu_check.sh: its training config, training speed and summary table.
 
     python scripts/gpu_check_helper.py config --data DIR --epochs N --out FILE [--tiny W H]
+    python scripts/gpu_check_helper.py check-core-op --config FILE --core-op NAME
     python scripts/gpu_check_helper.py train-speed --name NAME --work-dir DIR --skip N --results FILE
     python scripts/gpu_check_helper.py summary --steps FILE --results FILE --logs DIR --mode gpu|dry-run
 """
@@ -22,13 +23,15 @@ PUBLISHED = 'original InternImage-T Mask R-CNN on an A100, 2 images per GPU: 0.3
 CONFIG_TEMPLATE = '''\
 # Written by scripts/gpu_check.sh: the InternImage-T Mask R-CNN COCO config unchanged, except that
 # it trains on the generated shapes dataset (3 classes) from random weights (no network for the
-# ImageNet checkpoint), logs every iteration and saves one checkpoint at the end.
+# ImageNet checkpoint) with 4 loader workers (the GPU machine has 16 cores), logs every iteration
+# and saves one checkpoint at the end.
 _base_ = {base!r}
 classes = {classes!r}
 model = dict(
     backbone=dict(init_cfg=None),
     roi_head=dict(bbox_head=dict(num_classes={num_classes}), mask_head=dict(num_classes={num_classes})))
 data = dict(
+    workers_per_gpu=4,
     train=dict(ann_file={train_ann!r}, img_prefix={train_img!r}, classes=classes),
     val=dict(ann_file={val_ann!r}, img_prefix={val_img!r}, classes=classes),
     test=dict(ann_file={val_ann!r}, img_prefix={val_img!r}, classes=classes))
@@ -47,9 +50,24 @@ model['backbone']['depths'] = tiny_depths
 model.update(
     train_cfg=dict(rpn_proposal=dict(max_per_img=64), rcnn=dict(sampler=dict(num=16))),
     test_cfg=dict(rpn=dict(max_per_img=64), rcnn=dict(max_per_img=20)))
+data['workers_per_gpu'] = 1
 data['train']['pipeline'] = {train_pipeline!r}
 data['val']['pipeline'] = data['test']['pipeline'] = {test_pipeline!r}
 '''
+
+# The same with the original InternImage kernel as the DCNv3 core. custom_imports is read when
+# the config file loads (not from --cfg-options), and tools/ is on sys.path for the tools.
+ORIGINAL_TEMPLATE = '''\
+# Written by scripts/gpu_check.sh: {base} with the original InternImage CUDA kernel as the DCNv3
+# core (tools/original_dcnv3_core.py registers core_op 'DCNv3_original' when imported).
+_base_ = {base!r}
+custom_imports = dict(imports=['mmdet_custom', 'original_dcnv3_core'], allow_failed_imports=False)
+model = dict(backbone=dict(core_op='DCNv3_original'))
+'''
+
+
+def original_config_path(config):
+    return osp.splitext(config)[0] + '_original.py'
 
 
 def _plain(value):
@@ -89,8 +107,26 @@ def write_config(data, epochs, out, tiny_scale=None):
             test_pipeline=_rescaled_pipeline(base.data.test.pipeline, scale))
     with open(out, 'w') as f:
         f.write(text)
-    print(f'config: {out}')
-    print(text)
+    original = ORIGINAL_TEMPLATE.format(base=osp.abspath(out))
+    with open(original_config_path(out), 'w') as f:
+        f.write(original)
+    print(f'config: {out}\n{text}\nwith the original kernel: {original_config_path(out)}\n{original}')
+
+
+def check_core_op(config, core_op):
+    """Build the detector of ``config`` and check that every DCNv3 of its backbone is ``core_op``'s."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))  # as when a tool runs
+    from mmcv import Config
+    from mmdet.models import build_detector
+
+    from mmdet_custom.models.backbones.intern_image import CORE_OPS
+    from ops_dcnv3.modules.dcnv3 import _DCNv3Base
+    model = build_detector(Config.fromfile(config).model)
+    cores = [type(m) for m in model.backbone.modules() if isinstance(m, _DCNv3Base)]
+    if not cores or core_op not in CORE_OPS or any(c is not CORE_OPS[core_op] for c in cores):
+        raise SystemExit(f'check-core-op: {config} builds {sorted({c.__name__ for c in cores})} '
+                         f'DCNv3 cores, not {core_op}')
+    print(f'{config}: all {len(cores)} DCNv3 cores are {CORE_OPS[core_op].__name__} ({core_op})')
 
 
 def train_speed(name, work_dir, skip, results):
@@ -187,6 +223,9 @@ def main(argv=None):
     config.add_argument('--out', required=True)
     config.add_argument('--tiny', type=int, nargs=2, metavar=('W', 'H'),
                         help='CPU-sized: train and test at this scale (not 1333x800), few RoIs')
+    core_op = commands.add_parser('check-core-op', help='check the core op a config builds')
+    core_op.add_argument('--config', required=True)
+    core_op.add_argument('--core-op', required=True)
     speed = commands.add_parser('train-speed', help='record a training run\'s s/iter and memory')
     speed.add_argument('--name', required=True)
     speed.add_argument('--work-dir', required=True)
@@ -201,6 +240,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == 'config':
         write_config(args.data, args.epochs, args.out, args.tiny)
+    elif args.command == 'check-core-op':
+        check_core_op(args.config, args.core_op)
     elif args.command == 'train-speed':
         train_speed(args.name, args.work_dir, args.skip, args.results)
     else:

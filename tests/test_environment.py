@@ -103,6 +103,27 @@ def test_setup_names_missing_compiler(tmp_path):
     assert 'no C++ compiler' in result.stderr and 'g++' in result.stderr
 
 
+def test_setup_beside_needs_a_command():
+    result = subprocess.run(['bash', str(SETUP), '--beside'], capture_output=True, text=True)
+    assert result.returncode != 0 and '--beside needs a command' in result.stderr
+
+
+@pytest.mark.slow
+def test_setup_runs_a_command_beside_it_in_the_venv_and_fails_with_it(tmp_path):
+    """--beside CMD runs CMD with the venv's python first on PATH; the setup fails if CMD does."""
+    marker = tmp_path / 'prefix.txt'
+    command = f'python -c "import sys; print(sys.prefix)" > {marker}'
+    ok = subprocess.run(['bash', str(SETUP), '--beside', 'sh', '-c', command],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert Path(marker.read_text().strip()) == ROOT / '.venv'
+    failed = subprocess.run(['bash', str(SETUP), '--beside', 'sh', '-c', 'exit 3'],
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert 'the command run beside the setup failed (exit status 3): sh -c exit 3' in failed.stderr
+    assert 'ready' not in failed.stderr
+
+
 @pytest.mark.slow
 def test_setup_second_run_reuses_everything():
     """With .venv in place the setup installs and builds nothing."""

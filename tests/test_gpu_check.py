@@ -128,7 +128,7 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
     assert result.returncode == 0, summary + result.stdout[-3000:]
     assert summary.rstrip().endswith('gpu_check: passed')
     for step in ('cuda-tests', 'benchmark-float32', 'benchmark-bfloat16', 'dataset', 'config',
-                 'train-float32', 'train-amp', 'dist-train', 'test-eval'):
+                 'original-core-op', 'train-float32', 'train-amp', 'dist-train', 'test-eval'):
         assert any(line.split()[:2] == [step, 'passed'] for line in summary.splitlines()), (step, summary)
     for step in ('build-dcnv3', 'build-original', 'train-original'):
         assert any(line.startswith(step) and 'skipped' in line for line in summary.splitlines())
@@ -158,3 +158,11 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     else:
         assert cfg.model.backbone.depths == cfg.optimizer.paramwise_cfg.depths == [1, 1, 2, 1]
         assert resize.img_scale == tiny and cfg.data.test.pipeline[1].img_scale == tiny
+    # Its twin with the original kernel: the same, but for the core op and the import of it.
+    original = mmcv.Config.fromfile(helper.original_config_path(str(out)), import_custom_modules=False)
+    assert original.model.backbone.core_op == 'DCNv3_original'
+    assert 'original_dcnv3_core' in original.custom_imports.imports
+    original.model.backbone.core_op = cfg.model.backbone.core_op
+    original.pop('custom_imports')
+    cfg.pop('custom_imports')
+    assert original.pretty_text == cfg.pretty_text

@@ -1,12 +1,13 @@
 """DCNv3 on the original InternImage CUDA kernel, to time training against it (scripts/gpu_check.sh).
 
 Importing this module registers ``core_op='DCNv3_original'`` for the InternImage backbone, a
-module with the same parameters as ``DCNv3`` whose core is the original implementation's op:
+module with the same parameters as ``DCNv3`` whose core is the original implementation's op. A
+config selects it like this (``custom_imports`` is read when the config file loads; ``tools/``
+is on ``sys.path`` when a tool runs, so ``original_dcnv3_core`` imports from here)::
 
-    python tools/train.py CONFIG --cfg-options model.backbone.core_op=DCNv3_original \\
-        "custom_imports.imports=[mmdet_custom,original_dcnv3_core]"
-
-(``tools/`` is on ``sys.path`` when a tool runs, so ``original_dcnv3_core`` imports from here.)
+    _base_ = 'some_internimage_config.py'
+    custom_imports = dict(imports=['mmdet_custom', 'original_dcnv3_core'], allow_failed_imports=False)
+    model = dict(backbone=dict(core_op='DCNv3_original'))
 
 The original's code is not part of this project. It is loaded from ``$ORIGINAL_DCNV3_DIR``
 (default ``.device/original_dcnv3`` in the checkout, where ``scripts/gpu_check.sh --prepare``
