@@ -79,6 +79,13 @@ def test_summary_fails_on_a_failed_step(tmp_path, capsys):
     assert 'failed steps: dist-train' in capsys.readouterr().out
 
 
+def test_summary_fails_on_a_step_the_time_budget_left_out(tmp_path, capsys):
+    steps = [('build-original', 'skipped (dry-run: CUDA only)'),
+             ('test-eval', 'skipped (time budget)')]
+    assert _summary(tmp_path, steps, {}, 'dry-run') == 1
+    assert 'failed steps: test-eval' in capsys.readouterr().out
+
+
 def test_unknown_argument_is_named():
     result = subprocess.run(['bash', str(GPU_CHECK), '--bogus'], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown argument '--bogus'" in result.stderr
