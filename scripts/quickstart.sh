@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: set up the environment, generate the synthetic shapes dataset, train a small
-# InternImage Mask R-CNN on it, evaluate box and mask mAP, and draw one prediction.
-# About 10 minutes on two CPU cores after setup (see docs/benchmarks.md).
+# InternImage Mask R-CNN on it, evaluate box and mask mAP, draw one prediction beside its ground
+# truth and plot the training. About 5 minutes of training on two CPU cores, plus a first setup
+# (see docs/benchmarks.md).
 #
 #   bash scripts/quickstart.sh [extra tools/train.py options, e.g. --cfg-options runner.max_epochs=2]
 #
@@ -25,43 +26,59 @@ NUM_TRAIN=${NUM_TRAIN:-400}
 NUM_VAL=${NUM_VAL:-100}
 DEMO_IMAGE="$DATA_DIR/val/000000.png"
 DEMO_OUT="$WORK_DIR/demo.png"
+PLOT_OUT="$WORK_DIR/training.png"
 PY="$ROOT/.venv/bin/python"
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 start=$(date +%s)
 elapsed() { local s=$(( $2 - $1 )); printf '%d min %02d s' $(( s / 60 )) $(( s % 60 )); }
 
-step "1/5 environment (scripts/setup_env.sh)"
-bash scripts/setup_env.sh
-
-step "2/5 dataset in $DATA_DIR"
+# The generator needs only numpy and OpenCV, so it runs by file path (not through the
+# mmdet_custom package, which imports mmcv) while setup_env.sh is still building mmcv-full.
+generate=("$PY" mmdet_custom/datasets/synthetic_shapes.py --out "$DATA_DIR"
+          --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size 256 --seed 0)
 if [ -f "$DATA_DIR/annotations/instances_train.json" ] && [ -f "$DATA_DIR/annotations/instances_val.json" ]; then
-  echo "found; delete $DATA_DIR to regenerate"
+  step "1/4 environment (scripts/setup_env.sh); dataset found in $DATA_DIR (delete it to regenerate)"
+  bash scripts/setup_env.sh
+elif grep -q -- '--beside' scripts/setup_env.sh; then
+  step "1/4 environment (scripts/setup_env.sh), generating the dataset in $DATA_DIR alongside"
+  bash scripts/setup_env.sh --beside "${generate[@]}"
 else
-  "$PY" -m mmdet_custom.datasets.synthetic_shapes --out "$DATA_DIR" \
-    --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size 256 --seed 0
+  step "1/4 environment (scripts/setup_env.sh), then the dataset in $DATA_DIR"
+  bash scripts/setup_env.sh
+  "${generate[@]}"
 fi
-# The config's data_root is data/shapes/; tools/train.py and tools/test.py honour MMDET_DATASETS.
-export MMDET_DATASETS="${DATA_DIR%/}/"
+# The config's data_root is data/shapes/; the tools read another one from MMDET_DATASETS.
+if [ "$(realpath -m "$DATA_DIR")" != "$(realpath -m data/shapes)" ]; then
+  export MMDET_DATASETS="${DATA_DIR%/}/"
+fi
 train_start=$(date +%s)
 
-step "3/5 training $CONFIG (log and checkpoints in $WORK_DIR)"
+step "2/4 training $CONFIG (log and checkpoints in $WORK_DIR; a line every few iterations with the ETA)"
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --seed "$SEED" --auto-resume --no-validate "$@"
 train_done=$(date +%s)
 
 CHECKPOINT="$WORK_DIR/latest.pth"
-step "4/5 evaluating $CHECKPOINT on the val split (box and mask mAP)"
+step "3/4 evaluating $CHECKPOINT on the val split (box and mask mAP, pycocotools)"
 "$PY" tools/test.py "$CONFIG" "$CHECKPOINT" --eval bbox segm --work-dir "$WORK_DIR"
 
-step "5/5 drawing the predictions for $DEMO_IMAGE"
+step "4/4 drawing the prediction for $DEMO_IMAGE and plotting the training"
 "$PY" tools/image_demo.py "$DEMO_IMAGE" "$CONFIG" "$CHECKPOINT" --out-file "$DEMO_OUT"
+"$PY" tools/plot_training.py "$WORK_DIR" --out "$PLOT_OUT" --title "$CONFIG_NAME"
 
 end=$(date +%s)
+newest() { ls -t "$@" 2>/dev/null | head -n1; }
+METRICS_JSON="$(newest "$WORK_DIR"/eval_*.json)"
+MAPS="$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metric"]; print(f"box mAP {m[\"bbox_mAP\"]:.3f}, mask mAP {m[\"segm_mAP\"]:.3f}")' "$METRICS_JSON")"
 cat <<SUMMARY
 
-Quick start finished in $(elapsed "$start" "$end"): setup and data $(elapsed "$start" "$train_start"), training $(elapsed "$train_start" "$train_done"), evaluation and demo $(elapsed "$train_done" "$end").
-  dataset:      $DATA_DIR  (COCO json in $DATA_DIR/annotations)
-  checkpoints:  $WORK_DIR/epoch_*.pth  (latest: $CHECKPOINT)
-  train log:    $(ls -t "$WORK_DIR"/*.log 2>/dev/null | head -n1)
-  metrics:      $(ls -t "$WORK_DIR"/eval_*.json 2>/dev/null | head -n1)
-  demo image:   $DEMO_OUT
+Quick start finished in $(elapsed "$start" "$end"): setup and data $(elapsed "$start" "$train_start"), training $(elapsed "$train_start" "$train_done"), evaluation and pictures $(elapsed "$train_done" "$end").
+Result: $MAPS on the $NUM_VAL val images.
+Files written:
+  dataset:        $DATA_DIR/train/*.png, $DATA_DIR/val/*.png, $DATA_DIR/annotations/instances_{train,val}.json
+  config used:    $WORK_DIR/$CONFIG_NAME.py
+  checkpoints:    $(cd "$WORK_DIR" && ls epoch_*.pth | sort -V | tr '\n' ' ')(latest: $CHECKPOINT)
+  training log:   $(newest "$WORK_DIR"/*.log)  (json lines: $(newest "$WORK_DIR"/*.log.json))
+  metrics:        $METRICS_JSON
+  demo picture:   $DEMO_OUT  (ground truth | prediction)
+  training plot:  $PLOT_OUT  (losses, learning rate, final mAPs)
 SUMMARY

@@ -113,8 +113,9 @@ def main(argv=None):
     mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
     cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
-    logger = get_root_logger(log_file=osp.join(cfg.work_dir, f'{timestamp}.log'),
-                             log_level=cfg.log_level)
+    log_file = osp.join(cfg.work_dir, f'{timestamp}.log')
+    logger = get_root_logger(log_file=log_file, log_level=cfg.log_level)
+    _bootstrap.brief_console(logger, log_file)  # long reports (environment, config): file only
 
     meta = dict()
     env_info = '\n'.join(f'{key}: {value}' for key, value in collect_env().items())

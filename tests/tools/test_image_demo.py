@@ -1,7 +1,10 @@
-"""tools/image_demo.py writes a PNG with the drawn predictions."""
+"""tools/image_demo.py: a legible picture (enlarged, per-instance colours, labels that do not
+overlap) with the ground truth beside the prediction for a test-set image."""
 import os.path as osp
+import shutil
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip('mmdet')
@@ -11,23 +14,85 @@ sys.path.insert(0, osp.join(ROOT, 'tools'))
 import image_demo  # noqa: E402
 
 
-def test_demo_writes_a_png(tmp_path, tiny_config, tiny_shapes, capsys):
+@pytest.fixture(scope='module')
+def random_checkpoint(tmp_path_factory, tiny_shapes):
     import mmcv
     from mmcv.runner import save_checkpoint
     from mmdet.models import build_detector
-    model = build_detector(mmcv.Config.fromfile(tiny_config).model)
-    checkpoint = str(tmp_path / 'random.pth')
+
+    from tools_testlib import write_tiny_config
+    folder = tmp_path_factory.mktemp('demo')
+    config = write_tiny_config(folder / 'tiny.py', tiny_shapes)
+    model = build_detector(mmcv.Config.fromfile(config).model)
+    checkpoint = str(folder / 'random.pth')
     save_checkpoint(model, checkpoint, meta=dict(CLASSES=('circle', 'triangle', 'rectangle')))
-    image = osp.join(tiny_shapes, 'val', '000000.png')
+    return config, checkpoint
+
+
+def _panel(picture, index, panel_width):
+    left = index * (panel_width + image_demo.PANEL_GAP)
+    return picture[image_demo.HEADER_HEIGHT:, left:left + panel_width]
+
+
+def test_val_image_gets_ground_truth_beside_the_prediction(tmp_path, random_checkpoint, tiny_shapes,
+                                                          capsys):
+    import mmcv
+    config, checkpoint = random_checkpoint
+    image_path = osp.join(tiny_shapes, 'val', '000000.png')
     out_file = tmp_path / 'out' / 'demo.png'
-    image_demo.main([image, tiny_config, checkpoint, '--out-file', str(out_file), '--device', 'cpu',
-                     '--score-thr', '0.0'])
-    assert out_file.is_file()
-    drawn = mmcv.imread(str(out_file))
-    assert drawn.shape == mmcv.imread(image).shape
-    assert 'drawn to' in capsys.readouterr().out
+    image_demo.main([image_path, config, checkpoint, '--out-file', str(out_file),
+                     '--device', 'cpu', '--score-thr', '0.0'])
+    picture = mmcv.imread(str(out_file), channel_order='rgb')
+    image = mmcv.imread(image_path, channel_order='rgb')
+    scale = -(-image_demo.MIN_LONG_SIDE // max(image.shape[:2]))  # 64 px -> 12x
+    panel_height, panel_width = image.shape[0] * scale, image.shape[1] * scale
+    assert picture.shape == (image_demo.HEADER_HEIGHT + panel_height,
+                             2 * panel_width + image_demo.PANEL_GAP, 3)
+    truth = _panel(picture, 0, panel_width)
+    plain = np.kron(image, np.ones((scale, scale, 1), np.uint8))  # the enlarged image, undrawn
+    # The ground-truth panel is the enlarged image with every shape tinted: most pixels changed.
+    changed = np.abs(truth.astype(int) - plain).max(-1) > 10
+    assert 0.1 < changed.mean() < 0.9
+    tints = {tuple(pixel) for pixel in truth[changed][::97]}
+    assert len(tints) > 20  # colours, not one flat overlay
+    assert 'drawn beside the ground truth' in capsys.readouterr().out
+
+
+def test_image_outside_the_test_set_gets_the_prediction_alone(tmp_path, random_checkpoint, tiny_shapes):
+    import mmcv
+    config, checkpoint = random_checkpoint
+    image_path = str(tmp_path / 'elsewhere.png')
+    shutil.copy(osp.join(tiny_shapes, 'val', '000001.png'), image_path)
+    out_file = tmp_path / 'alone.png'
+    image_demo.main([image_path, config, checkpoint, '--out-file', str(out_file), '--device', 'cpu'])
+    picture = mmcv.imread(str(out_file))
+    assert picture.shape == (image_demo.HEADER_HEIGHT + 768, 768, 3)
+    assert picture[image_demo.HEADER_HEIGHT:].std() > 5  # the image, not a blank canvas
+
+
+def test_labels_do_not_overlap_even_for_stacked_boxes():
+    canvas = np.zeros((400, 400, 3), np.uint8)
+    placed = []
+    for shift in range(6):  # six nearly identical boxes: every label wants the same spot
+        box = np.array([100 + shift, 100 + shift, 200, 200])
+        placed.append(image_demo.place_label(box, (80, 20), placed, canvas.shape))
+    for index, rect in enumerate(placed):
+        assert 0 <= rect[0] and rect[2] <= 400 and 0 <= rect[1] and rect[3] <= 400
+        assert not image_demo._overlaps(rect, placed[:index] + placed[index + 1:])
+
+
+def test_instance_colours_are_distinct():
+    colours = image_demo.instance_colours(12)
+    assert len(set(colours)) == 12
+    assert all(max(colour) == 255 for colour in colours)  # bright
 
 
 def test_demo_missing_image_is_one_line_error(tmp_path, tiny_config):
     with pytest.raises(SystemExit, match='image not found'):
         image_demo.main([str(tmp_path / 'none.png'), tiny_config, 'x.pth'])
+
+
+def test_demo_rejects_an_out_of_range_score_threshold(tiny_config, capsys):
+    with pytest.raises(SystemExit):
+        image_demo.main(['a.png', tiny_config, 'x.pth', '--score-thr', '1.5'])
+    assert '--score-thr must lie in [0, 1]' in capsys.readouterr().err

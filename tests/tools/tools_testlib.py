@@ -1,4 +1,4 @@
-"""Helpers shared by the tools tests: a tiny config on top of the quick-start one (so the tools
+"""Helpers shared by the tools tests: a tiny config derived from the quick-start one (so the tools
 run end to end in seconds), free ports and subprocess runs from the repository root."""
 import os
 import os.path as osp
@@ -10,55 +10,52 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART_CONFIG = osp.join(ROOT, 'configs', 'shapes', 'mask_rcnn_internimage_pico_fpn_shapes.py')
 PYTHON = sys.executable
 
-# Smaller than the quick start in every direction: 64x64 images, width-16 backbone.
-TINY_CONFIG = '''
-_base_ = {base!r}
-model = dict(backbone=dict(channels=16, groups=[1, 2, 4, 8], drop_path_rate=0.1),
-             neck=dict(in_channels=[16, 32, 64, 128]))
-image_size = (64, 64)
-img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', img_scale=image_size, keep_ratio=True),
-    dict(type='RandomFlip', flip_ratio=0.5),
-    dict(type='Normalize', **img_norm_cfg),
-    dict(type='Pad', size_divisor=32),
-    dict(type='DefaultFormatBundle'),
-    dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks']),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='MultiScaleFlipAug', img_scale=image_size, flip=False, transforms=[
-        dict(type='Resize', keep_ratio=True),
-        dict(type='RandomFlip'),
-        dict(type='Normalize', **img_norm_cfg),
-        dict(type='Pad', size_divisor=32),
-        dict(type='ImageToTensor', keys=['img']),
-        dict(type='Collect', keys=['img']),
-    ])
-]
-data_root = {data_root!r}
-data = dict(
-    samples_per_gpu=2,
-    workers_per_gpu={workers},
-    train=dict(ann_file=data_root + 'annotations/instances_train.json',
-               img_prefix=data_root + 'train/', pipeline=train_pipeline),
-    val=dict(ann_file=data_root + 'annotations/instances_val.json',
-             img_prefix=data_root + 'val/', pipeline=test_pipeline),
-    test=dict(ann_file=data_root + 'annotations/instances_val.json',
-              img_prefix=data_root + 'val/', pipeline=test_pipeline))
-lr_config = dict(warmup_iters=2)
-runner = dict(max_epochs={epochs})
-evaluation = dict(interval={epochs})
-log_config = dict(interval=1)
-'''
+# Smaller than the quick start in every direction (64x64 images, a width-16 backbone, two images
+# a batch, short warm-up, a log line every iteration); everything else is the quick-start config.
+TINY_IMAGE_SIZE = (64, 64)
+TINY_OVERRIDES = {
+    'model.backbone.channels': 16,
+    'model.backbone.groups': [1, 2, 4, 8],
+    'model.backbone.drop_path_rate': 0.1,
+    'model.neck.in_channels': [16, 32, 64, 128],
+    'data.samples_per_gpu': 2,
+    'lr_config.warmup_iters': 2,
+    'log_config.interval': 1,
+}
+
+
+def _set_image_scales(pipeline, scale):
+    """Point every img_scale in ``pipeline`` (nested transforms included) at ``scale``."""
+    for transform in pipeline:
+        if 'img_scale' in transform:
+            transform['img_scale'] = scale
+        _set_image_scales(transform.get('transforms', []), scale)
 
 
 def write_tiny_config(path, data_root, epochs=1, workers=0, extra=''):
-    with open(path, 'w') as f:
-        f.write(TINY_CONFIG.format(base=QUICKSTART_CONFIG, data_root=data_root.rstrip('/') + '/',
-                                   epochs=epochs, workers=workers) + extra)
+    """Write the quick-start config with TINY_OVERRIDES, reading ``data_root``, as a config file.
+
+    ``extra`` is config text appended at the end (e.g. another ``custom_imports``).
+    """
+    from mmcv import Config
+    cfg = Config.fromfile(QUICKSTART_CONFIG)
+    data_root = data_root.rstrip('/') + '/'
+    overrides = dict(TINY_OVERRIDES, **{
+        'data_root': data_root,
+        'data.workers_per_gpu': workers,
+        'runner.max_epochs': epochs,
+        'evaluation.interval': epochs,
+    })
+    cfg.merge_from_dict(overrides)
+    for dataset_key, split in (('train', 'train'), ('val', 'val'), ('test', 'val')):
+        dataset = cfg.data[dataset_key]
+        dataset.ann_file = f'{data_root}annotations/instances_{split}.json'
+        dataset.img_prefix = f'{data_root}{split}/'
+        _set_image_scales(dataset.pipeline, TINY_IMAGE_SIZE)
+    cfg.dump(str(path))
+    if extra:
+        with open(path, 'a') as f:
+            f.write('\n' + extra)
     return str(path)
 
 

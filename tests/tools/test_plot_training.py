@@ -1,0 +1,109 @@
+"""tools/plot_training.py: losses and final mAPs of a work dir as one PNG; mmdet's own
+analyze_logs.py reads the same json logs."""
+import glob
+import json
+import os.path as osp
+import sys
+
+import numpy as np
+import pytest
+
+from tools_testlib import PYTHON, ROOT, run_tool
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import plot_training  # noqa: E402
+
+LOSS_KEYS = ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask')
+
+
+def write_log(path, epochs=3, iters=20, interval=5, first_epoch=1, start_loss=3.0):
+    """A json log as tools/train.py writes it: a header line, then one entry per interval."""
+    with open(path, 'w') as f:
+        f.write(json.dumps(dict(env_info='...', config='...', seed=0)) + '\n')
+        for epoch in range(first_epoch, first_epoch + epochs):
+            for iteration in range(interval, iters + 1, interval):
+                step = (epoch - 1) * iters + iteration
+                losses = {key: start_loss / 5 * np.exp(-step / 40) for key in LOSS_KEYS}
+                f.write(json.dumps(dict(mode='train', epoch=epoch, iter=iteration, lr=1e-3,
+                                        time=0.4, data_time=0.01, loss=sum(losses.values()),
+                                        **losses)) + '\n')
+
+
+def write_metrics(path, box=0.71, mask=0.73):
+    metrics = dict(bbox_mAP=box, bbox_mAP_50=0.95, bbox_mAP_75=0.8,
+                   segm_mAP=mask, segm_mAP_50=0.96, segm_mAP_75=0.85)
+    with open(path, 'w') as f:
+        json.dump(dict(config='c.py', checkpoint='latest.pth', metric=metrics), f)
+
+
+def check_png(path):
+    """The plot exists, has the documented size and is not blank."""
+    import cv2
+    image = cv2.imread(str(path))
+    assert image is not None, f'{path} is not an image'
+    width, height = (round(side * plot_training.DPI) for side in plot_training.FIGURE_INCHES)
+    assert image.shape == (height, width, 3)
+    assert (image < 250).mean() > 0.02  # lines, bars and text, not an empty white canvas
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # several colours
+
+
+def test_plots_losses_and_final_maps(tmp_path, capsys):
+    write_log(tmp_path / '20260101_000000.log.json')
+    write_metrics(tmp_path / 'eval_20260101_001000.json')
+    plot_training.main([str(tmp_path)])
+    check_png(tmp_path / 'training.png')
+    assert '12 log entries and the final mAPs' in capsys.readouterr().out
+
+
+def test_resumed_run_entries_replace_earlier_ones(tmp_path):
+    write_log(tmp_path / '20260101_000000.log.json', epochs=2)
+    write_log(tmp_path / '20260101_000500.log.json', epochs=2, first_epoch=2, start_loss=9.0)
+    entries = plot_training.read_train_log(str(tmp_path))
+    assert [(e['epoch'], e['iter']) for e in entries][:5] == [(1, 5), (1, 10), (1, 15), (1, 20), (2, 5)]
+    assert len(entries) == 3 * 4
+    assert entries[4]['loss'] == pytest.approx(9.0 * np.exp(-25 / 40))  # from the resumed log
+    assert plot_training.epoch_positions(entries)[-1] == 3.0
+
+
+def test_without_evaluation_the_plot_says_so(tmp_path, capsys):
+    write_log(tmp_path / '20260101_000000.log.json')
+    out = tmp_path / 'elsewhere' / 'plot.png'
+    plot_training.main([str(tmp_path), '--out', str(out)])
+    check_png(out)
+    assert 'final mAPs' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('setup,message', [
+    (lambda d: None, 'no training log (*.log.json) in'),
+    (lambda d: (d / 'a.log.json').write_text('{"mode": "train", "epoch": 1}\nnot json\n'),
+     'a.log.json, line 2: not json'),
+    (lambda d: (d / 'a.log.json').write_text('{"env_info": "x"}\n'), 'hold no loss entries yet'),
+])
+def test_bad_work_dirs_get_one_line_errors(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(SystemExit, match='tools/plot_training.py: error: ') as error:
+        plot_training.main([str(tmp_path)])
+    assert message in str(error.value)
+    with pytest.raises(SystemExit, match='work dir not found'):
+        plot_training.main([str(tmp_path / 'missing')])
+
+
+@pytest.mark.slow
+def test_mmdet_analyze_logs_reads_our_logs(tmp_path):
+    # mmdet ships its analysis tools inside the package; plot_curve needs seaborn.
+    pytest.importorskip('seaborn')
+    mmdet = pytest.importorskip('mmdet')
+    tools = glob.glob(osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'analysis_tools',
+                               'analyze_logs.py'))
+    if not tools:
+        pytest.skip('this mmdet package does not ship analyze_logs.py')
+    log = tmp_path / '20260101_000000.log.json'
+    write_log(log)
+    out = tmp_path / 'curve.png'
+    result = run_tool([PYTHON, tools[0], 'plot_curve', str(log), '--keys', 'loss', 'loss_mask',
+                       '--out', str(out)], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 10000
+    result = run_tool([PYTHON, tools[0], 'cal_train_time', str(log)], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'average iter time: 0.4000 s/iter' in result.stdout

@@ -1,0 +1,136 @@
+"""Plot a training run: its losses and learning rate over the epochs, and its final mAPs.
+
+    python tools/plot_training.py WORK_DIR [--out WORK_DIR/training.png]
+
+Reads what the tools write into a work dir: the json training logs of ``tools/train.py``
+(``*.log.json``; several when a run was resumed: later entries replace earlier ones) and the
+newest ``eval_*.json`` of ``tools/test.py --work-dir``. Needs only matplotlib, so it also runs
+where mmcv is not installed. mmdet's own ``analyze_logs.py`` reads the same json logs.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import sys
+
+# Drawn in this order; the components of ``loss`` that a detector does not have are skipped.
+LOSS_KEYS = ('loss', 'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask')
+# (metric key in eval_*.json, label on the bar chart)
+METRICS = (('bbox_mAP', 'box mAP'), ('bbox_mAP_50', 'box mAP@50'), ('bbox_mAP_75', 'box mAP@75'),
+           ('segm_mAP', 'mask mAP'), ('segm_mAP_50', 'mask mAP@50'), ('segm_mAP_75', 'mask mAP@75'))
+FIGURE_INCHES = (12, 4.5)
+DPI = 100  # 1200 x 450 pixels
+
+
+class PlotError(Exception):
+    """A missing or unreadable input, reported as one line."""
+
+
+def read_train_log(work_dir):
+    """Training entries of every ``*.log.json`` in ``work_dir``, keyed by (epoch, iter)."""
+    log_files = sorted(glob.glob(osp.join(work_dir, '*.log.json')))  # names start with a timestamp
+    if not log_files:
+        raise PlotError(f'no training log (*.log.json) in {work_dir}: train with tools/train.py first')
+    entries = {}
+    for log_file in log_files:
+        with open(log_file) as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise PlotError(f'{log_file}, line {line_number}: not json ({error})') from None
+                if entry.get('mode') == 'train' and 'loss' in entry:
+                    entries[entry['epoch'], entry['iter']] = entry  # a resumed run overrides
+    if not entries:
+        raise PlotError(f'the training logs in {work_dir} hold no loss entries yet')
+    return [entries[key] for key in sorted(entries)]
+
+
+def read_metrics(work_dir):
+    """Metrics of the newest ``eval_*.json`` in ``work_dir``, or None when there is none."""
+    eval_files = sorted(glob.glob(osp.join(work_dir, 'eval_*.json')))
+    if not eval_files:
+        return None
+    with open(eval_files[-1]) as f:
+        return json.load(f).get('metric', {})
+
+
+def epoch_positions(entries):
+    """Fractional epochs at which the entries were logged (iter counts within its epoch)."""
+    iters_per_epoch = max(entry['iter'] for entry in entries)
+    return [entry['epoch'] - 1 + entry['iter'] / iters_per_epoch for entry in entries]
+
+
+def plot(entries, metrics, out_file, title):
+    import matplotlib
+    matplotlib.use('Agg')  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = epoch_positions(entries)
+    figure, (loss_axes, map_axes) = plt.subplots(
+        1, 2, figsize=FIGURE_INCHES, dpi=DPI, gridspec_kw=dict(width_ratios=[3, 2]))
+    for key in LOSS_KEYS:
+        values = [entry.get(key) for entry in entries]
+        if all(value is not None for value in values):
+            loss_axes.plot(epochs, values, label=key, linewidth=2.5 if key == 'loss' else 1.2)
+    loss_axes.set_xlabel('epoch')
+    loss_axes.set_ylabel('training loss')
+    loss_axes.set_ylim(bottom=0)
+    loss_axes.grid(alpha=0.3)
+    loss_axes.legend(loc='upper right', fontsize=8)
+    if all('lr' in entry for entry in entries):
+        lr_axes = loss_axes.twinx()
+        lr_axes.plot(epochs, [entry['lr'] for entry in entries], color='grey', linestyle='--')
+        lr_axes.set_ylabel('learning rate (dashed)', color='grey')
+        lr_axes.set_ylim(bottom=0)
+    loss_axes.set_title(f'{title}: training losses')
+
+    if metrics:
+        shown = [(label, metrics[key]) for key, label in METRICS if key in metrics]
+        labels, values = zip(*shown)
+        colours = ['tab:blue' if label.startswith('box') else 'tab:orange' for label in labels]
+        bars = map_axes.barh(range(len(values)), values, color=colours)
+        map_axes.set_yticks(range(len(values)), labels)
+        map_axes.invert_yaxis()
+        map_axes.bar_label(bars, fmt='%.3f', padding=3)
+        map_axes.set_xlim(0, 1.1)
+        map_axes.set_xlabel('COCO mAP (pycocotools)')
+        map_axes.set_title('final evaluation on the val split')
+    else:
+        map_axes.axis('off')
+        map_axes.text(0.5, 0.5, 'not evaluated yet\n(tools/test.py ... --eval bbox segm --work-dir)',
+                      ha='center', va='center')
+    figure.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
+    figure.savefig(out_file, dpi=DPI)
+    plt.close(figure)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Plot the losses and final mAPs of a training run')
+    parser.add_argument('work_dir', help='work dir of tools/train.py (and tools/test.py --work-dir)')
+    parser.add_argument('--out', help='PNG to write (default: WORK_DIR/training.png)')
+    parser.add_argument('--title', help='title of the loss panel (default: the work dir name)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_file = args.out or osp.join(args.work_dir, 'training.png')
+    try:
+        if not osp.isdir(args.work_dir):
+            raise PlotError(f'work dir not found: {args.work_dir}')
+        entries = read_train_log(args.work_dir)
+        metrics = read_metrics(args.work_dir)
+    except PlotError as error:
+        sys.exit(f'tools/plot_training.py: error: {error}')
+    plot(entries, metrics, out_file, args.title or osp.basename(osp.normpath(args.work_dir)))
+    print(f'plotted {len(entries)} log entries' + (' and the final mAPs' if metrics else '') +
+          f' to {out_file}')
+
+
+if __name__ == '__main__':
+    main()
