@@ -116,7 +116,7 @@ if ! satisfied "${TORCH_REQUIREMENTS[@]}"; then
   say "installing ${TORCH_REQUIREMENTS[*]}"
   "${PIP[@]}" "${TORCH_REQUIREMENTS[@]}"
 fi
-TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+TORCH_VERSION="$("$PY" -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
 
 # --- mmcv-full, built from source with C++20, in the background -------------------------------------
 mmcv_wheel_dir=
