@@ -147,7 +147,8 @@ class MaskRCNNForExport(nn.Module):
         bbox_head, cfg = roi_head.bbox_head, roi_head.test_cfg
         rois = torch.cat([proposals.new_zeros(proposals.shape[0], 1), proposals], dim=1)
         extractor = roi_head.bbox_roi_extractor
-        cls_score, bbox_pred = bbox_head(_extract_roi_features(extractor, feats, rois))
+        cls_score, bbox_pred = bbox_head(_extract_roi_features(extractor, feats, _with_spare_roi(rois)))
+        cls_score, bbox_pred = cls_score[:-1], bbox_pred[:-1]
         scores = F.softmax(cls_score, dim=-1)[:, :-1]  # the last column is the background
         num_classes = scores.shape[1]
         boxes = bbox_head.bbox_coder.decode(rois[:, 1:], bbox_pred, max_shape=img_shape)
@@ -169,12 +170,20 @@ class MaskRCNNForExport(nn.Module):
     def _masks(self, feats, boxes, labels, img_shape):
         roi_head = self.detector.roi_head
         rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
-        mask_pred = roi_head.mask_head(_extract_roi_features(roi_head.mask_roi_extractor, feats, rois))
+        mask_feats = _extract_roi_features(roi_head.mask_roi_extractor, feats, _with_spare_roi(rois))
+        mask_pred = roi_head.mask_head(mask_feats)[:-1]
         size = mask_pred.shape[-2:]
         index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, size[0], size[1])
         probabilities = mask_pred.gather(1, index)[:, 0].sigmoid()
         masks = _paste_masks(probabilities, boxes, img_shape)
         return masks >= roi_head.test_cfg.mask_thr_binary
+
+
+def _with_spare_roi(rois):
+    """``rois`` plus one empty box, whose head outputs the caller drops. Heads with GroupNorm
+    reshape their batch with -1, which ONNX Runtime refuses for zero RoIs (an image with no
+    detection); one spare RoI keeps every batch non-empty."""
+    return torch.cat([rois, rois.new_zeros(1, 5)])
 
 
 def _extract_roi_features(extractor, feats, rois):

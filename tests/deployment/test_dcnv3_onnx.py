@@ -141,7 +141,7 @@ def test_dcnv3_module_exports_in_standard_ops(tmp_path):
     x = torch.randn(1, 10, 12, 16)
     path = tmp_path / 'layer.onnx'
     torch.onnx.export(layer, (x,), str(path), dynamo=False, opset_version=17, input_names=['x'],
-                      dynamic_axes={'x': {1: 'h', 2: 'w'}})
+                      dynamic_axes={'x': {0: 'n', 1: 'h', 2: 'w'}})
     ops = {(node.domain, node.op_type) for node in onnx.load(str(path)).graph.node}
     assert ('', 'GridSample') in ops and all(domain == '' for domain, _ in ops)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
