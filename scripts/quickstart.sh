@@ -68,7 +68,7 @@ step "4/4 drawing the prediction for $DEMO_IMAGE and plotting the training"
 end=$(date +%s)
 newest() { ls -t "$@" 2>/dev/null | head -n1; }
 METRICS_JSON="$(newest "$WORK_DIR"/eval_*.json)"
-MAPS="$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metric"]; print(f"box mAP {m[\"bbox_mAP\"]:.3f}, mask mAP {m[\"segm_mAP\"]:.3f}")' "$METRICS_JSON")"
+MAPS="$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metric"]; print("box mAP %.3f, mask mAP %.3f" % (m["bbox_mAP"], m["segm_mAP"]))' "$METRICS_JSON")"
 cat <<SUMMARY
 
 Quick start finished in $(elapsed "$start" "$end"): setup and data $(elapsed "$start" "$train_start"), training $(elapsed "$train_start" "$train_done"), evaluation and pictures $(elapsed "$train_done" "$end").
