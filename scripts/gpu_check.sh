@@ -94,6 +94,12 @@ if [ "$DRY" = 0 ]; then
   # The GPU image's default CXX (/opt/gcc) builds extensions whose error paths crash inside
   # libstdc++ (a runtime mismatch with the one torch loads); the system compiler does not.
   [ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+  # One CUDA_HOME and CPATH (torch's nvidia headers) for every process: the original kernel is
+  # compiled by torch's JIT loader, which rebuilds (and without those headers fails) in any
+  # later process whose include paths differ from the first build's.
+  # shellcheck source=scripts/_build_common.sh
+  source scripts/_build_common.sh
+  cuda_build_env "$PY" "$ROOT" || echo "gpu_check: WARNING: no CUDA toolkit found (nvcc)" >&2
 fi
 
 log() { echo "$*" | tee -a "$LOG"; }
@@ -177,8 +183,8 @@ if [ "$DRY" = 0 ]; then
   # A stale extension from another Python/torch must not be picked up if the build fails.
   rm -f ops_dcnv3/_C*.so
   step_start build-dcnv3 300 "$PY" setup.py build_ext --inplace
-  step_start build-original 300 bash -c 'source scripts/_build_common.sh && cuda_build_env "$0" "$PWD"; "$0" -c "
-import sys; sys.path.insert(0, sys.argv[1]); import load; load.build(); print(\"original DCNv3 built in\", sys.argv[2])" "$ORIGINAL_DCNV3_DIR" "$ORIGINAL_DCNV3_BUILD"' "$PY"
+  step_start build-original 300 "$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import load
+load.build(); print("original DCNv3 built in", sys.argv[2])' "$ORIGINAL_DCNV3_DIR" "$ORIGINAL_DCNV3_BUILD"
 else
   skip build-dcnv3 "dry-run: uses the extension already built in place"
   skip build-original "dry-run: CUDA only"
@@ -195,6 +201,9 @@ step_start dataset 180 "$PY" -m mmdet_custom.datasets.synthetic_shapes --out "$D
 
 if [ "$DRY" = 0 ]; then
   step_wait build-original
+  # torch before 2.14 guards JIT builds with a lock file whose mere existence blocks: one left by
+  # a build killed at its time limit would hang every later load. Nothing holds it now.
+  rm -f "$ORIGINAL_DCNV3_BUILD/lock"
   if ! step_wait build-dcnv3; then
     step_wait dataset
     log "gpu_check: the DCNv3 build failed; nothing else was run"

@@ -12,8 +12,9 @@ is on ``sys.path`` when a tool runs, so ``original_dcnv3_core`` imports from her
 The original's code is not part of this project. It is loaded from ``$ORIGINAL_DCNV3_DIR``
 (default ``.device/original_dcnv3`` in the checkout, where ``scripts/gpu_check.sh --prepare``
 copies ``../shared/anchors/original_dcnv3``), whose ``load.py`` compiles it on first use and
-caches the build in ``$ORIGINAL_DCNV3_BUILD``. It has CUDA kernels only, for float32, float64
-and float16.
+caches the build in ``$ORIGINAL_DCNV3_BUILD``; every process that loads it needs the first
+build's CUDA_HOME and CPATH (``cuda_build_env`` in scripts/_build_common.sh), or torch's loader
+rebuilds it. It has CUDA kernels only, for float32, float64 and float16.
 """
 import importlib.util
 import os
