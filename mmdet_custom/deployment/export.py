@@ -1,4 +1,11 @@
-"""Export a Mask R-CNN to ONNX (standard operators only) and check it against PyTorch."""
+"""Export a Mask R-CNN to ONNX (standard operators only) and check it against PyTorch.
+
+The export uses torch's TorchScript-based exporter (``dynamo=False``), not its default
+``torch.export``-based one: mmcv's NMS and RoIAlign kernels are pybind functions rather than
+dispatcher ops, so ``torch.export`` cannot trace them, while the tracer takes the ONNX symbolics
+of the autograd Functions wrapping them (``onnx_ops.py``) and records the data-dependent sizes
+after each NMS as they come.
+"""
 import warnings
 
 import numpy as np
