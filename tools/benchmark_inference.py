@@ -17,7 +17,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-import time
 
 import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 
@@ -56,10 +55,6 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per figure (median)')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--compile', action='store_true',
-                        help='time inference (not training) with the InternImage models compiled by '
-                             'torch.compile (mmdet_custom.apis.compile_for_inference); prints the '
-                             'compile time')
     parser.add_argument('--check', action='store_true',
                         help='exit with status 1 unless InternImage-T meets the targets '
                              f'(T/R50: {", ".join(f"{PART_TITLES[p]} <= {t:g}" for p, t in TARGETS.items())})')
@@ -163,21 +158,8 @@ def main(argv=None):
                    else f'cpu, {torch.get_num_threads()} threads')
     print(f'InternImage ({", ".join(n.upper() for n in args.models)}) vs ResNet-50 Mask R-CNN: '
           f'{device_name}, torch {torch.__version__}, image {height}x{width}, training batch '
-          f'{args.train_batch}, median of {args.repeats} after {args.warmup} warm-up'
-          f'{", InternImage inference compiled" if args.compile else ""}')
+          f'{args.train_batch}, median of {args.repeats} after {args.warmup} warm-up')
     print(f'load average before: {os.getloadavg()[0]:.2f} (1 min, {os.cpu_count()} CPUs)', flush=True)
-
-    eager = dict(models)
-    if args.compile:
-        from mmdet_custom.apis import compile_for_inference
-        compiled = {}
-        for name in args.models:
-            compiled[name] = compile_for_inference(models[name])
-            start = time.perf_counter()
-            _no_grad(compiled[name].extract_feat, image)
-            print(f'compile time {name.upper()}: {time.perf_counter() - start:.1f} s '
-                  f'(first call at this image size)', flush=True)
-        models = {**models, **compiled}
 
     header = f'{"part":<22}' + ''.join(f'{n.upper():>11}' for n in names) + ''.join(
         f'{n.upper() + "/R50":>9}' for n in args.models)
@@ -185,8 +167,7 @@ def main(argv=None):
     print('-' * len(header))
     ratios = {}
     for part in args.parts:
-        calls = part_calls(part, eager if part == 'train' else models, image, train_inputs,
-                           args.seed)
+        calls = part_calls(part, models, image, train_inputs, args.seed)
         times = median_ms(calls, device, args.warmup, args.repeats)
         title = PART_TITLES[part] + (f' ({args.train_batch} img)' if part == 'train' else '')
         ratios[part] = {name: times[name] / times['r50'] for name in args.models}

@@ -116,6 +116,8 @@ class InternImageBlock(nn.Module):
                            offset_scale=offset_scale, act_layer=act_layer, norm_layer=norm_layer,
                            dw_kernel_size=dw_kernel_size, center_feature_scale=center_feature_scale,
                            use_dcn_v4_op=use_dcn_v4_op)
+        # _add_residual applies the drop-path (folded into the residual scale); the module only
+        # names the rate, as in the original.
         self.drop_path_rate = drop_path
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = build_norm(channels, 'LN')
@@ -127,14 +129,20 @@ class InternImageBlock(nn.Module):
             self.res_post_norm1 = self.res_post_norm2 = None
 
     def _add_residual(self, x, branch, norm, res_norm, gamma):
-        """x + drop_path(gamma * branch output)."""
+        """x + drop_path(gamma * branch output), as one addcmul: a single pass over the feature
+        map (and one in the backward) instead of up to four."""
         out = norm(branch(x)) if self.post_norm else branch(norm(x))
         if res_norm is not None:
             out = res_norm(out)
+        scale = gamma
         if self.training and self.drop_path_rate > 0:
-            return x + self.drop_path(out if gamma is None else gamma * out)
-        # Without drop-path: one pass over the feature map instead of two (or three).
-        return x + out if gamma is None else torch.addcmul(x, gamma, out)
+            # mmcv's DropPath (the same random draw): keep each sample's branch with probability
+            # keep, scaled by 1 / keep, folded into the per-channel scale.
+            keep = 1 - self.drop_path_rate
+            shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+            sample_scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_() / keep
+            scale = sample_scale if gamma is None else sample_scale * gamma
+        return x + out if scale is None else torch.addcmul(x, scale, out)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._add_residual(x, self.dcn, self.norm1, self.res_post_norm1, self.gamma1)
