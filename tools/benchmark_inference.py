@@ -92,10 +92,10 @@ def synthetic_ground_truth(height, width, batch, device, generator, boxes_per_im
     """Random boxes with rectangular masks and random labels, the same for every model."""
     gt_bboxes, gt_labels, gt_masks = [], [], []
     for _ in range(batch):
-        corners = torch.rand(boxes_per_image, 2, 2, generator=generator)
-        corners = corners * torch.tensor([width, height]) * 0.9
+        size = torch.tensor([width, height], dtype=torch.float32)
+        corners = torch.rand(boxes_per_image, 2, 2, generator=generator) * size * 0.9
         top_left = corners.min(1).values
-        bottom_right = torch.maximum(corners.max(1).values, top_left + 16)
+        bottom_right = torch.minimum(torch.maximum(corners.max(1).values, top_left + 8), size)
         boxes = torch.cat([top_left, bottom_right], 1)
         masks = np.zeros((boxes_per_image, height, width), dtype=np.uint8)
         for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
