@@ -9,8 +9,9 @@ instead of 92 ms with the GELU.
 
 The weights stay in the ``nn.Linear`` (state_dict keys unchanged), and the results equal the plain
 layer's up to float rounding. The fast path is taken for float32 CPU tensors when torch has oneDNN
-and it is enabled, outside autocast and torch.compile (inductor makes its own fusions) and only
-when the layer has no hooks, so FLOP counters and feature hooks see the module called as usual.
+and it is enabled, outside autocast, torch.compile/export (inductor makes its own fusions) and
+tracing (ONNX export knows aten::linear, not oneDNN's op), and only when the layer has no hooks,
+so FLOP counters and feature hooks see the module called as usual.
 With gradients the activation runs as its own module (autograd needs its input) and the GEMM's
 backward is the usual pair of matrix products.
 """
@@ -48,7 +49,7 @@ def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
     return (_HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
             and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
-            and not _has_hooks(layer))
+            and not torch.jit.is_tracing() and not _has_hooks(layer))
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -57,6 +57,21 @@ def test_gradients_match_plain_layers(bias):
     torch.testing.assert_close(grad_x, grad @ layer.weight)
 
 
+def test_tracing_records_the_plain_linear():
+    """torch.jit.trace (the ONNX exporter's front end) sees aten::linear, which ONNX knows."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(8, 6), nn.GELU()
+
+        def forward(self, x):
+            return linear(self.fc, x, self.act)
+
+    traced = torch.jit.trace(Block(), torch.randn(4, 8))
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert 'aten::linear' in kinds and not any(kind.startswith('mkldnn::') for kind in kinds)
+
+
 @pytest.mark.parametrize('case', ['float64', 'hooked', 'autocast'])
 def test_falls_back_to_the_module_call(case):
     """Other dtypes, hooked layers (FLOP counters) and autocast get the plain module call."""
