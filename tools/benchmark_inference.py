@@ -6,9 +6,12 @@ it) and one training step (forward + backward of --train-batch images with synth
 truth). The models take turns within every repeat; each figure is the median of --repeats after
 --warmup. Weights are random (no checkpoint download); the DCNv3 offset and mask layers get
 random weights too, so the op samples a pixel or so away from the grid as a trained model does.
-The R-CNN score threshold is lowered to 0 for both models, so that each emits its 100 detections
-and runs the mask head on them, as a trained model does on a typical image (random weights would
-otherwise score everything below 0.05). Ratios are printed against R50.
+The heads' score and box-delta layers (RPN and R-CNN) are zeroed in every model: all proposals
+and detections then tie, and every model proposes and detects the same boxes, so the heads, which
+all models share, do the same work in each (with random box layers each model would get boxes of
+other sizes, and RoIAlign's adaptive sampling and the mask pasting cost seconds more or less).
+The R-CNN score threshold is lowered to 0, so that each model emits 100 detections and runs the
+mask head on them, as a trained model does on a typical image. Ratios are printed against R50.
 
     python tools/benchmark_inference.py                       # T vs R50, CPU, 2 threads
     python tools/benchmark_inference.py --models t s b --device cuda
@@ -78,6 +81,12 @@ def build_model(name, device, seed):
         if isinstance(module, _DCNv3Base):  # offsets of about a pixel, non-uniform masks
             for layer in (module.offset, module.mask):
                 torch.nn.init.normal_(layer.weight, std=layer.in_features ** -0.5)
+    # Equal scores and zero box deltas: every model proposes and detects the same boxes (module
+    # doc), so the heads, shared by all models, do the same work in each.
+    for layer in (model.rpn_head.rpn_cls, model.rpn_head.rpn_reg, model.roi_head.bbox_head.fc_cls,
+                  model.roi_head.bbox_head.fc_reg):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
     return model.to(device)
 
 
