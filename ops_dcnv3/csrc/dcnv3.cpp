@@ -92,15 +92,16 @@ void check_dcnv3_grad_output(const at::Tensor& grad_output, const at::Tensor& in
 
 namespace {
 
-// Under autocast the op runs in the dtype of `input` (the projected values): the DCNv3 module
-// computes its mask with a softmax, which autocast keeps in float32, next to half-precision values.
-// Casting offset and mask here, rather than to one autocast dtype, keeps float32 models in float32.
+// Under autocast the op runs in the dtype of `input` (the projected values): a mask computed with a
+// softmax in Python stays float32 under autocast, next to half-precision values. Casting offset and
+// mask here, rather than to one autocast dtype, keeps float32 models in float32. (Mask logits for
+// softmax=True are cast the same way; the kernels take the softmax in float32 or wider.)
 template <c10::DispatchKey autocast_key>
 at::Tensor dcnv3_forward_autocast(const at::Tensor& input, const at::Tensor& offset,
                                   const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
                                   int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                                   int64_t dilation_h, int64_t dilation_w, int64_t group,
-                                  int64_t group_channels, double offset_scale) {
+                                  int64_t group_channels, double offset_scale, bool softmax) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("dcnv3::dcnv3_forward", "")
@@ -112,7 +113,7 @@ at::Tensor dcnv3_forward_autocast(const at::Tensor& input, const at::Tensor& off
                : t;
   };
   return op.call(input, cast(offset), cast(mask), kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                 pad_w, dilation_h, dilation_w, group, group_channels, offset_scale);
+                 pad_w, dilation_h, dilation_w, group, group_channels, offset_scale, softmax);
 }
 
 }  // namespace
@@ -121,12 +122,12 @@ TORCH_LIBRARY(dcnv3, m) {
   m.def(
       "dcnv3_forward(Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
       "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, "
-      "int group, int group_channels, float offset_scale) -> Tensor");
+      "int group, int group_channels, float offset_scale, bool softmax=False) -> Tensor");
   m.def(
       "dcnv3_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor mask, "
       "int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, "
-      "int dilation_h, int dilation_w, int group, int group_channels, float offset_scale) "
-      "-> (Tensor, Tensor, Tensor)");
+      "int dilation_h, int dilation_w, int group, int group_channels, float offset_scale, "
+      "bool softmax=False) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dcnv3, AutocastCPU, m) {

@@ -3,9 +3,13 @@
 // Layout (everything channels-last, P = kernel_h * kernel_w):
 //   input  (N, H, W, group * group_channels)    channel g * group_channels + c belongs to group g
 //   offset (N, Ho, Wo, group * P * 2)            entry (g * P + p) * 2 is x, + 1 is y, in pixels
-//   mask   (N, Ho, Wo, group * P)                entry g * P + p, used as given (no softmax)
+//   mask   (N, Ho, Wo, group * P)                entry g * P + p: the weights as given, or with
+//                                                softmax=True logits, normalised by the kernels
+//                                                with a softmax over the P points of each group
 //   output (N, Ho, Wo, group * group_channels)
 // Point p = i * kernel_h + j, with i the kernel column (x) as the outer index.
+// With softmax=True the backward returns the gradient with respect to the logits. Fusing the
+// softmax saves a separate pass (and, in training, a saved tensor) per DCNv3 layer.
 //
 // Kept to ATen/c10 headers so nvcc can include it. The checks are defined in dcnv3.cpp.
 #pragma once

@@ -3,6 +3,8 @@
 Everything is channels-last: ``input`` is (N, H, W, group*group_channels), ``offset`` is
 (N, Ho, Wo, group*P*2) with (x, y) pairs, ``mask`` is (N, Ho, Wo, group*P), P = kernel_h*kernel_w,
 and sampling point ``p = i*kernel_h + j`` has kernel column ``i`` (x) as the outer index.
+With ``softmax=True`` the op takes mask *logits* and applies the per-group softmax over the P points
+itself (in float32 or wider), and its backward returns the gradient with respect to the logits.
 
 ``DCNv3Function.apply`` calls ``torch.ops.dcnv3.dcnv3_forward`` (registered by loading
 ``ops_dcnv3._C``); its autograd formula and fake (meta) kernels are registered here, once, so the
@@ -150,9 +152,16 @@ def _kernel_displacements(padded_h, padded_w, kernel_h, kernel_w, dilation_h, di
     return grid.reshape(1, 1, 1, group * kernel_h * kernel_w, 2)
 
 
+def _check_softmax_flag(softmax):
+    _check(isinstance(softmax, bool), f'dcnv3: softmax must be a bool, got {softmax!r}', TypeError)
+
+
 def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                       dilation_h, dilation_w, group, group_channels, offset_scale):
+                       dilation_h, dilation_w, group, group_channels, offset_scale, softmax=False):
     """DCNv3 in plain PyTorch (pad, then ``grid_sample``); the fallback and the test oracle.
+
+    ``softmax=True``: ``mask`` holds logits, softmaxed here over the points of each group (in
+    float32 or wider), as the compiled op does with the same flag.
 
     Follows the official core's arithmetic step by step, so float32 results match it, with two
     deliberate differences: the sampling grid is built in float64 for float64 inputs (the official
@@ -162,11 +171,14 @@ def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride
     out_h, out_w = check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                     pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                     offset_scale)
+    _check_softmax_flag(softmax)
     out_dtype = input.dtype
     # grid_sample needs one dtype for values and grid, and positions need at least float32.
     dtype = torch.promote_types(input.dtype, torch.float32)
     input, offset, mask = input.to(dtype), offset.to(dtype), mask.to(dtype)
     device = input.device
+    if softmax:
+        mask = mask.unflatten(-1, (group, -1)).softmax(-1).flatten(-2)
 
     input = F.pad(input, [0, 0, pad_w, pad_w, pad_h, pad_h])  # (C, W, H) from the last dim backwards
     batch, padded_h, padded_w, _ = input.shape
@@ -209,7 +221,8 @@ COMPILED_DEVICE_TYPES = _device_types_with_kernel()
 if HAS_COMPILED_OP:
     @torch.library.register_fake('dcnv3::dcnv3_forward')
     def _dcnv3_forward_fake(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h,
-                            pad_w, dilation_h, dilation_w, group, group_channels, offset_scale):
+                            pad_w, dilation_h, dilation_w, group, group_channels, offset_scale,
+                            softmax=False):
         out_h, out_w = check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                         pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                         offset_scale)
@@ -218,7 +231,7 @@ if HAS_COMPILED_OP:
     @torch.library.register_fake('dcnv3::dcnv3_backward')
     def _dcnv3_backward_fake(grad_output, input, offset, mask, kernel_h, kernel_w, stride_h,
                              stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
-                             offset_scale):
+                             offset_scale, softmax=False):
         out_h, out_w = check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w,
                                         pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
                                         offset_scale)
@@ -228,6 +241,7 @@ if HAS_COMPILED_OP:
                 mask.new_empty(mask.shape))
 
     def _setup_context(ctx, inputs, output):
+        # scalar_args ends with the softmax flag, so the backward sees the logits it was given.
         input, offset, mask, *scalar_args = inputs
         ctx.save_for_backward(input, offset, mask)
         ctx.scalar_args = scalar_args
@@ -277,12 +291,15 @@ class DCNv3Function:
 
     @staticmethod
     def apply(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-              dilation_w, group, group_channels, offset_scale, im2col_step):
+              dilation_w, group, group_channels, offset_scale, im2col_step, *, softmax=False):
+        """The original call takes an already-normalised ``mask``; ``softmax=True`` takes logits
+        and fuses the per-group softmax into the op (forward and backward)."""
         # The kernels need no batch chunking, so im2col_step only has to be valid: any batch works.
         _check(isinstance(im2col_step, int) and not isinstance(im2col_step, bool) and im2col_step >= 1,
                f'dcnv3: im2col_step must be a positive int, got {im2col_step!r}')
+        _check_softmax_flag(softmax)
         args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-                group_channels, float(offset_scale))
+                group_channels, float(offset_scale), softmax)
         if HAS_COMPILED_OP and input.device.type in COMPILED_DEVICE_TYPES:
             return torch.ops.dcnv3.dcnv3_forward(input, offset, mask, *args)
         _warn_fallback_once(input.device.type)

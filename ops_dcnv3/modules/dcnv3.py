@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..functions import DCNv3Function, dcnv3_core_pytorch
+from .linear import linear
 
 __all__ = ['DCNv3', 'DCNv3_pytorch', 'build_norm', 'build_activation', 'ToChannelsFirst',
            'ToChannelsLast']
@@ -77,7 +78,9 @@ class _DCNv3Base(nn.Module):
     """Shared body of the DCNv3 modules; subclasses only choose the core in ``_sample``.
 
     Values come from ``input_proj(input)``; the offsets and the per-group softmax masks come from
-    a depth-wise conv branch (conv -> norm -> activation) on the same input.
+    a depth-wise conv branch (conv -> norm -> activation) on the same input. A subclass whose core
+    takes the softmax itself sets ``fuses_mask_softmax = True``: its ``_sample`` then receives the
+    mask logits instead of the normalised mask.
 
     Args:
         channels: input and output channels; must be divisible by ``group``.
@@ -92,6 +95,8 @@ class _DCNv3Base(nn.Module):
             the projected input (used by InternImage-H/G).
         use_dcn_v4_op: accepted for config compatibility; DCNv4 is not provided here.
     """
+
+    fuses_mask_softmax: bool = False
 
     def __init__(self,
                  channels: int = 64,
@@ -155,6 +160,8 @@ class _DCNv3Base(nn.Module):
             nn.init.zeros_(self.center_feature_scale_proj_bias)
 
     def _sample(self, values: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The DCNv3 core on (values, offset, mask): mask logits if ``fuses_mask_softmax``, else
+        the per-group softmaxed mask."""
         raise NotImplementedError
 
     def _core_args(self) -> tuple:
@@ -164,13 +171,15 @@ class _DCNv3Base(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) -> (N, Ho, Wo, C)."""
-        values = self.input_proj(input)
+        values = linear(self.input_proj, input)
         features = self.dw_conv(input.permute(0, 3, 1, 2))  # back to channels-last after its norm
         n, h, w, _ = features.shape
-        offset = self.offset(features)
-        mask = self.mask(features).reshape(n, h, w, self.group, -1).softmax(-1).reshape(n, h, w, -1)
+        offset = linear(self.offset, features)
+        mask = linear(self.mask, features)
+        if not self.fuses_mask_softmax:
+            mask = mask.reshape(n, h, w, self.group, -1).softmax(-1).reshape(n, h, w, -1)
         # Under autocast the softmax runs in float32 while the Linears give half; the core wants
-        # one dtype.
+        # one dtype (a fused softmax still runs in float32 inside the core).
         mask = mask.to(values.dtype)
         output = self._sample(values, offset, mask)
         if self.center_feature_scale:
@@ -178,7 +187,7 @@ class _DCNv3Base(nn.Module):
                             self.center_feature_scale_proj_bias).sigmoid()
             gate = gate.repeat_interleave(self.group_channels, dim=-1)  # one gate per group
             output = output * (1 - gate) + values * gate
-        return self.output_proj(output)
+        return linear(self.output_proj, output)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, kernel_size={self.kernel_size}, group={self.group}, '
@@ -187,13 +196,16 @@ class _DCNv3Base(nn.Module):
 
 
 class DCNv3(_DCNv3Base):
-    """DCNv3 on the compiled operator (falls back to the PyTorch core where it is not built)."""
+    """DCNv3 on the compiled operator (falls back to the PyTorch core where it is not built),
+    with the mask softmax fused into the op."""
 
+    fuses_mask_softmax = True
     # The compiled kernels do not chunk the batch; the value only has to be a valid step.
     im2col_step = 256
 
-    def _sample(self, values, offset, mask):
-        return DCNv3Function.apply(values, offset, mask, *self._core_args(), self.im2col_step)
+    def _sample(self, values, offset, mask_logits):
+        return DCNv3Function.apply(values, offset, mask_logits, *self._core_args(), self.im2col_step,
+                                   softmax=True)
 
 
 class DCNv3_pytorch(_DCNv3Base):

@@ -181,3 +181,36 @@ def test_cuda_compiled_module_matches_pytorch_module(center_feature_scale):
         low = compiled(x)
     assert low.dtype == torch.float16
     torch.testing.assert_close(low.float(), reference(x), rtol=2e-2, atol=2e-2)
+
+
+class _Recording:
+    """Mixin: remembers the mask that reaches the core."""
+
+    def _sample(self, values, offset, mask):
+        self.seen_mask = mask
+        return super()._sample(values, offset, mask)
+
+
+class _RecordingPytorch(_Recording, DCNv3_pytorch):
+    pass
+
+
+class _RecordingFused(_Recording, DCNv3):
+    pass
+
+
+def test_fused_softmax_hook():
+    """DCNv3 hands its core the mask logits (the softmax is fused into the op); a core with the
+    default fuses_mask_softmax=False gets the per-group softmax; both compute the same layer."""
+    assert DCNv3.fuses_mask_softmax and not DCNv3_pytorch.fuses_mask_softmax
+    torch.manual_seed(0)
+    reference = randomise(_RecordingPytorch(channels=16, group=2))
+    fused = _RecordingFused(channels=16, group=2)
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 4, 16)
+    expected = reference(x)
+    output = fused(x)
+    logits = reference.mask(reference.dw_conv(x.permute(0, 3, 1, 2)))
+    torch.testing.assert_close(fused.seen_mask, logits)
+    torch.testing.assert_close(reference.seen_mask, logits.unflatten(-1, (2, 9)).softmax(-1).flatten(-2))
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)

@@ -278,3 +278,29 @@ def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):
     corrupt.write_bytes(b'this is not a checkpoint')
     with pytest.raises(RuntimeError, match=str(corrupt)):
         tiny(init_cfg=dict(type='Pretrained', checkpoint=str(corrupt))).init_weights()
+
+
+@pytest.mark.parametrize('layer_scale', [None, 0.7])
+@pytest.mark.parametrize('training', [False, True])
+def test_block_residual_equals_the_original_composition(training, layer_scale):
+    """x + drop_path(gamma * branch(norm(x))) with mmcv's DropPath, the same random draws: the
+    block folds gamma and the drop-path into one addcmul."""
+    from ops_dcnv3.modules import DCNv3_pytorch
+
+    from mmdet_custom.models.backbones.intern_image import InternImageBlock
+    torch.manual_seed(0)
+    block = InternImageBlock(DCNv3_pytorch, 16, 2, drop_path=0.5, layer_scale=layer_scale)
+    block.train(training)
+    x = torch.randn(6, 4, 5, 16)
+
+    def original(x):
+        for branch, norm, gamma in ((block.dcn, block.norm1, block.gamma1),
+                                    (block.mlp, block.norm2, block.gamma2)):
+            out = branch(norm(x))
+            x = x + block.drop_path(out if gamma is None else gamma * out)
+        return x
+
+    torch.manual_seed(1)
+    expected = original(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)

@@ -399,3 +399,68 @@ def test_64bit_indexing():
         assert_close_rel(got, weight * grad_output[0].float(), 1e-2, f'grad_input{dy, dx}')
     assert_close_rel(grad_mask[0, ..., 0].float(), (grad_output[0].float() * expected).sum(-1),
                      2e-2, 'grad_mask')
+
+
+# --- the fused mask softmax (softmax=True) -----------------------------------------------------------
+
+def _logits_like(mask, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(mask.shape, generator=gen, dtype=torch.float64) * 2).to(mask.dtype)
+
+
+def cuda_forward_backward_on_logits(value, offset, logits, grad_output, args):
+    leaves = [t.detach().requires_grad_() for t in (value, offset, logits)]
+    out = DCNv3Function.apply(*leaves, *args, 256, softmax=True)
+    grads = torch.autograd.grad(out, leaves, grad_output)
+    return (out.detach(), *grads)
+
+
+def cpu_reference_on_logits(value, offset, logits, grad_output, args):
+    """The CPU op (or core) on torch's softmax of the logits, differentiated through it."""
+    group = args[8]
+    leaves = [t.detach().cpu().clone().requires_grad_() for t in (value, offset, logits)]
+    mask = leaves[2].unflatten(-1, (group, -1)).softmax(-1).flatten(-2)
+    fn = torch.ops.dcnv3.dcnv3_forward if _has_cpu_kernel() else dcnv3_core_pytorch
+    out = fn(leaves[0], leaves[1], mask, *args)
+    grads = torch.autograd.grad(out, leaves, grad_output.cpu())
+    return (out.detach(), *grads)
+
+
+@pytest.mark.parametrize('dtype,rel', [(torch.float32, 1e-5), (torch.float64, 1e-10)],
+                         ids=['float32', 'float64'])
+@pytest.mark.parametrize('config', ['internimage', 'k1', 'k3x5_s2_d2_p2', 'c24_lanes_idle',
+                                    'c132_lanes_loop', 'c33_vec1_lanes32'])
+def test_softmax_flag_matches_softmax_then_cpu_op(config, dtype, rel):
+    """Every sub-warp size (the backward's second pass over the points each lane wrote)."""
+    batch, height, width, args = CONFIGS[config]
+    value, offset, mask, grad_output = make_inputs(batch, height, width, args, dtype=dtype)
+    logits = _logits_like(mask)
+    expected = cpu_reference_on_logits(value, offset, logits, grad_output, args)
+    actual = cuda_forward_backward_on_logits(
+        *(t.cuda() for t in (value, offset, logits, grad_output)), args)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert a.dtype == dtype and a.device.type == 'cuda', name
+        assert_close_rel(a, e, rel, f'{config}/{name}')
+
+
+@pytest.mark.parametrize('dtype,rel', [(torch.float16, 1e-2), (torch.bfloat16, 4e-2)],
+                         ids=['float16', 'bfloat16'])
+def test_softmax_flag_half_precision(dtype, rel):
+    batch, height, width, args = CONFIGS['internimage']
+    value, offset, mask, grad_output = make_inputs(batch, height, width, args, dtype=torch.float32)
+    tensors = [t.to(dtype) for t in (value, offset, _logits_like(mask), grad_output)]
+    expected = cpu_reference_on_logits(*(t.float() for t in tensors), args)
+    actual = cuda_forward_backward_on_logits(*(t.cuda() for t in tensors), args)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert a.dtype == dtype, f'{name}: dtype {a.dtype}'
+        assert_close_rel(a, e, rel, name)
+
+
+def test_softmax_flag_gradcheck_float64():
+    args = make_args(3, 1, 1, 1, group=2, group_channels=3)
+    value, offset, mask, _ = make_inputs(1, 5, 6, args, max_offset=2.0, seed=3,
+                                         dtype=torch.float64, device='cuda')
+    leaves = [t.requires_grad_() for t in (value, offset, _logits_like(mask).cuda())]
+    assert torch.autograd.gradcheck(
+        lambda v, o, m: DCNv3Function.apply(v, o, m, *args, 256, softmax=True),
+        leaves, eps=1e-6, atol=1e-7, rtol=1e-5, nondet_tol=1e-12)

@@ -31,6 +31,30 @@ def compiled_op(input, offset, mask, *scalars):
     return DCNv3Function.apply(input, offset, mask, *scalars, 64)
 
 
+def compiled_op_on_logits(input, offset, mask_logits, *scalars):
+    return DCNv3Function.apply(input, offset, mask_logits, *scalars, 64, softmax=True)
+
+
+def core_on_logits(input, offset, mask_logits, *scalars):
+    return dcnv3_core_pytorch(input, offset, mask_logits, *scalars, softmax=True)
+
+
+def softmax_then(fn):
+    """fn on the per-group softmax of mask logits, the softmax done by torch (and differentiated
+    by autograd): what softmax=True must equal."""
+    def call(input, offset, mask_logits, *scalars):
+        group = scalars[8]
+        mask = mask_logits.unflatten(-1, (group, -1)).softmax(-1).flatten(-2)
+        return fn(input, offset, mask, *scalars)
+    return call
+
+
+def make_logits(mask, seed=5):
+    """Mask logits shaped like ``mask``, spread enough that the softmax is far from uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(mask.shape, generator=generator, dtype=mask.dtype) * 2
+
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 def make_case(batch=2, height=6, width=7, group=2, group_channels=3, kernel_h=3, kernel_w=3,
@@ -197,27 +221,109 @@ COMPARE_SETTINGS = [
 
 
 @requires_compiled_cpu
+@pytest.mark.parametrize('softmax', [False, True], ids=['mask', 'logits'])
 @pytest.mark.parametrize('settings', COMPARE_SETTINGS, ids=settings_id)
-def test_compiled_matches_core_pytorch_float32(settings):
+def test_compiled_matches_core_pytorch_float32(settings, softmax):
     input, offset, mask, scalars = make_case(dtype=torch.float32, seed=1, **settings)
     grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3])
-    expected = output_and_grads(dcnv3_core_pytorch, input, offset, mask, scalars, grad_output)
-    actual = output_and_grads(compiled_op, input, offset, mask, scalars, grad_output)
+    if softmax:
+        mask = make_logits(mask)
+    core, op = (core_on_logits, compiled_op_on_logits) if softmax else (dcnv3_core_pytorch, compiled_op)
+    expected = output_and_grads(core, input, offset, mask, scalars, grad_output)
+    actual = output_and_grads(op, input, offset, mask, scalars, grad_output)
     for name, a, e in zip(('output', 'grad_input', 'grad_offset', 'grad_mask'), actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4 * max(1.0, e.abs().max().item()),
                                    msg=lambda m: f'{name}: {m}')
 
 
 @requires_compiled_cpu
-def test_gradcheck_compiled():
+@pytest.mark.parametrize('softmax', [False, True], ids=['mask', 'logits'])
+def test_gradcheck_compiled(softmax):
+    op = compiled_op_on_logits if softmax else compiled_op
     settings = [dict(batch=2, height=4, width=5, group=2, group_channels=2),
                 dict(batch=1, height=5, width=4, group=1, group_channels=3, kernel_h=3, kernel_w=2,
                      stride_h=2, pad_h=2, pad_w=0, offset_scale=1.5)]
     for setting in settings:
         input, offset, mask, scalars = make_case(**setting)
+        if softmax:
+            mask = make_logits(mask)
         leaves = tuple(t.requires_grad_() for t in (input, offset, mask))
-        assert torch.autograd.gradcheck(lambda i, o, m: compiled_op(i, o, m, *scalars), leaves,
+        assert torch.autograd.gradcheck(lambda i, o, m: op(i, o, m, *scalars), leaves,
                                         eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# --- the fused mask softmax (softmax=True) ------------------------------------------------------------
+
+@pytest.mark.parametrize('settings', ORACLE_SETTINGS[:3] + COMPARE_SETTINGS[1:3], ids=settings_id)
+@pytest.mark.parametrize('implementation', ['compiled', 'core_pytorch'])
+def test_softmax_flag_equals_softmax_then_op(settings, implementation):
+    """softmax=True on logits gives the output of the op on torch's softmax of them, and the
+    gradients through that softmax (float64, to rounding)."""
+    if implementation == 'compiled' and not dcnv3_func.HAS_COMPILED_OP:
+        pytest.skip('ops_dcnv3._C not built')
+    fused, plain = ((compiled_op_on_logits, compiled_op) if implementation == 'compiled'
+                    else (core_on_logits, dcnv3_core_pytorch))
+    input, offset, mask, scalars = make_case(seed=3, **settings)
+    logits = make_logits(mask)
+    grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3], dtype=torch.float64)
+    expected = output_and_grads(softmax_then(plain), input, offset, logits, scalars, grad_output)
+    actual = output_and_grads(fused, input, offset, logits, scalars, grad_output)
+    for name, a, e in zip(('output', 'grad_input', 'grad_offset', 'grad_logits'), actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=lambda m: f'{name}: {m}')
+
+
+@requires_compiled_cpu
+def test_softmax_flag_reaches_the_backward_op():
+    """dcnv3_backward(softmax=True) returns gradients with respect to the logits; the mask
+    gradient sums to zero over each group's points (softmax is shift-invariant)."""
+    input, offset, mask, scalars = make_case(seed=4)
+    logits = make_logits(mask)
+    grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3], dtype=torch.float64)
+    _, _, grad_logits = torch.ops.dcnv3.dcnv3_backward(grad_output, input, offset, logits, *scalars,
+                                                       softmax=True)
+    torch.testing.assert_close(grad_logits.unflatten(-1, (scalars[8], -1)).sum(-1),
+                               torch.zeros(grad_logits.shape[:3] + (scalars[8],), dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    expected = output_and_grads(softmax_then(compiled_op), input, offset, logits, scalars, grad_output)
+    torch.testing.assert_close(grad_logits, expected[3], rtol=1e-10, atol=1e-12)
+
+
+@requires_compiled_cpu
+def test_softmax_flag_with_large_and_nan_logits():
+    """Large logits do not overflow (the max is subtracted); a NaN logit makes its group NaN, as
+    torch.softmax does, and leaves the other groups finite."""
+    input, offset, mask, scalars = make_case(batch=1, seed=6, dtype=torch.float32)
+    logits = make_logits(mask) * 50 + 500
+    torch.testing.assert_close(compiled_op_on_logits(input, offset, logits, *scalars),
+                               softmax_then(compiled_op)(input, offset, logits, *scalars),
+                               rtol=1e-5, atol=1e-5)
+    logits[0, 0, 0, 0] = float('nan')
+    output = compiled_op_on_logits(input, offset, logits, *scalars)
+    group_channels = scalars[9]
+    assert output[0, 0, 0, :group_channels].isnan().all()
+    assert output[0, 0, 0, group_channels:].isfinite().all() and output[0, 1:].isfinite().all()
+
+
+@requires_compiled_cpu
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_softmax_flag_in_reduced_precision(dtype):
+    input, offset, mask, scalars = make_case(dtype=torch.float32)
+    logits = make_logits(mask)
+    expected = compiled_op_on_logits(input, offset, logits, *scalars)
+    output = compiled_op_on_logits(input.to(dtype), offset.to(dtype), logits.to(dtype), *scalars)
+    assert output.dtype == dtype
+    torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize('flag', [1, None, 'yes'])
+@pytest.mark.parametrize('implementation', ['function', 'core_pytorch'])
+def test_softmax_flag_must_be_bool(implementation, flag):
+    input, offset, mask, scalars = make_case()
+    with pytest.raises(TypeError, match='dcnv3: softmax must be a bool'):
+        if implementation == 'function':
+            DCNv3Function.apply(input, offset, mask, *scalars, 64, softmax=flag)
+        else:
+            dcnv3_core_pytorch(input, offset, mask, *scalars, softmax=flag)
 
 
 @requires_compiled_cpu
@@ -316,21 +422,25 @@ def test_output_size_formula():
 # --- registrations: opcheck and torch.compile -----------------------------------------------------
 
 @requires_compiled_cpu
-def test_opcheck_forward():
+@pytest.mark.parametrize('softmax', [False, True], ids=['mask', 'logits'])
+def test_opcheck_forward(softmax):
     input, offset, mask, scalars = make_case(dtype=torch.float32)
     for t in (input, offset, mask):
         t.requires_grad_()
-    torch.library.opcheck(torch.ops.dcnv3.dcnv3_forward.default, (input, offset, mask, *scalars))
     torch.library.opcheck(torch.ops.dcnv3.dcnv3_forward.default,
-                          (input.detach(), offset.detach(), mask.detach(), *scalars))
+                          (input, offset, mask, *scalars, softmax))
+    torch.library.opcheck(torch.ops.dcnv3.dcnv3_forward.default,
+                          (input.detach(), offset.detach(), mask.detach(), *scalars),
+                          {'softmax': softmax})
 
 
 @requires_compiled_cpu
-def test_opcheck_backward():
+@pytest.mark.parametrize('softmax', [False, True], ids=['mask', 'logits'])
+def test_opcheck_backward(softmax):
     input, offset, mask, scalars = make_case(dtype=torch.float32)
     grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3])
     torch.library.opcheck(torch.ops.dcnv3.dcnv3_backward.default,
-                          (grad_output, input, offset, mask, *scalars))
+                          (grad_output, input, offset, mask, *scalars, softmax))
 
 
 def _compiled_forward_backward(backend):
@@ -338,7 +448,9 @@ def _compiled_forward_backward(backend):
     grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3])
 
     def fn(i, o, m):
-        return DCNv3Function.apply(i, o * 1.0, m, *scalars, 256).relu() * 2
+        with_mask = DCNv3Function.apply(i, o * 1.0, m, *scalars, 256)
+        with_logits = DCNv3Function.apply(i, o, m * 3.0, *scalars, 256, softmax=True)
+        return with_mask.relu() * 2 + with_logits
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend=backend)

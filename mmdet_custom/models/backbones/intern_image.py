@@ -22,6 +22,7 @@ from torch import nn
 
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
 from ops_dcnv3.modules.dcnv3 import build_activation, build_norm
+from ops_dcnv3.modules.linear import linear
 
 __all__ = ['InternImage']
 
@@ -69,7 +70,8 @@ class MLPLayer(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        # linear() fuses the activation into fc1's GEMM where it can (module doc of linear.py).
+        return self.drop(linear(self.fc2, self.drop(linear(self.fc1, x, self.act))))
 
 
 class InternImageBlock(nn.Module):
@@ -114,6 +116,9 @@ class InternImageBlock(nn.Module):
                            offset_scale=offset_scale, act_layer=act_layer, norm_layer=norm_layer,
                            dw_kernel_size=dw_kernel_size, center_feature_scale=center_feature_scale,
                            use_dcn_v4_op=use_dcn_v4_op)
+        # _add_residual applies the drop-path (folded into the residual scale); the module only
+        # names the rate, as in the original.
+        self.drop_path_rate = drop_path
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = build_norm(channels, 'LN')
         self.mlp = MLPLayer(channels, int(channels * mlp_ratio), act_layer=act_layer, drop=drop)
@@ -123,17 +128,25 @@ class InternImageBlock(nn.Module):
         else:
             self.res_post_norm1 = self.res_post_norm2 = None
 
-    def _residual(self, x, branch, norm, res_norm, gamma):
+    def _add_residual(self, x, branch, norm, res_norm, gamma):
+        """x + drop_path(gamma * branch output), as one addcmul: a single pass over the feature
+        map (and one in the backward) instead of up to four."""
         out = norm(branch(x)) if self.post_norm else branch(norm(x))
         if res_norm is not None:
             out = res_norm(out)
-        if gamma is not None:
-            out = gamma * out
-        return self.drop_path(out)
+        scale = gamma
+        if self.training and self.drop_path_rate > 0:
+            # mmcv's DropPath (the same random draw): keep each sample's branch with probability
+            # keep, scaled by 1 / keep, folded into the per-channel scale.
+            keep = 1 - self.drop_path_rate
+            shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+            sample_scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_() / keep
+            scale = sample_scale if gamma is None else sample_scale * gamma
+        return x + out if scale is None else torch.addcmul(x, scale, out)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self._residual(x, self.dcn, self.norm1, self.res_post_norm1, self.gamma1)
-        x = x + self._residual(x, self.mlp, self.norm2, self.res_post_norm2, self.gamma2)
+        x = self._add_residual(x, self.dcn, self.norm1, self.res_post_norm1, self.gamma1)
+        x = self._add_residual(x, self.mlp, self.norm2, self.res_post_norm2, self.gamma2)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

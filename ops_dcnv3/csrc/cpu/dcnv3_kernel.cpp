@@ -1,5 +1,7 @@
 // DCNv3 CPU kernels: forward and backward for float32 and float64, parallel with at::parallel_for.
-// Half and bfloat16 (e.g. from CPU autocast) are computed in float32 and cast back.
+// Half and bfloat16 (e.g. from CPU autocast) are computed in float32 and cast back. With
+// softmax=True the per-group mask softmax is taken per output position, in the kernel's precision,
+// right before the taps that use it (and its Jacobian right after them, in the backward).
 //
 // Channels-last means one group's channels are contiguous in memory, so the bilinear corners and
 // weights are worked out once per (n, ho, wo, group, point) and the inner loops run over channels.
@@ -229,23 +231,61 @@ inline TapGradient<scalar_t> backward_channels(int64_t cg, const scalar_t* grad_
   return result;
 }
 
+// ---- the fused mask softmax ---------------------------------------------------------------------
+
+// weights[g * P + p] = softmax over p of logits[g * P + p], for every group of one output position.
+// NaN logits give NaN weights for their group, as torch.softmax does.
+template <typename scalar_t>
+inline void softmax_groups(const scalar_t* logits, int64_t group, int64_t points,
+                           scalar_t* weights) {
+  for (int64_t g = 0; g < group; ++g) {
+    const scalar_t* l = logits + g * points;
+    scalar_t* w = weights + g * points;
+    scalar_t largest = l[0];
+    for (int64_t p = 1; p < points; ++p) largest = std::max(largest, l[p]);
+    scalar_t sum = 0;
+    for (int64_t p = 0; p < points; ++p) sum += (w[p] = std::exp(l[p] - largest));
+    const scalar_t inverse = scalar_t(1) / sum;
+    for (int64_t p = 0; p < points; ++p) w[p] *= inverse;
+  }
+}
+
+// Turns gradients with respect to the softmax weights into gradients with respect to the logits,
+// in place: grad_l[p] = w[p] * (grad_w[p] - sum_q w[q] * grad_w[q]), per group.
+template <typename scalar_t>
+inline void softmax_groups_backward(const scalar_t* weights, int64_t group, int64_t points,
+                                    scalar_t* grad) {
+  for (int64_t g = 0; g < group; ++g) {
+    const scalar_t* w = weights + g * points;
+    scalar_t* gw = grad + g * points;
+    scalar_t dot = 0;
+    for (int64_t p = 0; p < points; ++p) dot += w[p] * gw[p];
+    for (int64_t p = 0; p < points; ++p) gw[p] = w[p] * (gw[p] - dot);
+  }
+}
+
 // ---- forward -----------------------------------------------------------------------------------
 
 template <typename scalar_t>
 void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* offset,
-                    const scalar_t* mask, scalar_t* output) {
+                    const scalar_t* mask, bool softmax, scalar_t* output) {
   const int64_t cg = geo.group_channels;
   const int64_t positions = geo.batch * geo.out_h * geo.out_w;
   const int64_t grain = std::max<int64_t>(1, 16384 / (geo.group * geo.points * cg));
 
   at::parallel_for(0, positions, grain, [&](int64_t begin, int64_t end) {
     const std::vector<scalar_t> zeros(cg, scalar_t(0));  // what an outside corner reads
+    std::vector<scalar_t> weights(softmax ? geo.group * geo.points : 0);
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t wo = pos % geo.out_w, ho = (pos / geo.out_w) % geo.out_h;
       const int64_t n = pos / (geo.out_w * geo.out_h);
       const scalar_t* image = input + n * geo.height * geo.width * geo.channels;
       const scalar_t* offset_row = offset + pos * geo.group * geo.points * 2;
       const scalar_t* mask_row = mask + pos * geo.group * geo.points;
+      if (softmax) {
+        softmax_groups(mask_row, geo.group, geo.points, weights.data());
+        mask_row = weights.data();
+      }
       scalar_t* out_row = output + pos * geo.channels;
       std::fill(out_row, out_row + geo.channels, scalar_t(0));
 
@@ -301,7 +341,8 @@ std::pair<int64_t, int64_t> touched_input_rows(const Geometry& geo, const scalar
 // deterministic for a given thread count.
 template <typename scalar_t>
 void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const scalar_t* input,
-                     const scalar_t* offset, const scalar_t* mask, scalar_t* grad_input,
+                     const scalar_t* offset, const scalar_t* mask, bool softmax,
+                     scalar_t* grad_input,
                      scalar_t* grad_offset, scalar_t* grad_mask) {
   const int64_t cg = geo.group_channels;
   const int64_t image_pixels = geo.height * geo.width;
@@ -320,6 +361,7 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     const std::vector<scalar_t> zeros(cg, scalar_t(0));  // what an outside corner reads
     std::vector<scalar_t> discard(4 * cg);  // where an outside corner's gradient goes
+    std::vector<scalar_t> weights(softmax ? geo.group * geo.points : 0);
 
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       const int64_t row_begin = chunk * out_rows / chunks;
@@ -346,6 +388,10 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
           const scalar_t* mask_row = mask + pos * geo.group * geo.points;
           scalar_t* grad_offset_row = grad_offset + pos * geo.group * geo.points * 2;
           scalar_t* grad_mask_row = grad_mask + pos * geo.group * geo.points;
+          if (softmax) {
+            softmax_groups(mask_row, geo.group, geo.points, weights.data());
+            mask_row = weights.data();
+          }
 
           for (int64_t g = 0; g < geo.group; ++g) {
             const scalar_t* image_g = image + g * cg;
@@ -373,6 +419,7 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
               grad_offset_row[2 * gp + 1] = grad.dy * m * scale;
             });
           }
+          if (softmax) softmax_groups_backward(mask_row, geo.group, geo.points, grad_mask_row);
         }
       }
     }
@@ -402,14 +449,14 @@ at::Tensor dcnv3_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
                              const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
                              int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                              int64_t dilation_h, int64_t dilation_w, int64_t group,
-                             int64_t group_channels, double offset_scale) {
+                             int64_t group_channels, double offset_scale, bool softmax) {
   const auto [out_h, out_w] =
       check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w, group, group_channels, offset_scale);
   if (is_reduced_float(input)) {
     return dcnv3_forward_cpu(input.to(at::kFloat), offset.to(at::kFloat), mask.to(at::kFloat),
                              kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                             dilation_w, group, group_channels, offset_scale)
+                             dilation_w, group, group_channels, offset_scale, softmax)
         .to(input.scalar_type());
   }
   const Geometry geo = make_geometry(input, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
@@ -422,7 +469,7 @@ at::Tensor dcnv3_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_forward_cpu", [&] {
     forward_kernel<scalar_t>(geo, input_c.const_data_ptr<scalar_t>(),
                              offset_c.const_data_ptr<scalar_t>(), mask_c.const_data_ptr<scalar_t>(),
-                             output.mutable_data_ptr<scalar_t>());
+                             softmax, output.mutable_data_ptr<scalar_t>());
   });
   return output;
 }
@@ -431,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
     const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
     int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
-    int64_t group_channels, double offset_scale) {
+    int64_t group_channels, double offset_scale, bool softmax) {
   const auto [out_h, out_w] =
       check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w, group, group_channels, offset_scale);
@@ -441,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
     auto [grad_input, grad_offset, grad_mask] = dcnv3_backward_cpu(
         grad_output.to(at::kFloat), input.to(at::kFloat), offset.to(at::kFloat),
         mask.to(at::kFloat), kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-        dilation_w, group, group_channels, offset_scale);
+        dilation_w, group, group_channels, offset_scale, softmax);
     return {grad_input.to(dtype), grad_offset.to(dtype), grad_mask.to(dtype)};
   }
   const Geometry geo = make_geometry(input, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
@@ -457,7 +504,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dcnv3_backward_cpu", [&] {
     backward_kernel<scalar_t>(
         geo, grad_output_c.const_data_ptr<scalar_t>(), input_c.const_data_ptr<scalar_t>(),
-        offset_c.const_data_ptr<scalar_t>(), mask_c.const_data_ptr<scalar_t>(),
+        offset_c.const_data_ptr<scalar_t>(), mask_c.const_data_ptr<scalar_t>(), softmax,
         grad_input.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
         grad_mask.mutable_data_ptr<scalar_t>());
   });

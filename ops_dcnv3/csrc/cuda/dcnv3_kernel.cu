@@ -3,7 +3,9 @@
 // Layouts (all channels-last, made contiguous here):
 //   input   (N, H, W, G*C)        grad_input  same
 //   offset  (N, Ho, Wo, G*P*2)    grad_offset same; entry (g*P + p)*2 is x, +1 is y
-//   mask    (N, Ho, Wo, G*P)      grad_mask   same; not normalised by the op
+//   mask    (N, Ho, Wo, G*P)      grad_mask   same; used as given, or with softmax=True logits
+//                                 that the kernels normalise per (n, ho, wo, g) over the P points
+//                                 (grad_mask is then the gradient w.r.t. the logits)
 //   output  (N, Ho, Wo, G*C)      grad_output same
 // with P = kernel_h*kernel_w and point p = i*kernel_h + j (kernel column i, the x index, outer).
 //
@@ -25,6 +27,11 @@
 //                 and grad_out * d value/dx, d value/dy (-> grad_offset), reduces them across
 //                 the sub-warp with xor shuffles, and one lane writes the three results.
 //             grad_offset and grad_mask are therefore written exactly once each, without atomics.
+//   softmax:  every thread (forward) or lane (backward) takes the max and the sum of exponentials
+//             of its group's P logits itself (P is small: 9 for InternImage) in opmath precision.
+//             In the backward each lane also accumulates sum_p w_p * dL/dw_p from the reduced
+//             sums, and after the point loop rewrites the grad_mask entries it wrote as
+//             w_p * (dL/dw_p - that sum); grad_mask is kept in opmath precision until then.
 //   Index arithmetic is 32-bit when every tensor and the thread count fit, 64-bit otherwise.
 //
 // Bilinear sampling: a point at (y, x) is read only when -1 < y < H and -1 < x < W; each of its
@@ -91,6 +98,42 @@ __device__ __forceinline__ float floor_acc(float v) {
 }
 __device__ __forceinline__ double floor_acc(double v) {
   return floor(v);
+}
+__device__ __forceinline__ float exp_acc(float v) {
+  return expf(v);
+}
+__device__ __forceinline__ double exp_acc(double v) {
+  return exp(v);
+}
+
+// The softmax over one group's P mask logits: weight p is exp(logit_p - max) * inverse_sum.
+// NaN logits make the group's weights NaN, as torch.softmax does.
+template <typename acc_t>
+struct MaskSoftmax {
+  acc_t max, inverse_sum;
+};
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ MaskSoftmax<acc_t> mask_softmax(const scalar_t* __restrict__ logits,
+                                                           int points) {
+  acc_t largest = static_cast<acc_t>(logits[0]);
+  for (int p = 1; p < points; ++p) {
+    const acc_t v = static_cast<acc_t>(logits[p]);
+    largest = v > largest ? v : largest;
+  }
+  acc_t sum = acc_t(0);
+  for (int p = 0; p < points; ++p) {
+    sum += exp_acc(static_cast<acc_t>(logits[p]) - largest);
+  }
+  return {largest, acc_t(1) / sum};
+}
+
+// The mask weight of point p: the logit softmaxed with `stats`, or the mask value as given.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t mask_weight(const scalar_t* __restrict__ mask, int p, bool softmax,
+                                             const MaskSoftmax<acc_t>& stats) {
+  const acc_t v = static_cast<acc_t>(mask[p]);
+  return softmax ? exp_acc(v - stats.max) * stats.inverse_sum : v;
 }
 
 // dst[v] += val[v] for v < VEC. dst is aligned to VEC elements. Hopper (sm_90) and newer have
@@ -213,6 +256,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock) dcnv3_forward_kernel(
     const index_t height, const index_t width,
     const index_t out_h, const index_t out_w,
     const index_t group, const index_t group_channels, const index_t chunks,
+    const bool softmax,
     const Geometry<at::opmath_type<scalar_t>> geo) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t idx =
@@ -243,6 +287,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock) dcnv3_forward_kernel(
   for (int v = 0; v < VEC; ++v) {
     acc[v] = acc_t(0);
   }
+  const MaskSoftmax<acc_t> stats =
+      softmax ? mask_softmax<scalar_t>(msk, static_cast<int>(points)) : MaskSoftmax<acc_t>{};
 
   int p = 0;
   for (int i = 0; i < geo.kernel_w; ++i) {
@@ -255,7 +301,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock) dcnv3_forward_kernel(
       if (!make_footprint(y, x, height, width, f)) {
         continue;
       }
-      const acc_t m = static_cast<acc_t>(msk[p]);
+      const acc_t m = mask_weight(msk, p, softmax, stats);
       const acc_t hy = acc_t(1) - f.ly, hx = acc_t(1) - f.lx;
       const index_t row0 = static_cast<index_t>(f.y0) * width;
       const index_t row1 = row0 + width;
@@ -304,11 +350,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
     const scalar_t* __restrict__ mask,
     grad_in_t* __restrict__ grad_input,   // zero-initialised, opmath dtype
     scalar_t* __restrict__ grad_offset,
-    scalar_t* __restrict__ grad_mask,
+    grad_in_t* __restrict__ grad_mask,    // opmath dtype
     const index_t height, const index_t width,
     const index_t out_h, const index_t out_w,
     const index_t group, const index_t group_channels, const index_t chunks,
     const int lanes_log2,
+    const bool softmax,
     const Geometry<at::opmath_type<scalar_t>> geo) {
   using acc_t = at::opmath_type<scalar_t>;
   static_assert(std::is_same_v<acc_t, grad_in_t>, "grad_input is accumulated in opmath precision");
@@ -342,7 +389,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
   const scalar_t* __restrict__ off = offset + pg * points * 2;
   const scalar_t* __restrict__ msk = mask + pg * points;
   scalar_t* __restrict__ goff = grad_offset + pg * points * 2;
-  scalar_t* __restrict__ gmsk = grad_mask + pg * points;
+  acc_t* __restrict__ gmsk = grad_mask + pg * points;
+  const MaskSoftmax<acc_t> stats =
+      softmax ? mask_softmax<scalar_t>(msk, static_cast<int>(points)) : MaskSoftmax<acc_t>{};
+  acc_t weighted_grad_sum = acc_t(0);  // softmax: sum_p w_p * dL/dw_p (the same in every lane)
 
   // The lane's first chunk of grad_output is reused for every point; keep it in registers, in
   // its storage type (half the registers for half/bfloat16).
@@ -361,7 +411,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
       const acc_t ky = static_cast<acc_t>(j * geo.dilation_h - geo.centre_h);
       const acc_t x = base_x + (kx + static_cast<acc_t>(off[2 * p])) * geo.offset_scale;
       const acc_t y = base_y + (ky + static_cast<acc_t>(off[2 * p + 1])) * geo.offset_scale;
-      const acc_t m = static_cast<acc_t>(msk[p]);
+      const acc_t m = mask_weight(msk, p, softmax, stats);
 
       // Partial sums over this lane's channels of grad_out * value, grad_out * dvalue/dx and
       // grad_out * dvalue/dy.
@@ -407,13 +457,20 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
         sum_dx += __shfl_xor_sync(sub_mask, sum_dx, s);
         sum_dy += __shfl_xor_sync(sub_mask, sum_dy, s);
       }
+      weighted_grad_sum += m * sum_v;
       // Spread the writes of the P points over the lanes.
       if (lane == (p & (lanes - 1))) {
         const acc_t scale = m * geo.offset_scale;
-        gmsk[p] = static_cast<scalar_t>(sum_v);
+        gmsk[p] = sum_v;
         goff[2 * p] = static_cast<scalar_t>(sum_dx * scale);
         goff[2 * p + 1] = static_cast<scalar_t>(sum_dy * scale);
       }
+    }
+  }
+  if (softmax) {
+    // Through the softmax: each lane revisits exactly the entries it wrote above.
+    for (int p = lane; p < points; p += lanes) {
+      gmsk[p] = mask_weight(msk, p, true, stats) * (gmsk[p] - weighted_grad_sum);
     }
   }
 }
@@ -509,7 +566,7 @@ at::Tensor dcnv3_forward_cuda(const at::Tensor& input, const at::Tensor& offset,
                               const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
                               int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                               int64_t dilation_h, int64_t dilation_w, int64_t group,
-                              int64_t group_channels, double offset_scale) {
+                              int64_t group_channels, double offset_scale, bool softmax) {
   // Also rejects tensors on different devices (the dispatcher sends mixed CPU/CUDA calls here).
   const auto out_size = check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h,
                                          stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
@@ -547,7 +604,7 @@ at::Tensor dcnv3_forward_cuda(const at::Tensor& input, const at::Tensor& offset,
                 output.mutable_data_ptr<scalar_t>(), static_cast<index_t>(height),
                 static_cast<index_t>(width), static_cast<index_t>(out_h),
                 static_cast<index_t>(out_w), static_cast<index_t>(group),
-                static_cast<index_t>(group_channels), static_cast<index_t>(chunks), geo);
+                static_cast<index_t>(group_channels), static_cast<index_t>(chunks), softmax, geo);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           };
           if (fits_int32({in.numel(), off.numel(), output.numel(), total})) {
@@ -564,7 +621,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
     const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
     int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-    int64_t group, int64_t group_channels, double offset_scale) {
+    int64_t group, int64_t group_channels, double offset_scale, bool softmax) {
   const auto out_size = check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h,
                                          stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                                          group_channels, offset_scale);
@@ -579,15 +636,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
   const int64_t batch = in.size(0), height = in.size(1), width = in.size(2);
 
   // grad_input is a scatter target: accumulate it in opmath precision (float32 for half types).
+  // grad_mask is kept in opmath precision too, for the softmax's second pass; both are cast once.
   const auto acc_dtype = at::toOpMathType(in.scalar_type());
   at::Tensor grad_input_acc = at::zeros(in.sizes(), in.options().dtype(acc_dtype));
   at::Tensor grad_offset = at::empty(off.sizes(), off.options());
-  at::Tensor grad_mask = at::empty(msk.sizes(), msk.options());
+  at::Tensor grad_mask_acc = at::empty(msk.sizes(), msk.options().dtype(acc_dtype));
   const int64_t pixel_groups = batch * out_h * out_w * group;
   if (pixel_groups == 0 || group_channels == 0) {
     grad_offset.zero_();
-    grad_mask.zero_();
-    return {grad_input_acc.to(in.scalar_type()), grad_offset, grad_mask};
+    return {grad_input_acc.to(in.scalar_type()), grad_offset,
+            at::zeros(msk.sizes(), msk.options())};
   }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
@@ -616,11 +674,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
                     in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
                     msk.const_data_ptr<scalar_t>(), grad_input_acc.mutable_data_ptr<acc_t>(),
                     grad_offset.mutable_data_ptr<scalar_t>(),
-                    grad_mask.mutable_data_ptr<scalar_t>(), static_cast<index_t>(height),
+                    grad_mask_acc.mutable_data_ptr<acc_t>(), static_cast<index_t>(height),
                     static_cast<index_t>(width), static_cast<index_t>(out_h),
                     static_cast<index_t>(out_w), static_cast<index_t>(group),
                     static_cast<index_t>(group_channels), static_cast<index_t>(chunks),
-                    lanes_log2, geo);
+                    lanes_log2, softmax, geo);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           };
           if (fits_int32({in.numel(), off.numel(), gout.numel(), total})) {
@@ -631,9 +689,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
         });
       });
 
-  at::Tensor grad_input =
-      acc_dtype == in.scalar_type() ? grad_input_acc : grad_input_acc.to(in.scalar_type());
-  return {grad_input, grad_offset, grad_mask};
+  const auto to_input_dtype = [&](const at::Tensor& t) {
+    return acc_dtype == in.scalar_type() ? t : t.to(in.scalar_type());
+  };
+  return {to_input_dtype(grad_input_acc), grad_offset, to_input_dtype(grad_mask_acc)};
 }
 
 }  // namespace

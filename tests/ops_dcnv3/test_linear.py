@@ -1,0 +1,93 @@
+"""ops_dcnv3.modules.linear: activation(layer(x)) through oneDNN equals the plain layers, with
+and without gradients, and steps aside where it must (hooks, other dtypes, autocast)."""
+import pytest
+import torch
+from torch import nn
+
+from ops_dcnv3.modules import linear as linear_module
+from ops_dcnv3.modules.linear import linear
+
+requires_onednn = pytest.mark.skipif(not linear_module._HAS_ONEDNN_LINEAR,
+                                     reason='torch was built without oneDNN')
+ACTIVATIONS = [None, nn.GELU(), nn.GELU(approximate='tanh'), nn.ReLU(), nn.SiLU(), nn.Tanh()]
+
+
+def plain(layer, x, activation):
+    out = layer(x)
+    return out if activation is None else activation(out)
+
+
+def count_onednn_calls(fn):
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(event.count for event in prof.key_averages() if event.key == 'mkldnn::_linear_pointwise')
+
+
+@requires_onednn
+@pytest.mark.parametrize('activation', ACTIVATIONS, ids=lambda a: type(a).__name__)
+def test_inference_matches_plain_layers(activation):
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    x = torch.randn(2, 5, 7, 24)
+    with torch.no_grad():
+        assert count_onednn_calls(lambda: linear(layer, x, activation)) == 1
+        torch.testing.assert_close(linear(layer, x, activation), plain(layer, x, activation),
+                                   rtol=1e-5, atol=1e-5)
+        no_bias = nn.Linear(24, 40, bias=False)
+        torch.testing.assert_close(linear(no_bias, x, activation), plain(no_bias, x, activation),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@requires_onednn
+@pytest.mark.parametrize('bias', [True, False])
+def test_gradients_match_plain_layers(bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 12, bias=bias)
+    x = torch.randn(3, 4, 16, requires_grad=True)
+    grad = torch.randn(3, 4, 12)
+    params = [x] + list(layer.parameters())
+    assert count_onednn_calls(lambda: linear(layer, x, nn.GELU())) == 1
+    expected = torch.autograd.grad(plain(layer, x, nn.GELU()), params, grad)
+    actual = torch.autograd.grad(linear(layer, x, nn.GELU()), params, grad)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    # Frozen weights, trainable input (and the reverse): only the needed gradients.
+    layer.requires_grad_(False)
+    (grad_x,) = torch.autograd.grad(linear(layer, x), [x], grad)
+    torch.testing.assert_close(grad_x, grad @ layer.weight)
+
+
+def test_tracing_records_the_plain_linear():
+    """torch.jit.trace (the ONNX exporter's front end) sees aten::linear, which ONNX knows."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(8, 6), nn.GELU()
+
+        def forward(self, x):
+            return linear(self.fc, x, self.act)
+
+    traced = torch.jit.trace(Block(), torch.randn(4, 8))
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert 'aten::linear' in kinds and not any(kind.startswith('mkldnn::') for kind in kinds)
+
+
+@pytest.mark.parametrize('case', ['float64', 'hooked', 'autocast'])
+def test_falls_back_to_the_module_call(case):
+    """Other dtypes, hooked layers (FLOP counters) and autocast get the plain module call."""
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    x = torch.randn(4, 8)
+    calls = []
+    if case == 'float64':
+        layer, x = layer.double(), x.double()
+    elif case == 'hooked':
+        layer.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=case == 'autocast'):
+        assert count_onednn_calls(lambda: linear(layer, x, nn.GELU())) == 0
+        out = linear(layer, x, nn.GELU())
+        torch.testing.assert_close(out, plain(layer, x, nn.GELU()))
+    if case == 'hooked':
+        assert calls and calls[-1] == (4, 6)
+    if case == 'autocast':
+        assert out.dtype == torch.bfloat16
