@@ -191,5 +191,7 @@ if [ -n "$beside_pid" ]; then
   wait_job "$beside_pid" || die "the command run beside the setup failed (exit status $?): ${BESIDE[*]}"
 fi
 
-"$PY" -c 'import mmcv, mmdet, mmdet_custom, ops_dcnv3' || die "the environment in $VENV does not import cleanly"
+# Quietly: mmcv's 2.0 notice and torch's "No CUDA runtime" note concern no user of this venv.
+"$PY" -W ignore -c 'import logging; logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+import mmcv, mmdet, mmdet_custom, ops_dcnv3' || die "the environment in $VENV does not import cleanly"
 say "ready: $VENV"
