@@ -10,16 +10,15 @@ decompositions are checked against the compiled op first.
 """
 import argparse
 import os.path as osp
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
 import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _timing import median_ms  # noqa: E402
 
 from ops_dcnv3.onnx import register_dcnv3_onnx_symbolic  # noqa: E402
 
@@ -69,16 +68,6 @@ class _Core(torch.nn.Module):
                                              self.group, input.shape[-1] // self.group, 1.0)
 
 
-def median_ms(function, repeats):
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
 def main(argv=None):
     import onnxruntime as ort
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -99,14 +88,15 @@ def main(argv=None):
             feeds = dict(input=input.numpy(), offset=offset.numpy(), mask=mask.numpy())
             compiled = _Core(group, use_gather=False)
             expected = compiled(input, offset, mask).numpy()
-            row = [median_ms(lambda: compiled(input, offset, mask), args.repeats)]
-            for use_gather in (False, True):
-                path = osp.join(folder, 'core.onnx')
+            calls = {'compiled op': lambda: compiled(input, offset, mask)}
+            for name, use_gather in (('GridSample', False), ('gathers', True)):
+                path = osp.join(folder, f'core_{name}.onnx')
                 torch.onnx.export(_Core(group, use_gather), (input, offset, mask), path, dynamo=False,
                                   opset_version=17, input_names=list(feeds))
                 session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
                 np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=1e-3, atol=1e-3)
-                row.append(median_ms(lambda: session.run(None, feeds), args.repeats))
+                calls[name] = lambda session=session: session.run(None, feeds)
+            row = median_ms(calls, 'cpu', warmup=1, repeats=args.repeats).values()
             name = f'{height} x {width} x {channels}, {group}'
             print(f'{name:28s} ' + ' '.join(f'{ms:9.1f} ms' for ms in row), flush=True)
 

@@ -5,18 +5,17 @@
 Both run the same preprocessed image of the model's input size (a generated synthetic-shapes
 image unless --input-img is given), one image at a time: PyTorch as mmdet's ``simple_test``
 (no rescaling, as the ONNX model), ONNX Runtime as ``session.run``. Prints the median of
-``--repeats`` timed runs after one warm-up run each, and their ratio.
+``--repeats`` timed runs after one warm-up run each (the two take turns), and their ratio.
 """
 import argparse
-import statistics
 import sys
-import time
 import os.path as osp
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
 import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
 
 import torch  # noqa: E402
+from _timing import median_ms  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
 from tools.test import UsageError, build_model, load_config  # noqa: E402
@@ -34,16 +33,6 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=2, help='threads of both (default 2)')
     parser.add_argument('--shape', type=int, nargs=2, help='input H W of a dynamic model')
     return parser.parse_args(argv)
-
-
-def median_seconds(function, repeats):
-    function()  # warm-up: allocations, ONNX Runtime's first-run planning
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(args):
@@ -71,8 +60,10 @@ def run(args):
         with torch.no_grad():
             return detector.simple_test(img, [meta], rescale=False)
 
-    torch_s = median_seconds(pytorch, args.repeats)
-    ort_s = median_seconds(lambda: onnx_model.run(img), args.repeats)
+    # One warm-up run each (allocations, ONNX Runtime's first-run planning), then turns.
+    times_ms = median_ms(dict(pytorch=pytorch, onnxruntime=lambda: onnx_model.run(img)), 'cpu',
+                         warmup=1, repeats=args.repeats)
+    torch_s, ort_s = times_ms['pytorch'] / 1000, times_ms['onnxruntime'] / 1000
     detections = len(onnx_model.run(img)[0])
     print(f'input 1x3x{shape[0]}x{shape[1]}, {detections} detections, {args.threads} threads, '
           f'median of {args.repeats}:')
