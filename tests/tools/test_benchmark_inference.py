@@ -1,11 +1,10 @@
 """tools/benchmark_inference.py: all three parts end to end on a small image, and its options."""
-import importlib.util
 import os.path as osp
 import re
 import sys
 
 import pytest
-from tools_testlib import PYTHON, ROOT, run_tool
+from tools_testlib import PYTHON, ROOT, load_script, run_tool
 
 SCRIPT = osp.join(ROOT, 'tools', 'benchmark_inference.py')
 
@@ -15,10 +14,7 @@ def benchmark():
     """The script as a module (tools/ on sys.path for its _bootstrap and _timing imports)."""
     sys.path.insert(0, osp.dirname(SCRIPT))
     try:
-        spec = importlib.util.spec_from_file_location('benchmark_inference', SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script('tools/benchmark_inference.py', 'benchmark_inference')
     finally:
         sys.path.remove(osp.dirname(SCRIPT))
 

@@ -1,6 +1,4 @@
 """tools/original_dcnv3_core.py: the original InternImage kernel as a backbone core_op."""
-import importlib.util
-import os.path as osp
 from pathlib import Path
 
 import pytest
@@ -12,22 +10,14 @@ from mmdet.models import build_detector  # noqa: E402
 
 from mmdet_custom.models.backbones.intern_image import CORE_OPS  # noqa: E402
 from ops_dcnv3.modules import DCNv3  # noqa: E402
-from tools_testlib import QUICKSTART_CONFIG, ROOT  # noqa: E402
+from tools_testlib import QUICKSTART_CONFIG, ROOT, load_script  # noqa: E402
 
 # The original's code, as the GPU check copies it into .device/ (or beside the checkout).
 ORIGINAL_DIRS = [Path(ROOT) / '.device' / 'original_dcnv3',
                  Path(ROOT).parent / 'shared' / 'anchors' / 'original_dcnv3']
 
 
-def _load_core_module():
-    spec = importlib.util.spec_from_file_location(
-        'original_dcnv3_core', osp.join(ROOT, 'tools', 'original_dcnv3_core.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-core = _load_core_module()
+core = load_script('tools/original_dcnv3_core.py', 'original_dcnv3_core')
 
 
 def test_registers_a_core_op_with_the_compiled_modules_parameters():

@@ -1,5 +1,6 @@
 """Helpers shared by the tools tests: a tiny config derived from the quick-start one (so the tools
 run end to end in seconds), free ports and subprocess runs from the repository root."""
+import importlib.util
 import os
 import os.path as osp
 import socket
@@ -9,6 +10,15 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART_CONFIG = osp.join(ROOT, 'configs', 'shapes', 'mask_rcnn_internimage_pico_fpn_shapes.py')
 PYTHON = sys.executable
+
+
+def load_script(relative_path, module_name):
+    """A script of the repository (e.g. ``tools/benchmark_inference.py``) as a module, so a test
+    calls its functions in process (no interpreter start-up and mmdet import per call)."""
+    spec = importlib.util.spec_from_file_location(module_name, osp.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Smaller than the quick start in every direction (64x64 images, a width-16 backbone, two images
 # a batch, short warm-up, a log line every iteration); everything else is the quick-start config.
