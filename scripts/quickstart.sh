@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start: set up the environment, generate the synthetic shapes dataset, train a small
 # InternImage Mask R-CNN on it, evaluate box and mask mAP, draw one prediction beside its ground
-# truth and plot the training. About 8 minutes of training on two quiet CPU cores, plus a first
+# truth and plot the training. About 5.5 minutes of training on two quiet CPU cores, plus a first
 # setup (see docs/benchmarks.md).
 #
 #   bash scripts/quickstart.sh [extra tools/train.py options, e.g. --cfg-options runner.max_epochs=2]
@@ -39,13 +39,9 @@ generate=("$PY" mmdet_custom/datasets/synthetic_shapes.py --out "$DATA_DIR"
 if [ -f "$DATA_DIR/annotations/instances_train.json" ] && [ -f "$DATA_DIR/annotations/instances_val.json" ]; then
   step "1/4 environment (scripts/setup_env.sh); dataset found in $DATA_DIR (delete it to regenerate)"
   bash scripts/setup_env.sh
-elif grep -q -- '--beside' scripts/setup_env.sh; then
+else
   step "1/4 environment (scripts/setup_env.sh), generating the dataset in $DATA_DIR alongside"
   bash scripts/setup_env.sh --beside "${generate[@]}"
-else
-  step "1/4 environment (scripts/setup_env.sh), then the dataset in $DATA_DIR"
-  bash scripts/setup_env.sh
-  "${generate[@]}"
 fi
 # The config's data_root is data/shapes/; the tools read another one from MMDET_DATASETS.
 if [ "$(realpath -m "$DATA_DIR")" != "$(realpath -m data/shapes)" ]; then
