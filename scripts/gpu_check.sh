@@ -192,12 +192,8 @@ fi
 
 DATA="$WORK/shapes"
 if [ "$DRY" = 0 ]; then IMAGE_HW=(800 1333) NUM_TRAIN=16 NUM_VAL=8; else IMAGE_HW=(96 160) NUM_TRAIN=4 NUM_VAL=2; fi
-# `--size H W`; a generator that takes one side only gets the height (square images).
-gen_size=("${IMAGE_HW[@]}")
-"$PY" -m mmdet_custom.datasets.synthetic_shapes --help 2>/dev/null | grep -qE -- '--size [A-Z]+ \[?[A-Z]' \
-  || gen_size=("${IMAGE_HW[0]}")
 step_start dataset 180 "$PY" -m mmdet_custom.datasets.synthetic_shapes --out "$DATA" \
-  --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size "${gen_size[@]}" --seed 0
+  --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size "${IMAGE_HW[@]}" --seed 0
 
 if [ "$DRY" = 0 ]; then
   step_wait build-original
@@ -231,12 +227,10 @@ if [ "$DRY" = 0 ]; then
   done
   step benchmark-bfloat16 90 "${BENCH[@]}" --device cuda --dtype bfloat16 --batch 2 --image-size "${IMAGE_HW[@]}"
 else
-  # Tiny shapes on the CPU, ours against the core only; the shape options once the benchmark has them.
-  bench_size=(--stages 4)
-  "${BENCH[@]}" --help 2>/dev/null | grep -q -- '--image-size' && bench_size=(--image-size 64 96)
+  # Tiny shapes on the CPU, ours against the core only.
   for dtype in float32 bfloat16; do
     step "benchmark-$dtype" 120 "${BENCH[@]}" --device cpu --dtype "$dtype" --batch 2 \
-      "${bench_size[@]}" --repeats 1 --warmup 0
+      --image-size 64 96 --repeats 1 --warmup 0
   done
 fi
 
