@@ -57,6 +57,42 @@ def test_gradients_match_plain_layers(bias):
     torch.testing.assert_close(grad_x, grad @ layer.weight)
 
 
+@requires_onednn
+def test_weight_gradient_goes_through_onednn():
+    """grad_weight and grad_bias come from oneDNN's inner-product backward, not ATen's mm."""
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 12)
+    x = torch.randn(50, 16, requires_grad=True)
+    out = linear(layer, x)
+    with torch.profiler.profile() as prof:
+        out.backward(torch.randn(50, 12))
+    ops = {event.key for event in prof.key_averages()}
+    assert 'aten::mkldnn_linear_backward_weights' in ops and 'aten::mm' not in ops
+    expected = torch.autograd.grad(layer(x), list(layer.parameters()), torch.ones(50, 12))
+    layer.zero_grad()
+    linear(layer, x).backward(torch.ones(50, 12))
+    torch.testing.assert_close(layer.weight.grad, expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, expected[1], rtol=1e-5, atol=1e-5)
+
+
+@requires_onednn
+@pytest.mark.parametrize('case', ['empty batch', 'frozen weight', 'frozen bias'])
+def test_gradients_in_edge_cases(case):
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    x = torch.randn(0 if case == 'empty batch' else 5, 8, requires_grad=True)
+    if case == 'frozen weight':
+        layer.weight.requires_grad_(False)
+    if case == 'frozen bias':
+        layer.bias.requires_grad_(False)
+    params = [x] + [p for p in layer.parameters() if p.requires_grad]
+    grad = torch.randn(x.shape[0], 6)
+    expected = torch.autograd.grad(layer(x), params, grad)
+    actual = torch.autograd.grad(linear(layer, x), params, grad)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 def test_tracing_records_the_plain_linear():
     """torch.jit.trace (the ONNX exporter's front end) sees aten::linear, which ONNX knows."""
     class Block(nn.Module):
