@@ -75,19 +75,17 @@ struct ChannelBlock {
     return v;
   }
   static void store(scalar_t* p, type v) { std::memcpy(p, &v, sizeof v); }
-  // Halves added until 16 bytes are left, then lane by lane: a few vector adds instead of a
-  // scalar add (and a shuffle) per lane.
+  // Halves added until two lanes are left: a few vector adds instead of a scalar add (and a
+  // shuffle) per lane.
   static scalar_t sum(type v) {
-    if constexpr (Bytes > 16) {
+    if constexpr (size > 2) {
       using Half = ChannelBlock<scalar_t, Bytes / 2>;
       typename Half::type low, high;
       std::memcpy(&low, &v, sizeof low);
       std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
       return Half::sum(low + high);
     } else {
-      scalar_t total = 0;
-      for (int64_t lane = 0; lane < size; ++lane) total += v[lane];
-      return total;
+      return size == 2 ? v[0] + v[1] : v[0];
     }
   }
 };
