@@ -10,9 +10,10 @@
 //
 // The kernels themselves (dcnv3_kernel_body.h) are compiled here once per instruction set: the
 // x86-64 baseline, and with GCC on x86-64 also AVX2 and AVX-512, whose wider channel blocks and
-// fused multiply-adds made the InternImage-T layers' forward about 20% and backward about 10%
-// faster on an AVX-512 CPU. The one ATen itself runs with is picked at run time
-// (at::get_cpu_capability(): the CPU's best, or the ATEN_CPU_CAPABILITY environment variable).
+// fused multiply-adds (with the backward's horizontal sums taken by halves) made the
+// InternImage-T layers' forward about 13% and backward about 24% faster on an AVX-512 CPU
+// (docs/benchmarks.md). The one ATen itself runs with is picked at run
+// time (at::get_cpu_capability(): the CPU's best, or the ATEN_CPU_CAPABILITY environment variable).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
