@@ -88,13 +88,14 @@ def get_extensions():
 
 
 def main():
+    ext_modules = get_extensions()  # first: it sets CUDA_HOME, which torch.utils.cpp_extension reads on import
     from torch.utils.cpp_extension import BuildExtension
     setup(
         name='internimage-mmdet',
         version='0.1.0',
         description='InternImage Mask R-CNN for MMDetection 2.x, with a compiled DCNv3 operator for CPU and CUDA',
         packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
-        ext_modules=get_extensions(),
+        ext_modules=ext_modules,
         cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
         python_requires='>=3.9',
         zip_safe=False,
