@@ -1,4 +1,8 @@
-"""Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints."""
+"""Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints;
+and of the epoch-transition sleeps single-process training skips."""
+import logging
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +11,7 @@ pytest.importorskip('mmdet')
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                read_checkpoint)
+from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
 
 
 class _FlaggedDataset(torch.utils.data.Dataset):
@@ -86,3 +91,34 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     _save(wrong_shape, {'0.weight': torch.zeros(5, 3), '0.bias': torch.ones(5)})
     with pytest.raises(CheckpointError, match=r'another shape.*\(5, 3\)'):
         load_detector_checkpoint(model, str(wrong_shape))
+
+
+class _TinyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def train_step(self, data_batch, optimizer):
+        return dict(loss=self.weight.sum(), log_vars={}, num_samples=1)
+
+
+def _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch):
+    """Runs mmcv's EpochBasedRunner for two epochs of two batches; returns the sleeps it took."""
+    from mmcv.runner import EpochBasedRunner
+    slept = []
+    monkeypatch.setattr(time, 'sleep', slept.append)
+    model = _TinyModel()
+    runner = EpochBasedRunner(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                              work_dir=str(tmp_path), logger=logging.getLogger('tiny'),
+                              max_epochs=2)
+    runner.run([[0, 1]], [('train', 1)])
+    return slept
+
+
+def test_epoch_transition_sleeps_are_skipped_and_restored(tmp_path, monkeypatch):
+    assert _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch) == [2, 2, 1]  # mmcv's own
+    monkeypatch.undo()
+    with without_epoch_transition_sleeps():
+        assert _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch) == []
+    monkeypatch.undo()
+    assert _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch) == [2, 2, 1]
