@@ -26,6 +26,7 @@ from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from torch import nn
 
+from ..models.roi_heads import SubsampledMaskRoIHead
 from .onnx_ops import onnx_nms, onnx_roi_align
 
 __all__ = ['MaskRCNNForExport', 'OUTPUT_NAMES']
@@ -49,7 +50,8 @@ def _check_supported(detector):
         raise NotImplementedError(f'ONNX export supports two-stage detectors with an RPN '
                                   f'(Mask R-CNN), got {type(detector).__name__}')
     roi_head = detector.roi_head
-    if type(roi_head) is not StandardRoIHead or roi_head.with_shared_head:
+    # SubsampledMaskRoIHead differs from StandardRoIHead in training only.
+    if type(roi_head) not in (StandardRoIHead, SubsampledMaskRoIHead) or roi_head.with_shared_head:
         raise NotImplementedError(f'ONNX export supports StandardRoIHead without a shared head, got '
                                   f'{type(roi_head).__name__}')
     if not roi_head.with_mask or not isinstance(roi_head.mask_head, FCNMaskHead):

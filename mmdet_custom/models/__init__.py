@@ -1,3 +1,4 @@
 from .backbones import InternImage
+from .roi_heads import SubsampledMaskRoIHead
 
-__all__ = ['InternImage']
+__all__ = ['InternImage', 'SubsampledMaskRoIHead']

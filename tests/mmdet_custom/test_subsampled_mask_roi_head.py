@@ -1,0 +1,81 @@
+"""SubsampledMaskRoIHead: the mask branch trains on at most N positives per image."""
+import numpy as np
+import pytest
+import torch
+from mmcv import Config
+from mmdet.core import BitmapMasks
+from mmdet.models import build_detector
+
+import mmdet_custom  # noqa: F401  (registers the head)
+from internimage_testlib import REPO_ROOT
+
+SHAPES_CONFIG = REPO_ROOT / 'configs' / 'shapes' / 'mask_rcnn_internimage_pico_fpn_shapes.py'
+
+
+def _detector(**roi_head):
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    cfg.model.roi_head.update(roi_head)
+    model = build_detector(cfg.model)
+    model.init_weights()
+    return model.train()
+
+
+def _batch(num_images=2, num_boxes=6, size=128):
+    torch.manual_seed(0)
+    corners = torch.rand(num_images, num_boxes, 2) * (size - 40)
+    boxes = torch.cat([corners, corners + 20 + torch.rand(num_images, num_boxes, 2) * 18], -1)
+    masks = []
+    for image_boxes in boxes:
+        bitmap = torch.zeros(num_boxes, size, size, dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(image_boxes.int().tolist()):
+            bitmap[k, y1:y2, x1:x2] = 1
+        masks.append(BitmapMasks(bitmap.numpy(), size, size))
+    meta = dict(img_shape=(size, size, 3), ori_shape=(size, size, 3), pad_shape=(size, size, 3),
+                scale_factor=np.ones(4, dtype=np.float32), flip=False)
+    return dict(img=torch.randn(num_images, 3, size, size), img_metas=[meta] * num_images,
+                gt_bboxes=list(boxes), gt_labels=[torch.randint(0, 3, (num_boxes,))] * num_images,
+                gt_masks=masks)
+
+
+def _mask_rois_per_step(model, batch):
+    seen = []
+    hook = model.roi_head.mask_head.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    losses = model(**batch, return_loss=True)
+    hook.remove()
+    return seen, losses
+
+
+def test_mask_branch_sees_at_most_the_cap_per_image():
+    batch = _batch()
+    # Ground-truth boxes are added as proposals, so each image has at least 6 positives.
+    seen, losses = _mask_rois_per_step(_detector(type='SubsampledMaskRoIHead',
+                                                 max_mask_rois_per_img=2), batch)
+    assert seen == [4]
+    assert torch.isfinite(losses['loss_mask']).all()
+    losses['loss_mask'].sum().backward()
+
+    seen_uncapped, _ = _mask_rois_per_step(_detector(type='SubsampledMaskRoIHead'), batch)
+    assert seen_uncapped[0] >= 12
+
+
+def test_inference_is_the_standard_head():
+    capped = _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=1).eval()
+    standard = _detector().eval()
+    standard.load_state_dict(capped.state_dict())
+    batch = _batch(num_images=1)
+    with torch.no_grad():
+        got = capped.simple_test(batch['img'], batch['img_metas'])
+        want = standard.simple_test(batch['img'], batch['img_metas'])
+    for got_boxes, want_boxes in zip(got[0][0], want[0][0]):
+        torch.testing.assert_close(torch.as_tensor(got_boxes), torch.as_tensor(want_boxes))
+
+
+@pytest.mark.parametrize('cap', [0, -3])
+def test_cap_must_be_positive(cap):
+    with pytest.raises(ValueError, match='max_mask_rois_per_img must be a positive number'):
+        _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=cap)
+
+
+def test_cap_needs_its_own_mask_extractor():
+    with pytest.raises(ValueError, match='mask_roi_extractor of its own'):
+        _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=4, mask_roi_extractor=None)
