@@ -12,7 +12,8 @@
 #   shapes, which sit between two anchor sizes, with only their one best anchor) and half of the
 #   64 RoI samples may be positive (COCO's quarter);
 # - the mask branch trains on at most 16 positives an image, a random subset: late in training
-#   the up to 32 per image made it the costliest part of a step, and the subset trained as well;
+#   the up to 32 per image made it the costliest part of a step, and over four seeds the subset
+#   trained about as well (docs/benchmarks.md);
 # - plain AdamW (2e-3 at batch 4, weight decay on every parameter, the fused step), 100
 #   warm-up iterations, cosine decay per iteration over 12 epochs, gradients clipped at norm 10.
 _base_ = [

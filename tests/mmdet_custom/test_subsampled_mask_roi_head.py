@@ -13,7 +13,10 @@ SHAPES_CONFIG = REPO_ROOT / 'configs' / 'shapes' / 'mask_rcnn_internimage_pico_f
 
 
 def _detector(**roi_head):
+    """The quick-start detector with a StandardRoIHead, updated by ``roi_head``."""
     cfg = Config.fromfile(str(SHAPES_CONFIG))
+    cfg.model.roi_head.pop('max_mask_rois_per_img', None)  # the quick start's own cap
+    cfg.model.roi_head.type = 'StandardRoIHead'
     cfg.model.roi_head.update(roi_head)
     model = build_detector(cfg.model)
     model.init_weights()
@@ -54,20 +57,26 @@ def test_mask_branch_sees_at_most_the_cap_per_image():
     assert torch.isfinite(losses['loss_mask']).all()
     losses['loss_mask'].sum().backward()
 
-    seen_uncapped, _ = _mask_rois_per_step(_detector(type='SubsampledMaskRoIHead'), batch)
+    uncapped = _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=None)
+    assert uncapped.roi_head.max_mask_rois_per_img is None
+    seen_uncapped, _ = _mask_rois_per_step(uncapped, batch)
     assert seen_uncapped[0] >= 12
 
 
 def test_inference_is_the_standard_head():
     capped = _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=1).eval()
     standard = _detector().eval()
+    assert type(standard.roi_head).__name__ == 'StandardRoIHead'
     standard.load_state_dict(capped.state_dict())
     batch = _batch(num_images=1)
     with torch.no_grad():
         got = capped.simple_test(batch['img'], batch['img_metas'])
         want = standard.simple_test(batch['img'], batch['img_metas'])
+    assert sum(len(boxes) for boxes in want[0][0]) > 0  # something to compare
     for got_boxes, want_boxes in zip(got[0][0], want[0][0]):
         torch.testing.assert_close(torch.as_tensor(got_boxes), torch.as_tensor(want_boxes))
+    for got_masks, want_masks in zip(got[0][1], want[0][1]):
+        assert np.array_equal(np.array(got_masks), np.array(want_masks))
 
 
 @pytest.mark.parametrize('cap', [0, -3])
