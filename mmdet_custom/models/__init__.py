@@ -1,4 +1,4 @@
 from .backbones import InternImage
-from .roi_heads import SubsampledMaskRoIHead
+from .roi_heads import GridSampleRoIAlign, GridSampleRoIExtractor, SubsampledMaskRoIHead
 
-__all__ = ['InternImage', 'SubsampledMaskRoIHead']
+__all__ = ['InternImage', 'GridSampleRoIAlign', 'GridSampleRoIExtractor', 'SubsampledMaskRoIHead']
