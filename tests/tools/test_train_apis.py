@@ -51,6 +51,18 @@ def test_data_order_and_augmentation_randomness_depend_only_on_seed_and_epoch(wo
         assert len({i % 2 for i in batch}) == 1
 
 
+def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
+    forked = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2, seed=7)
+    served = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2, seed=7,
+                                    multiprocessing_context='forkserver')
+    assert served.multiprocessing_context.get_start_method() == 'forkserver'
+    assert _epoch_draws(served, 1) == _epoch_draws(forked, 1)
+    # Without workers there is nothing to start: the setting is dropped, not an error.
+    in_process = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=0,
+                                        seed=7, multiprocessing_context='forkserver')
+    assert _epoch_draws(in_process, 1)[0] == _epoch_draws(forked, 1)[0]
+
+
 def test_derive_seed_mixes_every_input():
     seeds = {derive_seed(0, epoch, rank) for epoch in range(4) for rank in range(4)}
     assert len(seeds) == 16
