@@ -2,7 +2,7 @@
 # Quick start: set up the environment, generate the synthetic shapes dataset, train a small
 # InternImage Mask R-CNN on it, evaluate box and mask mAP, draw one prediction beside its ground
 # truth and plot the training. About 5 minutes of training on two quiet CPU cores, plus a first
-# setup (14 minutes in all on a fresh 2-core machine; see docs/benchmarks.md).
+# setup (13 minutes in all on a fresh 2-core machine; see docs/benchmarks.md).
 #
 #   bash scripts/quickstart.sh [extra tools/train.py options, e.g. --cfg-options runner.max_epochs=2]
 #
