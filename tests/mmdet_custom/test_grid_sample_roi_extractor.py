@@ -42,7 +42,7 @@ def test_matches_mmcv_roi_align_forward_and_backward(aligned, sampling_ratio, ou
 
 
 def test_rois_in_image_order_with_equal_counts_float32():
-    """The training case (each image's samples in turn, as many per image): float32 rounding only."""
+    """The training case (each image's samples in turn, as many per image), in float32."""
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(2, 8, 32, 32, generator=generator)
     rois = _rois(16, 1, extent=128, generator=generator, dtype=torch.float32)

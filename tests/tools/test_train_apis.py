@@ -52,9 +52,10 @@ def test_data_order_and_augmentation_randomness_depend_only_on_seed_and_epoch(wo
 
 
 def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
-    forked = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2, seed=7)
-    served = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2, seed=7,
-                                    multiprocessing_context='forkserver')
+    forked = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2,
+                                    seed=7)
+    served = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2,
+                                    seed=7, multiprocessing_context='forkserver')
     assert served.multiprocessing_context.get_start_method() == 'forkserver'
     assert _epoch_draws(served, 1) == _epoch_draws(forked, 1)
     # Without workers there is nothing to start: the setting is dropped, not an error.

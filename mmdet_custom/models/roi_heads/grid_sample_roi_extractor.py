@@ -5,8 +5,8 @@ in the quick start's training step its forward and backward took about 15% of th
 fixed number of samples per bin (``sampling_ratio >= 1``) every RoI has the same sample grid, so
 the whole layer is one bilinear ``grid_sample`` over the batch followed by an average over each
 bin's samples: the same numbers (to float rounding), several times faster on two cores, forward
-and backward together. Adaptive sampling (``sampling_ratio=0``, the COCO configs') gives each RoI its
-own grid size and stays with mmcv's kernel.
+and backward together. Adaptive sampling (``sampling_ratio=0``, the COCO configs') gives each
+RoI its own grid size and stays with mmcv's kernel.
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -23,7 +23,7 @@ _DROPPED = -3.0
 
 
 class GridSampleRoIAlign(RoIAlign):
-    """mmcv's ``RoIAlign`` for average pooling with ``sampling_ratio >= 1``, through ``grid_sample``.
+    """mmcv's ``RoIAlign`` (average pooling, ``sampling_ratio >= 1``) through ``grid_sample``.
 
     Same constructor, attributes and results as ``mmcv.ops.RoIAlign`` (so the ONNX export reads it
     like one). Sample positions and their edge rules are RoIAlign's: a sample more than one pixel
@@ -61,8 +61,8 @@ class GridSampleRoIAlign(RoIAlign):
             raise ValueError(f'GridSampleRoIAlign expects features of shape (N, C, H, W), got '
                              f'{tuple(input.shape)}')
         if rois.dim() != 2 or rois.size(1) != 5:
-            raise ValueError(f'GridSampleRoIAlign expects rois of shape (K, 5) as (batch index, x1, '
-                             f'y1, x2, y2), got {tuple(rois.shape)}')
+            raise ValueError(f'GridSampleRoIAlign expects rois of shape (K, 5) as (batch index, '
+                             f'x1, y1, x2, y2), got {tuple(rois.shape)}')
         out_h, out_w = self.output_size
         ratio = self.sampling_ratio
         num_rois, channels = rois.size(0), input.size(1)
