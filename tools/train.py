@@ -27,7 +27,8 @@ from mmdet.utils import collect_env, get_device, get_root_logger, update_data_ro
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
 from mmdet_custom.apis import (AMP_CHOICES, check_mixed_precision, init_distributed,  # noqa: E402
-                               set_mixed_precision, start_worker_server, train_detector)
+                               set_mixed_precision, start_worker_server, train_detector,
+                               train_loader_config)
 
 
 def parse_args(argv=None):
@@ -84,11 +85,8 @@ def main(argv=None):
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     setup_multiprocessing(cfg)
-    loader_cfg = cfg.data.get('train_dataloader', {})
-    workers = loader_cfg.get('workers_per_gpu', cfg.data.get('workers_per_gpu', 2))
-    if loader_cfg.get('multiprocessing_context') == 'forkserver' and workers > 0:
-        # Now, so that the server's imports overlap the model and dataset builds.
-        start_worker_server(preload=['_bootstrap'])
+    # Now, so that a forkserver's imports overlap the model and dataset builds.
+    start_worker_server(train_loader_config(cfg), preload=['_bootstrap'])
     if cfg.get('cudnn_benchmark', False):
         torch.backends.cudnn.benchmark = True
 

@@ -54,8 +54,7 @@ def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **lo
     sampler = DistributedGroupSampler(dataset, samples_per_gpu, world_size, rank, seed=seed or 0)
     if workers_per_gpu == 0:
         loader_kwargs.pop('multiprocessing_context', None)  # loading in this process: none to start
-    elif loader_kwargs.get('multiprocessing_context') == 'forkserver':
-        start_worker_server()
+    start_worker_server(dict(loader_kwargs, workers_per_gpu=workers_per_gpu))
     # Workers are re-created each epoch so that torch seeds them from the epoch's torch RNG
     # state (see seeding.py); no worker_init_fn overrides those seeds.
     loader_kwargs['persistent_workers'] = False
@@ -69,8 +68,19 @@ def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **lo
         **loader_kwargs)
 
 
-def start_worker_server(preload: Sequence[str] = ()):
-    """Start the forkserver that data-loader workers come from, with mmdet and this plugin imported.
+def train_loader_config(cfg) -> dict:
+    """The training loader's settings: defaults, the data dict's per-GPU counts, then
+    ``data.train_dataloader`` (before or after mmdet's ``compat_cfg`` moved the counts there)."""
+    loader_cfg = dict(samples_per_gpu=2, workers_per_gpu=2)
+    loader_cfg.update({key: cfg.data[key] for key in ('samples_per_gpu', 'workers_per_gpu')
+                       if key in cfg.data})
+    loader_cfg.update(cfg.data.get('train_dataloader', {}))
+    return loader_cfg
+
+
+def start_worker_server(loader_cfg: dict, preload: Sequence[str] = ()):
+    """Start the forkserver that data-loader workers come from, with mmdet and this plugin imported,
+    if ``loader_cfg`` (``train_loader_config``'s) asks for workers from a forkserver.
 
     Workers forked from the training process share its memory copy-on-write, so the training step
     after each epoch's fork pays for copying every page it writes (0.5 s in the quick start's
@@ -80,6 +90,9 @@ def start_worker_server(preload: Sequence[str] = ()):
     first (tools/train.py passes its ``_bootstrap``, which mutes import-time notices). Later calls
     find the server running and change nothing.
     """
+    if loader_cfg.get('workers_per_gpu', 0) == 0 or \
+            loader_cfg.get('multiprocessing_context') != 'forkserver':
+        return
     multiprocessing.set_forkserver_preload([*preload, 'mmdet_custom', 'mmdet.datasets'])
     multiprocessing.forkserver.ensure_running()
 
@@ -193,8 +206,7 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     logger = get_root_logger(log_level=cfg.log_level)
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
 
-    loader_cfg = dict(samples_per_gpu=2, workers_per_gpu=2)
-    loader_cfg.update(cfg.data.get('train_dataloader', {}))
+    loader_cfg = train_loader_config(cfg)
     if loader_cfg.pop('class_aware_sampler', None):
         raise ValueError('class_aware_sampler is not supported: training always uses the seeded '
                          'group sampler (see mmdet_custom/apis/train.py)')

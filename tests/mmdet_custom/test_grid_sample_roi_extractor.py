@@ -61,6 +61,7 @@ def test_no_rois_gives_an_empty_result():
 @pytest.mark.parametrize('kwargs, message', [
     (dict(sampling_ratio=0), 'sampling_ratio >= 1'),
     (dict(sampling_ratio=1, pool_mode='max'), 'pool_mode must be "avg"'),
+    (dict(sampling_ratio=1, use_torchvision=True), 'does not call torchvision'),
 ])
 def test_unsupported_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip('mmdet')
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
-                               read_checkpoint)
+                               read_checkpoint, train_loader_config)
 from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
 
 
@@ -62,6 +62,16 @@ def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
     in_process = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=0,
                                         seed=7, multiprocessing_context='forkserver')
     assert _epoch_draws(in_process, 1)[0] == _epoch_draws(forked, 1)[0]
+
+
+def test_train_loader_config_layers_defaults_counts_and_loader_dict():
+    from mmcv import Config
+    assert train_loader_config(Config(dict(data=dict()))) == dict(samples_per_gpu=2,
+                                                                  workers_per_gpu=2)
+    cfg = Config(dict(data=dict(samples_per_gpu=4, workers_per_gpu=3, train_dataloader=dict(
+        workers_per_gpu=1, multiprocessing_context='forkserver'))))
+    assert train_loader_config(cfg) == dict(samples_per_gpu=4, workers_per_gpu=1,
+                                            multiprocessing_context='forkserver')
 
 
 def test_derive_seed_mixes_every_input():

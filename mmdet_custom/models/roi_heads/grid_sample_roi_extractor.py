@@ -65,13 +65,14 @@ class GridSampleRoIAlign(RoIAlign):
                              f'x1, y1, x2, y2), got {tuple(rois.shape)}')
         out_h, out_w = self.output_size
         ratio = self.sampling_ratio
-        num_rois, channels = rois.size(0), input.size(1)
+        num_images, channels = input.shape[:2]
+        num_rois = rois.size(0)
         if num_rois == 0:
             return input.new_zeros(0, channels, out_h, out_w)
         batch = rois[:, 0].long()
-        if int(batch.min()) < 0 or int(batch.max()) >= input.size(0):
+        if int(batch.min()) < 0 or int(batch.max()) >= num_images:
             raise ValueError(f'rois name images {int(batch.min())} to {int(batch.max())}, but the '
-                             f'features hold {input.size(0)}')
+                             f'features hold {num_images}')
 
         boxes = rois[:, 1:].to(input.dtype) * self.spatial_scale
         if self.aligned:
@@ -86,7 +87,6 @@ class GridSampleRoIAlign(RoIAlign):
 
         # One grid_sample over the batch (ATen parallelises it over images): each image's RoIs
         # stacked along the grid's height, padded with dropped samples to the busiest image's count.
-        num_images = input.size(0)
         counts = torch.bincount(batch, minlength=num_images)
         order = torch.argsort(batch, stable=True)
         first_of_image = counts.cumsum(0) - counts
