@@ -166,6 +166,14 @@ if [ "$DRY" = 0 ]; then
     finish
   fi
   export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  # The kit's importlib_metadata (10.x) imports lazy_importer, which the kit lacks, and so broke
+  # every import of mmcv (through yapf). yapf only needs metadata(), which the standard library
+  # has: stand in for the package with it.
+  if ! "$PY" -c 'import importlib_metadata' >/dev/null 2>&1; then
+    log "gpu_check: the kit's importlib_metadata does not import; using the standard library's importlib.metadata"
+    rm -rf "$SITE"/importlib_metadata "$SITE"/importlib_metadata-*.dist-info
+    printf 'from importlib.metadata import *  # noqa: F401,F403\n' > "$SITE/importlib_metadata.py"
+  fi
 else
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   py_tag="$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"

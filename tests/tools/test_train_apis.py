@@ -145,3 +145,13 @@ def test_epoch_transition_sleeps_are_skipped_and_restored(tmp_path, monkeypatch)
         assert _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch) == []
     monkeypatch.undo()
     assert _sleeps_of_a_two_epoch_run(tmp_path, monkeypatch) == [2, 2, 1]
+
+
+def test_mmcv_scatter_gets_a_stream_for_a_gpu_index():
+    # mmcv's Scatter passes an int GPU index to torch's _get_stream, which reads ``device.type``;
+    # unpatched, every GPU training step failed with "'int' object has no attribute 'type'".
+    # Without a GPU torch answers None (no stream) for a CUDA device, and must not raise.
+    import mmdet_custom.apis  # noqa: F401  (installs the fix)
+    from mmcv.parallel import _functions
+    stream = _functions._get_stream(0)
+    assert stream is None or isinstance(stream, torch.cuda.Stream)
