@@ -11,26 +11,9 @@ import subprocess
 import torch
 import torch.distributed as dist
 from mmcv.parallel import MMDistributedDataParallel, scatter_kwargs
-from mmcv.parallel import _functions as mmcv_parallel_functions
 from mmcv.runner import init_dist
 from mmdet.utils import build_ddp, build_dp
 from torch.nn.parallel import DistributedDataParallel
-
-
-def _get_stream_for_device_id(device):
-    """torch's ``_get_stream`` for the GPU index mmcv's ``Scatter`` passes it.
-
-    mmcv 1.7.2 scatters a batch onto GPUs with ``_get_stream(device_id)``, an int; the torch
-    installed here reads ``device.type``, so every GPU training and test step (MMDataParallel
-    and MMDistributedDataParallel alike) failed with "'int' object has no attribute 'type'".
-    """
-    if isinstance(device, int):
-        device = torch.device('cuda', device)
-    return _torch_get_stream(device)
-
-
-_torch_get_stream = mmcv_parallel_functions._get_stream
-mmcv_parallel_functions._get_stream = _get_stream_for_device_id
 
 
 def init_distributed(launcher, backend=None):

@@ -151,7 +151,7 @@ def test_mmcv_scatter_gets_a_stream_for_a_gpu_index():
     # mmcv's Scatter passes an int GPU index to torch's _get_stream, which reads ``device.type``;
     # unpatched, every GPU training step failed with "'int' object has no attribute 'type'".
     # Without a GPU torch answers None (no stream) for a CUDA device, and must not raise.
-    import mmdet_custom.apis  # noqa: F401  (installs the fix)
+    import mmdet_custom  # noqa: F401  (installs the fix: mmdet_custom/mmcv_compat.py)
     from mmcv.parallel import _functions
     stream = _functions._get_stream(0)
     assert stream is None or isinstance(stream, torch.cuda.Stream)
