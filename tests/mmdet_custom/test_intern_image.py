@@ -92,10 +92,22 @@ def test_reproduces_reference_outputs_on_cuda(style):
     model = InternImage(**{**cfg, 'core_op': 'DCNv3'})
     model.load_state_dict(ref['state_dict'])
     model.cuda().eval()
+    # The reference is float32 arithmetic. cuDNN runs float32 convolutions in TF32 by default on
+    # Ampere and newer (10-bit mantissas), which moved the outputs by 3e-4 to 4e-4 relative on an
+    # H100: the bound holds with TF32 off, and a looser one with the default.
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('highest')
+    try:
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            outputs = model(ref['input'].cuda())
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+    for out, expected in zip(outputs, ref['outputs']):
+        assert relative_error(out.cpu(), expected) < 1e-4
     with torch.no_grad():
         outputs = model(ref['input'].cuda())
     for out, expected in zip(outputs, ref['outputs']):
-        assert relative_error(out.cpu(), expected) < 1e-4
+        assert relative_error(out.cpu(), expected) < 2e-3
     with torch.no_grad():
         outputs = model.double()(ref['input'].double().cuda())
     for out, expected in zip(outputs, ref['outputs_float64']):

@@ -151,6 +151,22 @@ def test_matches_cpu(config, dtype, rel):
         assert_close_rel(a, e, rel, f'{config}/{name}')
 
 
+@pytest.mark.parametrize('dtype,rel', [(torch.float32, 1e-5), (torch.float64, 1e-10)],
+                         ids=['float32', 'float64'])
+@pytest.mark.parametrize('max_offset', [0.0, 12.0], ids=['zero_offsets', 'offsets_12px'])
+def test_zero_and_far_offsets_match_cpu(max_offset, dtype, rel):
+    """Zero offsets, as training starts (every sample on an integer position, neighbouring pixels
+    scattering into the same input elements), and offsets of up to 12 px, on an InternImage-like
+    layer larger than the CONFIGS cases."""
+    args = make_args(3, 1, 1, 1, group=4, group_channels=16)
+    value, offset, mask, grad_output = make_inputs(2, 21, 30, args, max_offset=max_offset, seed=5,
+                                                   dtype=dtype)
+    expected = cpu_reference(value, offset, mask, grad_output, args)
+    actual = cuda_forward_backward(*(t.cuda() for t in (value, offset, mask, grad_output)), args)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert_close_rel(a, e, rel, f'max_offset={max_offset}/{name}')
+
+
 def test_backward_op_called_directly():
     batch, height, width, args = CONFIGS['internimage']
     tensors = make_inputs(batch, height, width, args, dtype=torch.float32)
