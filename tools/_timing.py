@@ -43,3 +43,31 @@ def median_ms(calls: Dict[str, Callable[[], object]], device: str, warmup: int,
         for name, fn in calls.items():
             times[name].append(time_one(fn))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def median_graph_ms(calls: Dict[str, Callable[[], object]], warmup: int, repeats: int,
+                    calls_per_graph: int = 20) -> Dict[str, float]:
+    """Median GPU time in ms of one call of each named fn, from replays of a CUDA graph that
+    holds ``calls_per_graph`` calls back to back: launch and Python overhead drop out, so this
+    compares kernels, which per-call timing cannot once a kernel takes less time than its call.
+    The graphs take turns within every repeat, as in :func:`median_ms`."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graph asks
+        for fn in calls.values():
+            for _ in range(max(warmup, 1)):
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graphs = {}
+    for name, fn in calls.items():
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls_per_graph):
+                fn()
+        graphs[name] = graph
+    time_one = timer('cuda')
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, graph in graphs.items():
+            times[name].append(time_one(graph.replay) / calls_per_graph)
+    return {name: statistics.median(values) for name, values in times.items()}
