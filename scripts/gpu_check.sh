@@ -7,13 +7,16 @@
 #   2. runs the CUDA tests (op, modules, backbone parity, original-kernel core op);
 #   3. times our op against the original kernel and the PyTorch core (tools/benchmark_dcnv3.py:
 #      InternImage-T stage shapes of a 1333x800 input, batch 2; float32 and float16 against the
-#      original, whose targets are forward >= 3x and backward >= 2x; bfloat16 ours only);
+#      original, whose targets are forward >= 3x and backward >= 2x in GPU time, the kernels
+#      replayed from CUDA graphs; bfloat16 ours only), and reads the hardware counters of the
+#      stage-1 float32 kernels, ours and the original's, with Nsight Compute where it is there;
 #   4. trains InternImage-T Mask R-CNN (configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py, 2
 #      images per GPU) through tools/train.py: float32, mixed precision (--amp: float16 with
 #      mmcv's Fp16OptimizerHook), and float32 with the original kernel (core_op DCNv3_original,
 #      tools/original_dcnv3_core.py), reporting steady-state s/iter and peak GPU memory
 #      (targets: ours >= 1.3x faster than the original kernel, mixed precision >= 1.5x faster
-#      than float32);
+#      than float32); each run's last iterations run under torch.profiler, whose per-operator
+#      table (GPU time first, and the CPU and GPU totals) goes to the log;
 #   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel) for a few
 #      iterations and tools/test.py --eval bbox segm on the GPU;
 #   6. prints one summary table last.
@@ -30,7 +33,8 @@
 # summary.txt go there. Environment: PYTHON (default python3; in --dry-run .venv/bin/python when
 # present), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_SECONDS (time budget, default 510),
 # GPU_CHECK_WORK (scratch folder: datasets, work dirs; default /tmp/gpu_check_work),
-# GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5).
+# GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5; the last 6 iterations
+# are profiled and left out of the timing).
 # Every step runs even if an earlier one failed (not after a failed build); the exit status is
 # non-zero if any step failed or a target was missed.
 set -uo pipefail
@@ -234,6 +238,18 @@ if [ "$DRY" = 0 ]; then
       --image-size "${IMAGE_HW[@]}" --original "$ORIGINAL_DCNV3_DIR" --check-original 3 2
   done
   step benchmark-bfloat16 90 "${BENCH[@]}" --device cuda --dtype bfloat16 --batch 2 --image-size "${IMAGE_HW[@]}"
+  # Hardware counters of the stage-1 float32 kernels, ours and the original's (first launches of
+  # each: the correctness check and the warm-up), for the next round of kernel work.
+  NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1)"
+  if [ -n "$NCU" ]; then
+    step ncu-stage1 120 "$NCU" --clock-control none --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      -k 'regex:dcnv3_(forward|backward)_kernel|im2col|col2im' -c 6 \
+      "${BENCH[@]}" --device cuda --dtype float32 --batch 2 --image-size "${IMAGE_HW[@]}" \
+      --stages 1 --repeats 1 --warmup 0 --original "$ORIGINAL_DCNV3_DIR"
+  else
+    skip ncu-stage1 "Nsight Compute (ncu) not found"
+  fi
 else
   # Tiny shapes on the CPU, ours against the core only.
   for dtype in float32 bfloat16; do
@@ -244,20 +260,27 @@ fi
 
 # --- 4. InternImage-T Mask R-CNN training: float32, mixed precision, original kernel --------------------
 step_wait dataset
-EPOCHS=${GPU_CHECK_TRAIN_EPOCHS:-5}; SKIP_ITERS=10
-[ "$DRY" = 1 ] && EPOCHS=1 SKIP_ITERS=0
+# Iterations: 2 images each; the last PROFILE_WARMUP + PROFILE_ACTIVE run under torch.profiler
+# (its per-operator table lands in the log) and are left out of the timing.
+EPOCHS=${GPU_CHECK_TRAIN_EPOCHS:-5}; SKIP_ITERS=10 PROFILE_WARMUP=2 PROFILE_ACTIVE=4
+[ "$DRY" = 1 ] && EPOCHS=2 SKIP_ITERS=0 PROFILE_WARMUP=0 PROFILE_ACTIVE=1
+ITERS=$((EPOCHS * NUM_TRAIN / 2))
+TIMED_UNTIL=$((ITERS - PROFILE_WARMUP - PROFILE_ACTIVE))
 CONFIG="$WORK/mask_rcnn_internimage_t_fpn_shapes.py"
 step config 60 "${HELPER[@]}" config --data "$DATA" --epochs "$EPOCHS" --out "$CONFIG" \
+  --profile "$ITERS" "$PROFILE_WARMUP" "$PROFILE_ACTIVE" \
   $([ "$DRY" = 1 ] && echo "--tiny ${IMAGE_HW[1]} ${IMAGE_HW[0]}")
-# Its twin, written beside it, swaps in the original kernel (core_op DCNv3_original).
+# Its twin, written beside it, swaps in the original kernel (core_op DCNv3_original); each has a
+# profiling twin (*_profile.py), which the timed runs train.
 ORIGINAL_CONFIG="${CONFIG%.py}_original.py"
 step original-core-op 60 "${HELPER[@]}" check-core-op --config "$ORIGINAL_CONFIG" --core-op DCNv3_original
 train_run() {  # train_run NAME CONFIG [train.py options]: train, then record its speed and memory
   local name=$1 config=$2
   shift 2
-  step "train-$name" 200 "$PY" tools/train.py "$config" --no-validate --seed 0 --work-dir "$WORK/$name" "$@" \
+  step "train-$name" 200 "$PY" tools/train.py "${config%.py}_profile.py" --no-validate --seed 0 \
+    --work-dir "$WORK/$name" "$@" \
     && "${HELPER[@]}" train-speed --name "$name" --work-dir "$WORK/$name" --skip "$SKIP_ITERS" \
-         --results "$RESULTS" | tee -a "$LOG"
+         --until "$TIMED_UNTIL" --results "$RESULTS" | tee -a "$LOG"
 }
 train_run float32 "$CONFIG"
 if [ "$DRY" = 0 ]; then

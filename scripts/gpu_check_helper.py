@@ -1,8 +1,10 @@
 """The Python side of scripts/gpu_check.sh: its training config, training speed and summary table.
 
     python scripts/gpu_check_helper.py config --data DIR --epochs N --out FILE [--tiny W H]
+                                       [--profile ITERS WARMUP ACTIVE]
     python scripts/gpu_check_helper.py check-core-op --config FILE --core-op NAME
-    python scripts/gpu_check_helper.py train-speed --name NAME --work-dir DIR --skip N --results FILE
+    python scripts/gpu_check_helper.py train-speed --name NAME --work-dir DIR --skip N [--until M]
+                                            --results FILE
     python scripts/gpu_check_helper.py summary --steps FILE --results FILE --logs DIR --mode gpu|dry-run
 """
 import argparse
@@ -66,8 +68,38 @@ model = dict(backbone=dict(core_op='DCNv3_original'))
 '''
 
 
+# A config's twin that profiles its last iterations with torch.profiler (mmcv's ProfilerHook) and
+# prints the per-operator table, heaviest GPU time first, at the end of training.
+PROFILE_TEMPLATE = '''\
+# Written by scripts/gpu_check.sh: {base} with its last {profiled} iterations profiled
+# ({warmup} warm-up, {active} recorded); gpu_check times the iterations before them.
+_base_ = {base!r}
+custom_hooks = [
+    dict(type='NumClassCheckHook'),
+    dict(type='ProfilerHook', by_epoch=False, profile_iters={iters}, activities={activities!r},
+         schedule=dict(wait={wait}, warmup={warmup}, active={active}),
+         on_trace_ready=dict(type='log_trace', sort_by={sort_by!r}, row_limit=30,
+                             max_name_column_width=60))]
+'''
+
+
 def original_config_path(config):
     return osp.splitext(config)[0] + '_original.py'
+
+
+def profile_config_path(config):
+    return osp.splitext(config)[0] + '_profile.py'
+
+
+def write_profile_config(base, iters, warmup, active, cuda):
+    text = PROFILE_TEMPLATE.format(
+        base=osp.abspath(base), profiled=warmup + active, warmup=warmup, active=active,
+        iters=iters, wait=iters - warmup - active,
+        activities=['cpu', 'cuda'] if cuda else ['cpu'],
+        sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total')
+    with open(profile_config_path(base), 'w') as f:
+        f.write(text)
+    return text
 
 
 def _plain(value):
@@ -90,7 +122,9 @@ def _rescaled_pipeline(pipeline, scale):
     return pipeline
 
 
-def write_config(data, epochs, out, tiny_scale=None):
+def write_config(data, epochs, out, tiny_scale=None, profile=None):
+    """The training config, its twin on the original kernel, and with ``profile = (iters,
+    warmup, active)`` a profiling twin of each."""
     from mmdet_custom.datasets.synthetic_shapes import CLASSES
     text = CONFIG_TEMPLATE.format(
         base=T_CONFIG, classes=tuple(CLASSES), num_classes=len(CLASSES), epochs=epochs,
@@ -111,6 +145,14 @@ def write_config(data, epochs, out, tiny_scale=None):
     with open(original_config_path(out), 'w') as f:
         f.write(original)
     print(f'config: {out}\n{text}\nwith the original kernel: {original_config_path(out)}\n{original}')
+    if profile is not None:
+        iters, warmup, active = profile
+        if iters - warmup - active < 0:
+            raise SystemExit(f'config: {warmup} + {active} profiled iterations do not fit in {iters}')
+        for config in (out, original_config_path(out)):
+            text = write_profile_config(config, iters, warmup, active, cuda=tiny_scale is None)
+        print(f'profiled twins: {profile_config_path(out)}, '
+              f'{profile_config_path(original_config_path(out))}\n{text}')
 
 
 def check_core_op(config, core_op):
@@ -129,18 +171,19 @@ def check_core_op(config, core_op):
     print(f'{config}: all {len(cores)} DCNv3 cores are {CORE_OPS[core_op].__name__} ({core_op})')
 
 
-def train_speed(name, work_dir, skip, results):
-    """Median s/iter after ``skip`` warm-up iterations and peak GPU memory, from mmcv's json log."""
+def train_speed(name, work_dir, skip, results, until=None):
+    """Median s/iter of the iterations from ``skip`` up to ``until`` (the profiled ones after it
+    are slower) and peak GPU memory, from mmcv's json log."""
     logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
     if not logs:
         raise SystemExit(f'train-speed: no *.log.json in {work_dir}')
     with open(logs[-1]) as f:
         entries = [json.loads(line) for line in f if line.strip()]
     train = [e for e in entries if e.get('mode') == 'train' and 'time' in e]
-    if len(train) <= skip:
-        raise SystemExit(f'train-speed: {len(train)} logged iterations in {logs[-1]}, '
-                         f'not more than the {skip} warm-up iterations to skip')
-    timed = train[skip:]
+    timed = train[skip:until]
+    if not timed:
+        raise SystemExit(f'train-speed: {len(train)} logged iterations in {logs[-1]}, none '
+                         f'between the {skip} warm-up iterations and iteration {until}')
     memory = [e['memory'] for e in train if 'memory' in e]
     result = dict(name=name, s_per_iter=statistics.median(e['time'] for e in timed),
                   data_time=statistics.median(e.get('data_time', 0.0) for e in timed),
@@ -225,6 +268,9 @@ def main(argv=None):
     config.add_argument('--out', required=True)
     config.add_argument('--tiny', type=int, nargs=2, metavar=('W', 'H'),
                         help='CPU-sized: train and test at this scale (not 1333x800), few RoIs')
+    config.add_argument('--profile', type=int, nargs=3, metavar=('ITERS', 'WARMUP', 'ACTIVE'),
+                        help='also write twins that profile the last WARMUP + ACTIVE of ITERS '
+                             'iterations')
     core_op = commands.add_parser('check-core-op', help='check the core op a config builds')
     core_op.add_argument('--config', required=True)
     core_op.add_argument('--core-op', required=True)
@@ -232,6 +278,7 @@ def main(argv=None):
     speed.add_argument('--name', required=True)
     speed.add_argument('--work-dir', required=True)
     speed.add_argument('--skip', type=int, default=10, help='warm-up iterations left out')
+    speed.add_argument('--until', type=int, help='first iteration left out at the end')
     speed.add_argument('--results', required=True, help='JSON-lines file to append to')
     table = commands.add_parser('summary', help='print the summary table; exit 1 on a failure')
     table.add_argument('--steps', required=True)
@@ -241,11 +288,11 @@ def main(argv=None):
     table.add_argument('--elapsed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == 'config':
-        write_config(args.data, args.epochs, args.out, args.tiny)
+        write_config(args.data, args.epochs, args.out, args.tiny, args.profile)
     elif args.command == 'check-core-op':
         check_core_op(args.config, args.core_op)
     elif args.command == 'train-speed':
-        train_speed(args.name, args.work_dir, args.skip, args.results)
+        train_speed(args.name, args.work_dir, args.skip, args.results, args.until)
     else:
         return summary(args.steps, args.results, args.logs, args.mode, args.elapsed)
     return 0

@@ -44,10 +44,21 @@ def test_train_speed_is_the_median_after_the_warm_up(tmp_path):
     assert result['iters'] == 5 and result['peak_memory_mb'] == 1006
 
 
+def test_train_speed_leaves_out_the_profiled_iterations(tmp_path):
+    _write_train_log(tmp_path / 'run', [5.0, 0.3, 0.5, 0.4, 9.0, 9.5], memory=1000)
+    results = tmp_path / 'results.jsonl'
+    helper.train_speed('amp', str(tmp_path / 'run'), skip=1, results=str(results), until=4)
+    result = json.loads(results.read_text())
+    assert result['s_per_iter'] == pytest.approx(0.4) and result['iters'] == 3
+
+
 def test_train_speed_needs_iterations_past_the_warm_up(tmp_path):
     _write_train_log(tmp_path / 'run', [1.0, 1.0])
-    with pytest.raises(SystemExit, match='not more than the 2 warm-up'):
+    with pytest.raises(SystemExit, match='none between the 2 warm-up iterations'):
         helper.train_speed('x', str(tmp_path / 'run'), skip=2, results=str(tmp_path / 'r.jsonl'))
+    with pytest.raises(SystemExit, match='none between the 1 warm-up iterations and iteration 1'):
+        helper.train_speed('x', str(tmp_path / 'run'), skip=1, results=str(tmp_path / 'r.jsonl'),
+                           until=1)
 
 
 def _summary(tmp_path, steps, runs, mode):
@@ -149,7 +160,7 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
 def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     mmcv = pytest.importorskip('mmcv')
     out = tmp_path / 'config.py'
-    helper.write_config(str(tmp_path / 'shapes'), 5, str(out), tiny)
+    helper.write_config(str(tmp_path / 'shapes'), 5, str(out), tiny, profile=(40, 2, 4))
     cfg = mmcv.Config.fromfile(str(out))
     assert cfg.model.backbone.type == 'InternImage' and cfg.model.backbone.channels == 64
     assert cfg.model.backbone.init_cfg is None  # no network on the GPU machine
@@ -173,3 +184,17 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     original.pop('custom_imports')
     cfg.pop('custom_imports')
     assert original.pretty_text == cfg.pretty_text
+    # The profiling twins: the same configs plus mmcv's ProfilerHook over the last 6 of 40
+    # iterations (GPU time first on the GPU, CPU time in the CPU-sized dry run).
+    for config in (str(out), helper.original_config_path(str(out))):
+        profiled = mmcv.Config.fromfile(helper.profile_config_path(config),
+                                        import_custom_modules=False)
+        hooks = {hook['type']: hook for hook in profiled.custom_hooks}
+        assert set(hooks) == {'NumClassCheckHook', 'ProfilerHook'}
+        assert hooks['ProfilerHook']['profile_iters'] == 40
+        assert hooks['ProfilerHook']['schedule'] == dict(wait=34, warmup=2, active=4)
+        assert ('cuda' in hooks['ProfilerHook']['activities']) == (tiny is None)
+        profiled.pop('custom_hooks')
+        plain = mmcv.Config.fromfile(config, import_custom_modules=False)
+        plain.pop('custom_hooks')
+        assert profiled.pretty_text == plain.pretty_text
