@@ -1,0 +1,90 @@
+"""tools/benchmark_dcnv3_variants.py: naming and reading the variants, the op library renaming,
+and (with a CUDA toolkit) building a variant into an op library of its own. The timing itself
+needs a GPU: scripts/gpu_check.sh's machine."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / 'tools' / 'benchmark_dcnv3_variants.py'
+KERNEL = REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
+
+
+@pytest.fixture(scope='module')
+def variants():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location('benchmark_dcnv3_variants', SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def _has_git_checkout():
+    return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT,
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['previous'], 'expected NAME=REV or NAME=PATH'),
+    (['1st=HEAD'], 'expected NAME=REV or NAME=PATH'),
+    (['a=HEAD', 'a=HEAD~1'], 'variant names must differ'),
+])
+def test_bad_variant_names_are_rejected(variants, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        variants.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_a_variant_is_a_file_or_a_git_revision(variants, tmp_path):
+    kernel = tmp_path / 'kernel.cu'
+    kernel.write_text('// a kernel\n')
+    assert variants.kernel_source(str(kernel)) == '// a kernel\n'
+    if _has_git_checkout():
+        assert 'dcnv3_forward_kernel' in variants.kernel_source('HEAD')
+    with pytest.raises(SystemExit, match='neither a file nor a git revision'):
+        variants.kernel_source('no-such-revision-or-file')
+
+
+def test_renamed_sources_register_their_own_library(variants):
+    cpp = variants._renamed((REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'dcnv3.cpp').read_text(), 'dcnv3_v')
+    cuda = variants._renamed(KERNEL.read_text(), 'dcnv3_v')
+    for text in (cpp, cuda):
+        assert 'TORCH_LIBRARY(dcnv3,' not in text and 'TORCH_LIBRARY_IMPL(dcnv3,' not in text
+        assert '"dcnv3::' not in text
+    assert 'TORCH_LIBRARY(dcnv3_v, m)' in cpp and 'TORCH_LIBRARY_IMPL(dcnv3_v, AutocastCUDA' in cpp
+    assert '"dcnv3_v::dcnv3_forward"' in cpp
+    assert 'TORCH_LIBRARY_IMPL(dcnv3_v, CUDA, m)' in cuda
+
+
+def test_timing_needs_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: the script would time, not refuse')
+    result = subprocess.run([sys.executable, str(SCRIPT), f'x={KERNEL}', '--build-dir',
+                             str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120)
+    assert result.returncode != 0 and 'needs a CUDA device' in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
+def test_a_variant_builds_into_an_op_library_of_its_own(tmp_path):
+    """Built in a fresh process, which then finds both ops under torch.ops.dcnv3_mine."""
+    check = ('import sys, torch; sys.argv[1:] = []; import benchmark_dcnv3_variants as v; '
+             f'ops = v.build_all([("mine", {str(KERNEL)!r})], {str(tmp_path)!r}); '
+             'op = ops["mine"]; print(op.dcnv3_forward.default._schema); '
+             'print(op.dcnv3_backward.default._schema)')
+    result = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True,
+                            cwd=SCRIPT.parent, timeout=900,
+                            env={**os.environ, 'TORCH_CUDA_ARCH_LIST': '9.0'})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert 'dcnv3_mine::dcnv3_forward(Tensor input' in result.stdout
+    assert 'dcnv3_mine::dcnv3_backward(Tensor grad_output' in result.stdout
