@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 sys.path.insert(0, str(ROOT / 'tools'))
 
-from _timing import median_graph_ms  # noqa: E402
+from _timing import median_graph_ms, timer  # noqa: E402
 from benchmark_dcnv3 import KERNEL, STAGES, make_inputs, stage_shape  # noqa: E402
 
 CSRC = ROOT / 'ops_dcnv3' / 'csrc'
@@ -146,18 +146,14 @@ def build_all(variants, build_dir):
 def median_cold_ms(calls, warmup, repeats):
     """Median ms of one call after FLUSH_BYTES were written to the GPU (inputs out of L2)."""
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device='cuda')
+    time_one = timer('cuda')  # synchronizes first: the flush is done before the clock starts
     times = {name: [] for name in calls}
     for repeat in range(warmup + repeats):
         for name, fn in calls.items():
             flush.fill_(repeat & 0xff)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
+            elapsed = time_one(fn)
             if repeat >= warmup:
-                times[name].append(start.elapsed_time(end))
+                times[name].append(elapsed)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

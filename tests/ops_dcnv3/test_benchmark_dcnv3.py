@@ -2,7 +2,6 @@
 code path that times the original op (exercised here with a stand-in for it, since the original
 has CUDA kernels only)."""
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ import torch
 from ops_dcnv3.functions import dcnv3_core_pytorch, dcnv3_func
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
+from tools_testlib import load_script  # noqa: E402
 SCRIPT = REPO_ROOT / 'tools' / 'benchmark_dcnv3.py'
 requires_compiled_cpu = pytest.mark.skipif(
     not (dcnv3_func.HAS_COMPILED_OP and 'cpu' in dcnv3_func.COMPILED_DEVICE_TYPES),
@@ -21,15 +22,7 @@ requires_compiled_cpu = pytest.mark.skipif(
 
 @pytest.fixture(scope='module')
 def benchmark():
-    """The script as a module (tools/ on sys.path for its _timing import)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location('benchmark_dcnv3', SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_script('tools/benchmark_dcnv3.py', 'benchmark_dcnv3')
 
 
 def run_script(*args):

@@ -1,7 +1,6 @@
 """tools/benchmark_dcnv3_variants.py: naming and reading the variants, the op library renaming,
 and (with a CUDA toolkit) building a variant into an op library of its own. The timing itself
 needs a GPU: scripts/gpu_check.sh's machine."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,20 +11,15 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
+from tools_testlib import load_script  # noqa: E402
 SCRIPT = REPO_ROOT / 'tools' / 'benchmark_dcnv3_variants.py'
 KERNEL = REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
 
 
 @pytest.fixture(scope='module')
 def variants():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location('benchmark_dcnv3_variants', SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_script('tools/benchmark_dcnv3_variants.py', 'benchmark_dcnv3_variants')
 
 
 def _has_git_checkout():

@@ -14,10 +14,16 @@ PYTHON = sys.executable
 
 def load_script(relative_path, module_name):
     """A script of the repository (e.g. ``tools/benchmark_inference.py``) as a module, so a test
-    calls its functions in process (no interpreter start-up and mmdet import per call)."""
-    spec = importlib.util.spec_from_file_location(module_name, osp.join(ROOT, relative_path))
+    calls its functions in process (no interpreter start-up and mmdet import per call). Its
+    folder is on sys.path while it loads, as when it runs (tools import their helpers so)."""
+    path = osp.join(ROOT, relative_path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, osp.dirname(path))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(osp.dirname(path))
     return module
 
 # Smaller than the quick start in every direction (64x64 images, a width-16 backbone, two images
