@@ -34,7 +34,9 @@
 # present), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_SECONDS (time budget, default 510),
 # GPU_CHECK_WORK (scratch folder: datasets, work dirs; default /tmp/gpu_check_work),
 # GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5; the last 6 iterations
-# are profiled and left out of the timing).
+# are profiled and left out of the timing), GPU_CHECK_PROFILE (0: no training profiles, which
+# take about 20 s of each run to process), GPU_CHECK_SKIP (step names to leave out, e.g.
+# "ncu-stage1 dist-train test-eval", to fit a short lease; a left-out build ends the run).
 # Every step runs even if an earlier one failed (not after a failed build); the exit status is
 # non-zero if any step failed or a target was missed.
 set -uo pipefail
@@ -115,6 +117,11 @@ step_start() {  # step_start NAME LIMIT COMMAND...: in the background
   local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
   shift 2
   ((left < limit)) && limit=$left
+  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    log "=== $name: SKIPPED (GPU_CHECK_SKIP)"
+    printf '%s\tskipped (GPU_CHECK_SKIP)\t0\n' "$name" >>"$STEPS"
+    return 1
+  fi
   if ((limit <= 0)); then
     log "=== $name: SKIPPED (time budget used up)"
     printf '%s\tskipped (time budget)\t0\n' "$name" >>"$STEPS"
@@ -275,12 +282,17 @@ step config 60 "${HELPER[@]}" config --data "$DATA" --epochs "$EPOCHS" --out "$C
 ORIGINAL_CONFIG="${CONFIG%.py}_original.py"
 step original-core-op 60 "${HELPER[@]}" check-core-op --config "$ORIGINAL_CONFIG" --core-op DCNv3_original
 train_run() {  # train_run NAME CONFIG [train.py options]: train, then record its speed and memory
-  local name=$1 config=$2
+  local name=$1 config=$2 timed=(--until "$TIMED_UNTIL")
   shift 2
-  step "train-$name" 200 "$PY" tools/train.py "${config%.py}_profile.py" --no-validate --seed 0 \
+  if [ "${GPU_CHECK_PROFILE:-1}" = 0 ]; then
+    timed=()
+  else
+    config="${config%.py}_profile.py"
+  fi
+  step "train-$name" 200 "$PY" tools/train.py "$config" --no-validate --seed 0 \
     --work-dir "$WORK/$name" "$@" \
     && "${HELPER[@]}" train-speed --name "$name" --work-dir "$WORK/$name" --skip "$SKIP_ITERS" \
-         --until "$TIMED_UNTIL" --results "$RESULTS" | tee -a "$LOG"
+         "${timed[@]}" --results "$RESULTS" | tee -a "$LOG"
 }
 train_run float32 "$CONFIG"
 if [ "$DRY" = 0 ]; then

@@ -156,6 +156,27 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in built} == before
 
 
+@pytest.mark.slow
+def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
+    """GPU_CHECK_SKIP and GPU_CHECK_PROFILE=0, which fit the check into a short lease."""
+    pytest.importorskip('mmdet')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', GPU_CHECK_PROFILE='0',
+               GPU_CHECK_SKIP='benchmark-bfloat16 dist-train test-eval')
+    result = subprocess.run(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
+                            capture_output=True, text=True, timeout=900, env=env)
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert result.returncode == 0, summary + result.stdout[-3000:]
+    lines = summary.splitlines()
+    for step in ('benchmark-bfloat16', 'dist-train', 'test-eval'):
+        assert any(line.startswith(step) and 'skipped (GPU_CHECK_SKIP)' in line for line in lines)
+    for step in ('train-float32', 'train-amp'):
+        assert any(line.split()[:2] == [step, 'passed'] for line in lines), (step, summary)
+    log = (tmp_path / 'gpu_check.log').read_text()
+    assert 'profiler is profiling' not in log and 'Self CPU time total' not in log
+    # Without profiled iterations every iteration after the warm-up is timed (2 epochs of 2).
+    assert 'train-float32: ' in log and '(median of 4 after 0' in log
+
+
 @pytest.mark.parametrize('tiny', [None, (160, 96)])
 def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     mmcv = pytest.importorskip('mmcv')
