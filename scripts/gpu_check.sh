@@ -36,7 +36,8 @@
 # GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5; the last 6 iterations
 # are profiled and left out of the timing), GPU_CHECK_PROFILE (0: no training profiles, which
 # take about 20 s of each run to process), GPU_CHECK_SKIP (step names to leave out, e.g.
-# "ncu-stage1 dist-train test-eval", to fit a short lease; a left-out build ends the run).
+# "ncu-stage1 dist-train test-eval", to fit a short lease; a left-out build ends the run, and
+# steps that need what a left-out step makes fail).
 # Every step runs even if an earlier one failed (not after a failed build); the exit status is
 # non-zero if any step failed or a target was missed.
 set -uo pipefail
