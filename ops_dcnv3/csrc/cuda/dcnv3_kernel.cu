@@ -17,9 +17,10 @@
 //             its (n, ho, wo, g) and accumulates mask * bilinear(input) for its VEC channels in
 //             opmath precision (float for half/bfloat16). No atomics, no shared memory; every
 //             output element is written exactly once.
-//   backward: one "sub-warp" of T lanes (T = next power of two >= chunks, at most 32; T divides
-//             32 so a sub-warp never straddles a warp) per (n, ho, wo, g). Lane l handles chunks
-//             l, l+T, ... For every point it
+//   backward: chunks of at most 16 bytes of opmath values (4 channels for half/bfloat16, whose
+//             gradients accumulate in float32). One "sub-warp" of T lanes (T = next power of two
+//             >= chunks, at most 32; T divides 32 so a sub-warp never straddles a warp) per
+//             (n, ho, wo, g). Lane l handles chunks l, l+T, ... For every point it
 //               - scatters grad_out * mask * w_corner into grad_input with atomicAdd (vector
 //                 float2/float4 atomics on sm_90+; half/bfloat16 accumulate in a float32 buffer
 //                 that is cast once at the end),
@@ -483,11 +484,12 @@ bool is_aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-// The widest vector (in elements, at most 16 bytes) that divides group_channels and keeps every
-// given pointer aligned.
+// The widest vector (in elements, at most max_vec, by default 16 bytes) that divides
+// group_channels and keeps every given pointer aligned.
 template <typename scalar_t>
-int pick_vec(int64_t group_channels, std::initializer_list<const void*> ptrs) {
-  for (int vec = static_cast<int>(16 / sizeof(scalar_t)); vec > 1; vec /= 2) {
+int pick_vec(int64_t group_channels, std::initializer_list<const void*> ptrs,
+             int max_vec = static_cast<int>(16 / sizeof(scalar_t))) {
+  for (int vec = max_vec; vec > 1; vec /= 2) {
     if (group_channels % vec != 0) {
       continue;
     }
@@ -654,9 +656,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
         using acc_t = at::opmath_type<scalar_t>;
         const auto geo = make_geometry<acc_t>(kernel_h, kernel_w, stride_h, stride_w, pad_h,
                                               pad_w, dilation_h, dilation_w, offset_scale);
-        // grad_input_acc is freshly allocated, so aligned for any vector width we pick.
+        // grad_input_acc is freshly allocated, so aligned for any vector width we pick. At most
+        // 16 bytes of opmath values a chunk: for half/bfloat16 4 channels, not 8, so a chunk's
+        // grad_input update is one float4 atomic, as in float32, with twice the lanes of 8-channel
+        // chunks sharing a position's atomics (see docs/benchmarks.md, session 13).
         const int vec = pick_vec<scalar_t>(group_channels,
-                                           {in.const_data_ptr(), gout.const_data_ptr()});
+                                           {in.const_data_ptr(), gout.const_data_ptr()},
+                                           static_cast<int>(16 / sizeof(acc_t)));
         dispatch_vec<scalar_t>(vec, [&](auto vec_constant) {
           constexpr int VEC = decltype(vec_constant)::value;
           const int64_t chunks = group_channels / VEC;
