@@ -73,9 +73,9 @@ model = dict(backbone=dict(core_op='DCNv3_original'))
 PROFILE_TEMPLATE = '''\
 # Written by scripts/gpu_check.sh: {base} with its last {profiled} iterations profiled
 # ({warmup} warm-up, {active} recorded); gpu_check times the iterations before them.
+# The base's own custom hooks come first (mmcv 1.x replaces a list whole, so they are copied).
 _base_ = {base!r}
-custom_hooks = [
-    dict(type='NumClassCheckHook'),
+custom_hooks = {base_hooks!r} + [
     dict(type='ProfilerHook', by_epoch=False, profile_iters={iters}, activities={activities!r},
          schedule=dict(wait={wait}, warmup={warmup}, active={active}),
          on_trace_ready=dict(type='log_trace', sort_by={sort_by!r}, row_limit=30,
@@ -92,8 +92,11 @@ def profile_config_path(config):
 
 
 def write_profile_config(base, iters, warmup, active, cuda):
+    from mmcv import Config
+    base_hooks = _plain(Config.fromfile(base, import_custom_modules=False).get('custom_hooks', []))
     text = PROFILE_TEMPLATE.format(
-        base=osp.abspath(base), profiled=warmup + active, warmup=warmup, active=active,
+        base=osp.abspath(base), base_hooks=base_hooks, profiled=warmup + active, warmup=warmup,
+        active=active,
         iters=iters, wait=iters - warmup - active,
         activities=['cpu', 'cuda'] if cuda else ['cpu'],
         sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total')
