@@ -177,6 +177,13 @@ def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
     assert 'train-float32: ' in log and '(median of 4 after 0' in log
 
 
+def test_profiled_iterations_must_fit_in_the_run(tmp_path):
+    pytest.importorskip('mmcv')
+    with pytest.raises(SystemExit, match='2 \\+ 4 profiled iterations do not fit in 4'):
+        helper.write_config(str(tmp_path / 'shapes'), 1, str(tmp_path / 'config.py'),
+                            profile=(4, 2, 4))
+
+
 @pytest.mark.parametrize('tiny', [None, (160, 96)])
 def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     mmcv = pytest.importorskip('mmcv')
