@@ -1,12 +1,15 @@
 """Imported first by every tool: makes the checkout importable, mutes two import-time notices and
-keeps long log records off the console (brief_console).
+keeps long log records off the console (brief_console); tools that run a model call
+reuse_freed_memory() first.
 
 - ``mmdet_custom`` and ``ops_dcnv3`` import from the repository root, installed or not;
 - mmcv 1.7 announces its 2.0 renaming on every import, torch notes "No CUDA runtime is found" on
   CPU-only machines that have a CUDA toolkit, and mmdet explains a v2.12 change to its mask
   evaluation on every run. None concerns the run, and they would bury a tool's own messages.
 """
+import ctypes
 import logging
+import os
 import os.path as osp
 import sys
 import warnings
@@ -64,3 +67,31 @@ def brief_console(logger, log_file, max_lines=4):
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler not in mmcv_logger.handlers:
             mmcv_logger.addHandler(handler)
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of giving it back to
+    the kernel. Returns whether the setting was made.
+
+    By default glibc serves each block above its mmap threshold (at most 32 MiB) with a fresh
+    mapping and unmaps it on free, so every CPU training step gets its large activations as new
+    pages, which the kernel faults in and zeroes one at a time. An InternImage-T Mask R-CNN step
+    (2 images of 800x1216, 2 threads) took 1.8 to 2.5 million page faults and 4 to 5.5 s of
+    system time: 14 s a step against 10.3 s without them (ResNet-50: 10.3 s against 7.9). With mmap
+    off and the heap never trimmed, a step reuses the pages of the one before. The price is peak
+    RSS: about 10% more (11.0 instead of 10.1 GB for that step), because glibc serves the first
+    few large aligned blocks from new heap before freed neighbours merge. GPU tensors are not
+    affected.
+
+    Nothing is changed off Linux/glibc, or when GLIBC_TUNABLES already sets malloc tunables (the
+    user's choice wins).
+    """
+    if not sys.platform.startswith('linux') or 'glibc.malloc.' in os.environ.get('GLIBC_TUNABLES', ''):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's; other C libraries may not have it
+    except AttributeError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    # mallopt returns 1 on success. -1 as the trim threshold disables trimming (mallopt(3)).
+    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, -1) == 1

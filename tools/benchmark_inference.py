@@ -21,7 +21,7 @@ import os
 import os.path as osp
 import sys
 
-import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+import _bootstrap  # (first: repository on sys.path, quiet imports)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -147,6 +147,7 @@ def _no_grad(fn, *args, **kwargs):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     if args.device == 'cpu':
         torch.set_num_threads(args.threads)
     elif not torch.cuda.is_available():

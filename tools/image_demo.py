@@ -11,7 +11,7 @@ import math
 import os.path as osp
 import warnings
 
-import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+import _bootstrap  # (first: repository on sys.path, quiet imports)
 
 import cv2  # noqa: E402
 import mmcv  # noqa: E402
@@ -205,6 +205,7 @@ def compose(panels):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     for path, what in ((args.img, 'image'), (args.config, 'config file')):
         if not osp.isfile(path):
             raise SystemExit(f'tools/image_demo.py: error: {what} not found: {path}')

@@ -12,7 +12,7 @@ import os
 import os.path as osp
 import time
 
-import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+import _bootstrap  # (first: repository on sys.path, quiet imports)
 
 import mmcv  # noqa: E402
 import torch  # noqa: E402
@@ -176,6 +176,7 @@ def report_results(args, cfg, dataset, results, source):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         run(args)
     except (UsageError, CheckpointError) as error:

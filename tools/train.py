@@ -9,7 +9,7 @@ import os
 import os.path as osp
 import time
 
-import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
+import _bootstrap  # (first: repository on sys.path, quiet imports)
 
 import cv2  # noqa: E402
 import mmcv  # noqa: E402
@@ -76,6 +76,7 @@ def setup_multiprocessing(cfg):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -1,0 +1,57 @@
+"""tools/_bootstrap.reuse_freed_memory: large CPU tensors reuse freed pages instead of new ones."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tools_testlib import PYTHON, ROOT
+
+# Allocates and frees a 64 MiB tensor (above glibc's largest mmap threshold) 15 times and prints
+# the minor page faults of the last five: with glibc's defaults each allocation is a fresh
+# mapping whose 16384 pages fault in when written. With the setting, the heap grows for the first
+# few (posix_memalign's alignment leaves each freed block a little short of the next request until
+# neighbours merge) and then serves them from freed pages.
+PROBE = '''
+import json, resource, sys
+sys.path.insert(0, 'tools')
+import _bootstrap, torch
+made = _bootstrap.reuse_freed_memory() if sys.argv[1] == 'reuse' else None
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(16 << 20)
+before = faults()
+for _ in range(5):
+    torch.ones(16 << 20)
+print(json.dumps(dict(made=made, faults=faults() - before,
+                      peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)))
+'''
+
+
+def probe(mode, **env):
+    import os
+    result = subprocess.run([PYTHON, '-c', PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, **env), check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='a glibc setting')
+def test_freed_pages_are_reused():
+    default, reused = probe('default'), probe('reuse')
+    assert reused['made'] is True
+    assert default['faults'] > 5 * 16000  # each 64 MiB allocation faulted in anew
+    assert reused['faults'] < 1000
+    assert reused['peak_mib'] < default['peak_mib'] + 16 * 64  # the heap's growth stays bounded
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='a glibc setting')
+def test_user_malloc_tunables_win():
+    assert probe('reuse', GLIBC_TUNABLES='glibc.malloc.trim_threshold=1048576')['made'] is False
+
+
+@pytest.mark.parametrize('tool', ['train', 'test', 'image_demo', 'benchmark_inference'])
+def test_model_tools_make_the_setting(tool):
+    with open(f'{ROOT}/tools/{tool}.py') as source:
+        main = source.read().split('\ndef main(', 1)[1]
+    assert '_bootstrap.reuse_freed_memory()' in main.split('\ndef ', 1)[0]
