@@ -305,6 +305,23 @@ def test_softmax_flag_with_large_and_nan_logits():
 
 
 @requires_compiled_cpu
+def test_softmax_flag_float32_exp_is_accurate():
+    """The float32 kernels take the softmax's exp in vector blocks (their own polynomial): the
+    output and the logits' gradient agree with torch's softmax to float32 rounding, for spreads up
+    to hundreds and for -inf logits (weight 0)."""
+    input, offset, mask, scalars = make_case(batch=1, seed=7, dtype=torch.float32)
+    logits = make_logits(mask)
+    logits[0, :, :, :9] *= 40  # group 0: a spread of hundreds (exp of values below -87)
+    logits[0, 0, :, 9] = float('-inf')  # group 1, point 0 masked out in the first output row
+    grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3])
+    expected = output_and_grads(softmax_then(compiled_op), input, offset, logits, scalars, grad_output)
+    actual = output_and_grads(compiled_op_on_logits, input, offset, logits, scalars, grad_output)
+    for name, a, e in zip(('output', 'grad_input', 'grad_offset', 'grad_logits'), actual, expected):
+        torch.testing.assert_close(a, e, rtol=2e-6, atol=2e-6 * e.abs().max().item(),
+                                   msg=lambda m: f'{name}: {m}')
+
+
+@requires_compiled_cpu
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_softmax_flag_in_reduced_precision(dtype):
     input, offset, mask, scalars = make_case(dtype=torch.float32)
