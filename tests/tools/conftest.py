@@ -1,21 +1,7 @@
 """Fixtures shared by the tools tests (helpers live in tools_testlib.py)."""
-import os.path as osp
-import sys
-
 import pytest
 
-from tools_testlib import ROOT, write_tiny_config
-
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import _bootstrap  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def keep_pytest_malloc_settings(monkeypatch):
-    """Tools called in process would set the pytest process's malloc to keep all freed memory
-    (``_bootstrap.reuse_freed_memory``) for the rest of the session; test_bootstrap.py checks that
-    setting in processes of its own."""
-    monkeypatch.setattr(_bootstrap, 'reuse_freed_memory', lambda: False)
+from tools_testlib import write_tiny_config
 
 
 @pytest.fixture(scope='session')

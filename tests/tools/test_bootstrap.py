@@ -50,7 +50,8 @@ def test_user_malloc_tunables_win():
     assert probe('reuse', GLIBC_TUNABLES='glibc.malloc.trim_threshold=1048576')['made'] is False
 
 
-@pytest.mark.parametrize('tool', ['train', 'test', 'image_demo', 'benchmark_inference'])
+@pytest.mark.parametrize('tool', ['train', 'test', 'image_demo', 'benchmark_inference',
+                                  'benchmark_dcnv3'])
 def test_model_tools_make_the_setting(tool):
     with open(f'{ROOT}/tools/{tool}.py') as source:
         main = source.read().split('\ndef main(', 1)[1]
