@@ -556,6 +556,23 @@ def test_bad_arguments_raise_clear_errors(implementation, args, error, pattern):
 
 
 @requires_compiled_cpu
+@pytest.mark.parametrize('op', ['dcnv3_forward', 'dcnv3_backward'])
+def test_cpu_kernels_reject_images_over_int32_pixels(op):
+    """The CPU kernels index pixels with int32; larger images get an error, not wrong addresses
+    (the tensors are stride-0 expansions: nothing that size is allocated)."""
+    side = 50000
+    input = torch.zeros(1, 1, 1, 16).expand(1, side, side, 16)
+    offset = torch.zeros(1, 1, 1, 18).expand(1, side, side, 18)
+    mask = torch.zeros(1, 1, 1, 9).expand(1, side, side, 9)
+    args = (input, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1, 1, 16, 1.0, True)
+    if op == 'dcnv3_backward':
+        args = (input,) + args
+    with pytest.raises(RuntimeError, match='the CPU kernels take images of at most 2147483647 '
+                                           'pixels, got 50000x50000'):
+        getattr(torch.ops.dcnv3, op)(*args)
+
+
+@requires_compiled_cpu
 def test_bad_arguments_to_backward():
     input, offset, mask, scalars = make_case(dtype=torch.float32)
     grad_output = torch.randn(input.shape[0], *offset.shape[1:3], input.shape[3])

@@ -88,6 +88,9 @@ Geometry make_geometry(const at::Tensor& input, int64_t out_h, int64_t out_w, in
   geo.centre_x = (dilation_w * (kernel_w - 1)) / 2;
   geo.centre_y = (dilation_h * (kernel_h - 1)) / 2;
   geo.offset_scale = offset_scale;
+  // The kernels' tap plans hold pixel indices (y * width + x) as int32.
+  TORCH_CHECK(geo.height * geo.width <= INT32_MAX, "dcnv3: the CPU kernels take images of at most ",
+              INT32_MAX, " pixels, got ", geo.height, "x", geo.width);
   return geo;
 }
 

@@ -203,6 +203,119 @@ inline TapGradient<scalar_t> backward_channels(int64_t cg, const scalar_t* grad_
   return result;
 }
 
+// ---- per-position plans -------------------------------------------------------------------------
+
+// Per tap t = g * P + p of an output position (every group's taps in point order, as offset and
+// mask rows hold them): the kernel grid's displacement before offset_scale and the channel offset
+// of the tap's group. Built once per kernel call, padded with zeros to whole vector blocks.
+template <typename scalar_t>
+struct TapTable {
+  int64_t taps, padded;
+  std::vector<scalar_t> grid_x, grid_y;
+  std::vector<int64_t> group_offset;
+  explicit TapTable(const Geometry& geo) : taps(geo.group * geo.points), padded(taps + 16) {
+    grid_x.assign(padded, 0), grid_y.assign(padded, 0), group_offset.assign(padded, 0);
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t p = t % geo.points, i = p / geo.kernel_h, j = p % geo.kernel_h;
+      grid_x[t] = static_cast<scalar_t>(i * geo.dilation_w - geo.centre_x);
+      grid_y[t] = static_cast<scalar_t>(j * geo.dilation_h - geo.centre_y);
+      group_offset[t] = (t / geo.points) * geo.group_channels;
+    }
+  }
+};
+
+// The sampling geometry of every tap of one output position, worked out before the channel loops:
+// whether the tap reads anything, and its Tap (fractional position, and corners as pixel indices
+// y * width + x). For float32 with vector blocks it is computed a block of taps at a time, which
+// made the InternImage-T layers with many groups (stages 3 and 4) about 10% faster forward and 20%
+// backward; otherwise locate() does it one tap at a time.
+template <typename scalar_t>
+struct PositionPlan {
+  std::vector<int32_t> reads, corner[4];  // corner: -1 outside the image
+  std::vector<scalar_t> lx, ly;
+
+  explicit PositionPlan(const TapTable<scalar_t>& table)
+      : reads(table.padded), lx(table.padded), ly(table.padded) {
+    for (auto& c : corner) c.resize(table.padded);
+  }
+
+  Tap<scalar_t> tap(int64_t t) const {
+    Tap<scalar_t> result;
+    result.lx = lx[t], result.ly = ly[t], result.hx = 1 - lx[t], result.hy = 1 - ly[t];
+    for (int k = 0; k < 4; ++k) result.corner[k] = corner[k][t];
+    return result;
+  }
+
+  void fill(const Geometry& geo, const TapTable<scalar_t>& table, const scalar_t* offset_row,
+            int64_t ho, int64_t wo) {
+    const scalar_t scale = static_cast<scalar_t>(geo.offset_scale);
+    const scalar_t base_x = static_cast<scalar_t>(wo * geo.stride_w - geo.pad_w + geo.centre_x);
+    const scalar_t base_y = static_cast<scalar_t>(ho * geo.stride_h - geo.pad_h + geo.centre_y);
+#if DCNV3_CHANNEL_BLOCKS
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      fill_blocks(geo, table, offset_row, base_x, base_y, scale);
+      return;
+    }
+#endif
+    for (int64_t t = 0; t < table.taps; ++t) {
+      const scalar_t x = base_x + (table.grid_x[t] + offset_row[2 * t]) * scale;
+      const scalar_t y = base_y + (table.grid_y[t] + offset_row[2 * t + 1]) * scale;
+      Tap<scalar_t> found;
+      reads[t] = locate(x, y, geo.height, geo.width, found);
+      if (!reads[t]) continue;  // the kernels skip such taps
+      lx[t] = found.lx, ly[t] = found.ly;
+      for (int k = 0; k < 4; ++k) corner[k][t] = static_cast<int32_t>(found.corner[k]);
+    }
+  }
+
+#if DCNV3_CHANNEL_BLOCKS
+  // fill() for float32, one vector block of taps at a time: the same arithmetic as locate(), with
+  // selects for its branches and floor done as truncation corrected downwards.
+  void fill_blocks(const Geometry& geo, const TapTable<scalar_t>& table, const float* offset_row,
+                   float base_x, float base_y, float scale) {
+    using Block = ChannelBlock<float, DCNV3_MAX_BLOCK_BYTES>;
+    using Floats = typename Block::type;
+    typedef int32_t Ints __attribute__((vector_size(DCNV3_MAX_BLOCK_BYTES)));
+    constexpr int64_t lanes = Block::size;
+    Ints even, odd;  // deinterleave (x, y) pairs
+    for (int64_t i = 0; i < lanes; ++i) even[i] = 2 * i, odd[i] = 2 * i + 1;
+    const float height = static_cast<float>(geo.height), width = static_cast<float>(geo.width);
+    const int32_t h = static_cast<int32_t>(geo.height), w = static_cast<int32_t>(geo.width);
+    float tail[2 * lanes];  // the last block's offsets, zero-padded: the row may end mid-block
+    for (int64_t t = 0; t < table.taps; t += lanes) {
+      const float* pairs = offset_row + 2 * t;
+      if (t + lanes > table.taps) {
+        std::fill(tail, tail + 2 * lanes, 0.0f);
+        std::copy(pairs, offset_row + 2 * table.taps, tail);
+        pairs = tail;
+      }
+      const Floats first = Block::load(pairs), second = Block::load(pairs + lanes);
+      const Floats x = base_x + (Block::load(table.grid_x.data() + t) +
+                                 __builtin_shuffle(first, second, even)) * scale;
+      const Floats y = base_y + (Block::load(table.grid_y.data() + t) +
+                                 __builtin_shuffle(first, second, odd)) * scale;
+      // Comparisons with NaN are false: a NaN position reads nothing.
+      const Ints inside = (y > -1.0f) & (y < height) & (x > -1.0f) & (x < width);
+      const Floats zero{};
+      const Floats xs = inside ? x : zero, ys = inside ? y : zero;  // in int range from here on
+      Ints x0 = __builtin_convertvector(xs, Ints), y0 = __builtin_convertvector(ys, Ints);
+      x0 += __builtin_convertvector(x0, Floats) > xs;  // -1 where truncation rounded up
+      y0 += __builtin_convertvector(y0, Floats) > ys;
+      const Ints top = inside & (y0 >= 0), bottom = inside & (y0 + 1 < h);
+      const Ints left = x0 >= 0, right = x0 + 1 < w;
+      const Ints pixel = y0 * w + x0, outside = Ints{} - 1;
+      std::memcpy(reads.data() + t, &inside, sizeof inside);
+      Block::store(lx.data() + t, xs - __builtin_convertvector(x0, Floats));
+      Block::store(ly.data() + t, ys - __builtin_convertvector(y0, Floats));
+      const Ints corners[4] = {(top & left) ? pixel : outside, (top & right) ? pixel + 1 : outside,
+                               (bottom & left) ? pixel + w : outside,
+                               (bottom & right) ? pixel + w + 1 : outside};
+      for (int k = 0; k < 4; ++k) std::memcpy(corner[k].data() + t, &corners[k], sizeof(Ints));
+    }
+  }
+#endif
+};
+
 // ---- the fused mask softmax ---------------------------------------------------------------------
 
 // exp(x) for x <= 0 in blocks of float32 lanes, within 2 ulp of std::exp: x = k ln2 + r with
@@ -291,9 +404,11 @@ void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* 
   const int64_t cg = geo.group_channels;
   const int64_t positions = geo.batch * geo.out_h * geo.out_w;
   const int64_t grain = std::max<int64_t>(1, 16384 / (geo.group * geo.points * cg));
+  const TapTable<scalar_t> table(geo);
 
   at::parallel_for(0, positions, grain, [&](int64_t begin, int64_t end) {
     const std::vector<scalar_t> zeros(cg, scalar_t(0));  // what an outside corner reads
+    PositionPlan<scalar_t> plan(table);
     std::vector<scalar_t> weights(softmax ? geo.group * geo.points : 0);
     std::vector<scalar_t> scratch(softmax ? geo.group * geo.points + 64 / sizeof(scalar_t) : 0);
     for (int64_t pos = begin; pos < end; ++pos) {
@@ -309,19 +424,19 @@ void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* 
       scalar_t* out_row = output + pos * geo.channels;
       std::fill(out_row, out_row + geo.channels, scalar_t(0));
 
-      for (int64_t g = 0; g < geo.group; ++g) {
-        const scalar_t* image_g = image + g * cg;
-        for_each_tap(geo, offset_row, ho, wo, g, [&](int64_t gp, scalar_t x, scalar_t y) {
-          Tap<scalar_t> tap;
-          if (!locate(x, y, geo.height, geo.width, tap)) return;
-          const scalar_t m = mask_row[gp];
-          const scalar_t* v[4];
-          for (int k = 0; k < 4; ++k) {
-            v[k] = tap.corner[k] >= 0 ? image_g + tap.corner[k] * geo.channels : zeros.data();
-          }
-          forward_channels(cg, out_row + g * cg, v[0], v[1], v[2], v[3], tap.hy * tap.hx * m,
-                           tap.hy * tap.lx * m, tap.ly * tap.hx * m, tap.ly * tap.lx * m);
-        });
+      plan.fill(geo, table, offset_row, ho, wo);
+      for (int64_t t = 0; t < table.taps; ++t) {
+        if (!plan.reads[t]) continue;
+        const Tap<scalar_t> tap = plan.tap(t);
+        const scalar_t m = mask_row[t];
+        const scalar_t* v[4];
+        for (int k = 0; k < 4; ++k) {
+          v[k] = tap.corner[k] >= 0 ? image + tap.corner[k] * geo.channels + table.group_offset[t]
+                                    : zeros.data();
+        }
+        forward_channels(cg, out_row + table.group_offset[t], v[0], v[1], v[2], v[3],
+                         tap.hy * tap.hx * m, tap.hy * tap.lx * m, tap.ly * tap.hx * m,
+                         tap.ly * tap.lx * m);
       }
     }
   });
@@ -377,9 +492,11 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
     std::vector<scalar_t> data;
   };
   std::vector<ChunkBuffer> buffers(chunks);
+  const TapTable<scalar_t> table(geo);
 
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     const std::vector<scalar_t> zeros(cg, scalar_t(0));  // what an outside corner reads
+    PositionPlan<scalar_t> plan(table);
     std::vector<scalar_t> discard(4 * cg);  // where an outside corner's gradient goes
     std::vector<scalar_t> weights(softmax ? geo.group * geo.points : 0);
     std::vector<scalar_t> scratch(softmax ? geo.group * geo.points + 64 / sizeof(scalar_t) : 0);
@@ -414,31 +531,30 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
             mask_row = weights.data();
           }
 
-          for (int64_t g = 0; g < geo.group; ++g) {
-            const scalar_t* image_g = image + g * cg;
-            const scalar_t* grad_out = grad_output + pos * geo.channels + g * cg;
-            for_each_tap(geo, offset_row, ho, wo, g, [&](int64_t gp, scalar_t x, scalar_t y) {
-              Tap<scalar_t> tap;
-              if (!locate(x, y, geo.height, geo.width, tap)) {
-                grad_offset_row[2 * gp] = grad_offset_row[2 * gp + 1] = grad_mask_row[gp] = 0;
-                return;
-              }
-              const scalar_t* v[4];
-              scalar_t* gi[4];
-              for (int k = 0; k < 4; ++k) {
-                const bool inside = tap.corner[k] >= 0;
-                v[k] = inside ? image_g + tap.corner[k] * geo.channels : zeros.data();
-                gi[k] = inside ? dest + (image_origin + tap.corner[k]) * geo.channels + g * cg
-                               : discard.data() + k * cg;
-              }
-              const scalar_t m = mask_row[gp];
-              const TapGradient<scalar_t> grad = backward_channels(
-                  cg, grad_out, v[0], v[1], v[2], v[3], gi[0], gi[1], gi[2], gi[3], tap, m);
-              const scalar_t scale = static_cast<scalar_t>(geo.offset_scale);
-              grad_mask_row[gp] = grad.value;
-              grad_offset_row[2 * gp] = grad.dx * m * scale;
-              grad_offset_row[2 * gp + 1] = grad.dy * m * scale;
-            });
+          plan.fill(geo, table, offset_row, ho, wo);
+          for (int64_t t = 0; t < table.taps; ++t) {
+            if (!plan.reads[t]) {
+              grad_offset_row[2 * t] = grad_offset_row[2 * t + 1] = grad_mask_row[t] = 0;
+              continue;
+            }
+            const Tap<scalar_t> tap = plan.tap(t);
+            const int64_t channel = table.group_offset[t];
+            const scalar_t* v[4];
+            scalar_t* gi[4];
+            for (int k = 0; k < 4; ++k) {
+              const bool inside = tap.corner[k] >= 0;
+              v[k] = inside ? image + tap.corner[k] * geo.channels + channel : zeros.data();
+              gi[k] = inside ? dest + (image_origin + tap.corner[k]) * geo.channels + channel
+                             : discard.data() + k * cg;
+            }
+            const scalar_t m = mask_row[t];
+            const TapGradient<scalar_t> grad =
+                backward_channels(cg, grad_output + pos * geo.channels + channel, v[0], v[1], v[2],
+                                  v[3], gi[0], gi[1], gi[2], gi[3], tap, m);
+            const scalar_t scale = static_cast<scalar_t>(geo.offset_scale);
+            grad_mask_row[t] = grad.value;
+            grad_offset_row[2 * t] = grad.dx * m * scale;
+            grad_offset_row[2 * t + 1] = grad.dy * m * scale;
           }
           if (softmax) softmax_groups_backward(mask_row, geo.group, geo.points, grad_mask_row);
         }
