@@ -123,6 +123,39 @@ inline void forward_channels(int64_t cg, scalar_t* out, const scalar_t* v0, cons
   for (; c < cg; ++c) out[c] += w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
 }
 
+// The forward of group g's taps (t in [first, last) of `plan`) summed in `Blocks` vector registers
+// of channels and stored once, for group channels of exactly that many blocks (InternImage's 16
+// float32 channels per group are one AVX-512 block, two AVX2 or four baseline ones). Summing
+// through the output row instead (a load and a store per tap) made the InternImage-T layers'
+// forward 20 to 30% slower. Same additions in the same order as forward_channels.
+template <typename scalar_t, int Blocks, typename Plan>
+inline void forward_group_in_registers(const Plan& plan, int64_t first, int64_t last,
+                                       const scalar_t* mask_row, const scalar_t* image,
+                                       int64_t channels, int64_t group_offset,
+                                       const scalar_t* zeros, scalar_t* out) {
+#if DCNV3_CHANNEL_BLOCKS
+  using Block = ChannelBlock<scalar_t, DCNV3_MAX_BLOCK_BYTES>;
+  typename Block::type sum[Blocks] = {};
+  for (int64_t t = first; t < last; ++t) {
+    if (!plan.reads[t]) continue;
+    const Tap<scalar_t> tap = plan.tap(t);
+    const scalar_t m = mask_row[t];
+    const scalar_t w0 = tap.hy * tap.hx * m, w1 = tap.hy * tap.lx * m;
+    const scalar_t w2 = tap.ly * tap.hx * m, w3 = tap.ly * tap.lx * m;
+    const scalar_t* v[4];
+    for (int k = 0; k < 4; ++k) {
+      v[k] = tap.corner[k] >= 0 ? image + tap.corner[k] * channels + group_offset : zeros;
+    }
+    for (int b = 0; b < Blocks; ++b) {
+      const int64_t c = b * Block::size;
+      sum[b] = sum[b] + w0 * Block::load(v[0] + c) + w1 * Block::load(v[1] + c) +
+               w2 * Block::load(v[2] + c) + w3 * Block::load(v[3] + c);
+    }
+  }
+  for (int b = 0; b < Blocks; ++b) Block::store(out + b * Block::size, sum[b]);
+#endif
+}
+
 // Results of backward_channels: dot products over channels of grad_out with the sampled value and
 // with its derivatives along x and y.
 template <typename scalar_t>
@@ -422,9 +455,31 @@ void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* 
         mask_row = weights.data();
       }
       scalar_t* out_row = output + pos * geo.channels;
-      std::fill(out_row, out_row + geo.channels, scalar_t(0));
-
       plan.fill(geo, table, offset_row, ho, wo);
+#if DCNV3_CHANNEL_BLOCKS
+      constexpr int64_t block = ChannelBlock<scalar_t, DCNV3_MAX_BLOCK_BYTES>::size;
+      if (cg == block || cg == 2 * block || cg == 4 * block) {
+        for (int64_t g = 0; g < geo.group; ++g) {
+          const int64_t first = g * geo.points, last = first + geo.points;
+          const int64_t channel = g * cg;
+          if (cg == block) {
+            forward_group_in_registers<scalar_t, 1>(plan, first, last, mask_row, image,
+                                                    geo.channels, channel, zeros.data(),
+                                                    out_row + channel);
+          } else if (cg == 2 * block) {
+            forward_group_in_registers<scalar_t, 2>(plan, first, last, mask_row, image,
+                                                    geo.channels, channel, zeros.data(),
+                                                    out_row + channel);
+          } else {
+            forward_group_in_registers<scalar_t, 4>(plan, first, last, mask_row, image,
+                                                    geo.channels, channel, zeros.data(),
+                                                    out_row + channel);
+          }
+        }
+        continue;
+      }
+#endif
+      std::fill(out_row, out_row + geo.channels, scalar_t(0));
       for (int64_t t = 0; t < table.taps; ++t) {
         if (!plan.reads[t]) continue;
         const Tap<scalar_t> tap = plan.tap(t);
