@@ -76,17 +76,22 @@ struct ChannelBlock {
   }
   static void store(scalar_t* p, type v) { std::memcpy(p, &v, sizeof v); }
   // Halves added until two lanes are left: a few vector adds instead of a scalar add (and a
-  // shuffle) per lane.
+  // shuffle) per lane. The halves are taken with constant lane shuffles, which keep the value in
+  // registers (copying them out through memory kept the backward's sums on the stack).
   static scalar_t sum(type v) {
     if constexpr (size > 2) {
       using Half = ChannelBlock<scalar_t, Bytes / 2>;
-      typename Half::type low, high;
-      std::memcpy(&low, &v, sizeof low);
-      std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
-      return Half::sum(low + high);
+      return Half::sum(lanes<typename Half::type>(v, std::make_index_sequence<size / 2>{}, 0) +
+                       lanes<typename Half::type>(v, std::make_index_sequence<size / 2>{}, 1));
     } else {
       return size == 2 ? v[0] + v[1] : v[0];
     }
+  }
+  // The low (part 0) or high (part 1) half of v.
+  template <typename HalfType, size_t... I>
+  static HalfType lanes(type v, std::index_sequence<I...>, int part) {
+    return part == 0 ? __builtin_shufflevector(v, v, I...)
+                     : __builtin_shufflevector(v, v, (I + size / 2)...);
   }
 };
 #else
