@@ -87,11 +87,18 @@ struct ChannelBlock {
       return size == 2 ? v[0] + v[1] : v[0];
     }
   }
-  // The low (part 0) or high (part 1) half of v.
+  // The low (part 0) or high (part 1) half of v (GCC before 12 has no __builtin_shufflevector:
+  // there the halves are copied).
   template <typename HalfType, size_t... I>
   static HalfType lanes(type v, std::index_sequence<I...>, int part) {
+#if defined(__clang__) || __GNUC__ >= 12
     return part == 0 ? __builtin_shufflevector(v, v, I...)
                      : __builtin_shufflevector(v, v, (I + size / 2)...);
+#else
+    HalfType half;
+    std::memcpy(&half, reinterpret_cast<const char*>(&v) + part * sizeof half, sizeof half);
+    return half;
+#endif
   }
 };
 #else
