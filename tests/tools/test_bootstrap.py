@@ -51,7 +51,8 @@ def test_user_malloc_tunables_win():
 
 
 @pytest.mark.parametrize('tool', ['train', 'test', 'image_demo', 'benchmark_inference',
-                                  'benchmark_dcnv3'])
+                                  'benchmark_dcnv3', 'deployment/test', 'deployment/benchmark_onnx',
+                                  'deployment/pytorch2onnx'])
 def test_model_tools_make_the_setting(tool):
     with open(f'{ROOT}/tools/{tool}.py') as source:
         main = source.read().split('\ndef main(', 1)[1]

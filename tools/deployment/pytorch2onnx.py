@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
-import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
+import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 
 from mmcv import DictAction  # noqa: E402
 
@@ -123,6 +123,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         run(args)
     except (UsageError, CheckpointError) as error:

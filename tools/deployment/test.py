@@ -10,7 +10,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
-import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
+import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 
 import mmcv  # noqa: E402
 from mmcv import DictAction  # noqa: E402
@@ -99,6 +99,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         run(args)
     except UsageError as error:
