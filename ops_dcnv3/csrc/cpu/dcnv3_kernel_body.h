@@ -314,6 +314,20 @@ struct PositionPlan {
   }
 
 #if DCNV3_CHANNEL_BLOCKS
+  // Lanes Part, Part + 2, Part + 4, ... of the two blocks a and b taken together: the x (Part 0)
+  // or y (Part 1) of a block of (x, y) pairs.
+  template <int Part, size_t... I>
+  static typename ChannelBlock<float, DCNV3_MAX_BLOCK_BYTES>::type every_other(
+      typename ChannelBlock<float, DCNV3_MAX_BLOCK_BYTES>::type a,
+      typename ChannelBlock<float, DCNV3_MAX_BLOCK_BYTES>::type b, std::index_sequence<I...>) {
+#if defined(__clang__) || __GNUC__ >= 12
+    return __builtin_shufflevector(a, b, (2 * I + Part)...);
+#else
+    typedef int32_t Ints __attribute__((vector_size(DCNV3_MAX_BLOCK_BYTES)));
+    return __builtin_shuffle(a, b, Ints{static_cast<int32_t>(2 * I + Part)...});
+#endif
+  }
+
   // fill() for float32, one vector block of taps at a time: the same arithmetic as locate(), with
   // selects for its branches and floor done as truncation corrected downwards.
   void fill_blocks(const Geometry& geo, const TapTable<scalar_t>& table, const float* offset_row,
@@ -322,8 +336,6 @@ struct PositionPlan {
     using Floats = typename Block::type;
     typedef int32_t Ints __attribute__((vector_size(DCNV3_MAX_BLOCK_BYTES)));
     constexpr int64_t lanes = Block::size;
-    Ints even, odd;  // deinterleave (x, y) pairs
-    for (int64_t i = 0; i < lanes; ++i) even[i] = 2 * i, odd[i] = 2 * i + 1;
     const float height = static_cast<float>(geo.height), width = static_cast<float>(geo.width);
     const int32_t h = static_cast<int32_t>(geo.height), w = static_cast<int32_t>(geo.width);
     float tail[2 * lanes];  // the last block's offsets, zero-padded: the row may end mid-block
@@ -335,10 +347,11 @@ struct PositionPlan {
         pairs = tail;
       }
       const Floats first = Block::load(pairs), second = Block::load(pairs + lanes);
+      const auto lane = std::make_index_sequence<lanes>{};
       const Floats x = base_x + (Block::load(table.grid_x.data() + t) +
-                                 __builtin_shuffle(first, second, even)) * scale;
+                                 every_other<0>(first, second, lane)) * scale;
       const Floats y = base_y + (Block::load(table.grid_y.data() + t) +
-                                 __builtin_shuffle(first, second, odd)) * scale;
+                                 every_other<1>(first, second, lane)) * scale;
       // Comparisons with NaN are false: a NaN position reads nothing.
       const Ints inside = (y > -1.0f) & (y < height) & (x > -1.0f) & (x < width);
       const Floats zero{};
