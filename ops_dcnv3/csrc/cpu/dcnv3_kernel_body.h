@@ -139,7 +139,7 @@ inline void forward_channels(int64_t cg, scalar_t* out, const scalar_t* v0, cons
 // of channels and stored once, for group channels of exactly that many blocks (InternImage's 16
 // float32 channels per group are one AVX-512 block, two AVX2 or four baseline ones). Summing
 // through the output row instead (a load and a store per tap) made the InternImage-T layers'
-// forward 20 to 30% slower. Same additions in the same order as forward_channels.
+// forward about 30% slower. Same additions in the same order as forward_channels.
 template <typename scalar_t, int Blocks, typename Plan>
 inline void forward_group_in_registers(const Plan& plan, int64_t first, int64_t last,
                                        const scalar_t* mask_row, const scalar_t* image,
