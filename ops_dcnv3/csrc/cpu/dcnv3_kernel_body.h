@@ -16,6 +16,14 @@ struct Tap {
   scalar_t lx, ly, hx, hy;
 };
 
+// Where corner k of `tap` reads a group's channels: the pixel's element in an image starting at
+// `base`, plus the group's channel offset; `outside` for a corner outside the image.
+template <typename scalar_t, typename T>
+inline T* corner_address(const Tap<scalar_t>& tap, int k, T* base, int64_t channels,
+                         int64_t group_offset, T* outside) {
+  return tap.corner[k] >= 0 ? base + tap.corner[k] * channels + group_offset : outside;
+}
+
 // Fills `tap` and returns true unless the point reads nothing at all (every corner outside the
 // image, or a NaN position).
 template <typename scalar_t>
@@ -135,29 +143,26 @@ inline void forward_channels(int64_t cg, scalar_t* out, const scalar_t* v0, cons
   for (; c < cg; ++c) out[c] += w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
 }
 
-// The forward of group g's taps (t in [first, last) of `plan`) summed in `Blocks` vector registers
-// of channels and stored once, for group channels of exactly that many blocks (InternImage's 16
-// float32 channels per group are one AVX-512 block, two AVX2 or four baseline ones). Summing
-// through the output row instead (a load and a store per tap) made the InternImage-T layers'
-// forward about 30% slower. Same additions in the same order as forward_channels.
+// The forward of one group's taps [first, first + P) of `plan` summed in `Blocks` vector registers
+// of channels and stored once. Summing through the output row instead (a load and a store per
+// tap) made the InternImage-T layers' forward about 30% slower. Same additions in the same order
+// as forward_channels.
 template <typename scalar_t, int Blocks, typename Plan>
-inline void forward_group_in_registers(const Plan& plan, int64_t first, int64_t last,
+inline void forward_group_in_registers(const Plan& plan, int64_t first, int64_t points,
                                        const scalar_t* mask_row, const scalar_t* image,
                                        int64_t channels, int64_t group_offset,
                                        const scalar_t* zeros, scalar_t* out) {
 #if DCNV3_CHANNEL_BLOCKS
   using Block = ChannelBlock<scalar_t, DCNV3_MAX_BLOCK_BYTES>;
   typename Block::type sum[Blocks] = {};
-  for (int64_t t = first; t < last; ++t) {
+  for (int64_t t = first; t < first + points; ++t) {
     if (!plan.reads[t]) continue;
     const Tap<scalar_t> tap = plan.tap(t);
     const scalar_t m = mask_row[t];
     const scalar_t w0 = tap.hy * tap.hx * m, w1 = tap.hy * tap.lx * m;
     const scalar_t w2 = tap.ly * tap.hx * m, w3 = tap.ly * tap.lx * m;
     const scalar_t* v[4];
-    for (int k = 0; k < 4; ++k) {
-      v[k] = tap.corner[k] >= 0 ? image + tap.corner[k] * channels + group_offset : zeros;
-    }
+    for (int k = 0; k < 4; ++k) v[k] = corner_address(tap, k, image, channels, group_offset, zeros);
     for (int b = 0; b < Blocks; ++b) {
       const int64_t c = b * Block::size;
       sum[b] = sum[b] + w0 * Block::load(v[0] + c) + w1 * Block::load(v[1] + c) +
@@ -166,6 +171,31 @@ inline void forward_group_in_registers(const Plan& plan, int64_t first, int64_t 
   }
   for (int b = 0; b < Blocks; ++b) Block::store(out + b * Block::size, sum[b]);
 #endif
+}
+
+// The forward of one output position with every group summed in registers, when a group's
+// channels are 1, 2 or 4 vector blocks (InternImage's 16 float32 channels per group are one
+// AVX-512 block, two AVX2 or four baseline ones). Returns false, having done nothing, otherwise.
+template <typename scalar_t, typename Plan>
+inline bool forward_position_in_registers(const Geometry& geo, const Plan& plan,
+                                          const scalar_t* mask_row, const scalar_t* image,
+                                          const scalar_t* zeros, scalar_t* out_row) {
+#if DCNV3_CHANNEL_BLOCKS
+  constexpr int64_t block = ChannelBlock<scalar_t, DCNV3_MAX_BLOCK_BYTES>::size;
+  const int64_t cg = geo.group_channels;
+  auto each_group = [&](auto blocks) {
+    for (int64_t g = 0; g < geo.group; ++g) {
+      forward_group_in_registers<scalar_t, decltype(blocks)::value>(
+          plan, g * geo.points, geo.points, mask_row, image, geo.channels, g * cg, zeros,
+          out_row + g * cg);
+    }
+    return true;
+  };
+  if (cg == block) return each_group(std::integral_constant<int, 1>{});
+  if (cg == 2 * block) return each_group(std::integral_constant<int, 2>{});
+  if (cg == 4 * block) return each_group(std::integral_constant<int, 4>{});
+#endif
+  return false;
 }
 
 // Results of backward_channels: dot products over channels of grad_out with the sampled value and
@@ -481,29 +511,9 @@ void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* 
       }
       scalar_t* out_row = output + pos * geo.channels;
       plan.fill(geo, table, offset_row, ho, wo);
-#if DCNV3_CHANNEL_BLOCKS
-      constexpr int64_t block = ChannelBlock<scalar_t, DCNV3_MAX_BLOCK_BYTES>::size;
-      if (cg == block || cg == 2 * block || cg == 4 * block) {
-        for (int64_t g = 0; g < geo.group; ++g) {
-          const int64_t first = g * geo.points, last = first + geo.points;
-          const int64_t channel = g * cg;
-          if (cg == block) {
-            forward_group_in_registers<scalar_t, 1>(plan, first, last, mask_row, image,
-                                                    geo.channels, channel, zeros.data(),
-                                                    out_row + channel);
-          } else if (cg == 2 * block) {
-            forward_group_in_registers<scalar_t, 2>(plan, first, last, mask_row, image,
-                                                    geo.channels, channel, zeros.data(),
-                                                    out_row + channel);
-          } else {
-            forward_group_in_registers<scalar_t, 4>(plan, first, last, mask_row, image,
-                                                    geo.channels, channel, zeros.data(),
-                                                    out_row + channel);
-          }
-        }
+      if (forward_position_in_registers(geo, plan, mask_row, image, zeros.data(), out_row)) {
         continue;
       }
-#endif
       std::fill(out_row, out_row + geo.channels, scalar_t(0));
       for (int64_t t = 0; t < table.taps; ++t) {
         if (!plan.reads[t]) continue;
@@ -511,8 +521,7 @@ void forward_kernel(const Geometry& geo, const scalar_t* input, const scalar_t* 
         const scalar_t m = mask_row[t];
         const scalar_t* v[4];
         for (int k = 0; k < 4; ++k) {
-          v[k] = tap.corner[k] >= 0 ? image + tap.corner[k] * geo.channels + table.group_offset[t]
-                                    : zeros.data();
+          v[k] = corner_address(tap, k, image, geo.channels, table.group_offset[t], zeros.data());
         }
         forward_channels(cg, out_row + table.group_offset[t], v[0], v[1], v[2], v[3],
                          tap.hy * tap.hx * m, tap.hy * tap.lx * m, tap.ly * tap.hx * m,
@@ -622,10 +631,11 @@ void backward_kernel(const Geometry& geo, const scalar_t* grad_output, const sca
             const scalar_t* v[4];
             scalar_t* gi[4];
             for (int k = 0; k < 4; ++k) {
-              const bool inside = tap.corner[k] >= 0;
-              v[k] = inside ? image + tap.corner[k] * geo.channels + channel : zeros.data();
-              gi[k] = inside ? dest + (image_origin + tap.corner[k]) * geo.channels + channel
-                             : discard.data() + k * cg;
+              v[k] = corner_address(tap, k, image, geo.channels, channel, zeros.data());
+              // (dest + image_origin * C alone may lie before a chunk's buffer: not a base.)
+              gi[k] = tap.corner[k] >= 0
+                          ? dest + (image_origin + tap.corner[k]) * geo.channels + channel
+                          : discard.data() + k * cg;
             }
             const scalar_t m = mask_row[t];
             const TapGradient<scalar_t> grad =
