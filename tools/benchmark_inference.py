@@ -13,12 +13,21 @@ other sizes, and RoIAlign's adaptive sampling and the mask pasting cost seconds 
 The R-CNN score threshold is lowered to 0, so that each model emits 100 detections and runs the
 mask head on them, as a trained model does on a typical image. Ratios are printed against R50.
 
+--breakdown then profiles --repeats more calls of each, taking turns as above (torch.profiler, self
+CPU time), and splits each into the dense operators (convolutions and matrix products, forward
+and backward) and the rest, medians of each. It prints each InternImage model's floor: its ratio
+to R50 if its other operators took only as long as R50's do, its dense operators as they are.
+The dense operators of both models run near the CPU's GEMM rate (docs/benchmarks.md), so a floor
+above a target means that no change to the other operators alone can meet it.
+
     python tools/benchmark_inference.py                       # T vs R50, CPU, 2 threads
     python tools/benchmark_inference.py --models t s b --device cuda
+    python tools/benchmark_inference.py --breakdown          # and where each model's time goes
 """
 import argparse
 import os
 import os.path as osp
+import statistics
 import sys
 
 import _bootstrap  # (first: repository on sys.path, quiet imports)
@@ -43,6 +52,15 @@ PARTS = ('backbone', 'inference', 'train')
 PART_TITLES = {'backbone': 'backbone+neck', 'inference': 'full inference', 'train': 'training step'}
 # Targets for InternImage-T / R50 (the issue that introduced this tool).
 TARGETS = {'backbone': 1.15, 'inference': 1.0, 'train': 1.2}
+# The operators --breakdown counts as dense: convolutions and matrix products, forward and backward
+# (ops_dcnv3.modules.linear sends the blocks' Linears to oneDNN's _linear_pointwise and
+# mkldnn_linear_backward_weights). Converting operands to oneDNN tensors (aten::to_mkldnn) is not
+# arithmetic, so it counts with the rest.
+DENSE_OPS = frozenset({
+    'aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::_slow_conv2d_forward',
+    'aten::_slow_conv2d_backward', 'aten::slow_conv_transpose2d', 'aten::mm', 'aten::addmm',
+    'aten::bmm', 'aten::baddbmm', 'mkldnn::_linear_pointwise', 'aten::mkldnn_linear',
+    'aten::mkldnn_linear_backward_weights', 'aten::mkldnn_linear_backward_input'})
 
 
 def parse_args(argv=None):
@@ -61,7 +79,13 @@ def parse_args(argv=None):
     parser.add_argument('--check', action='store_true',
                         help='exit with status 1 unless InternImage-T meets the targets '
                              f'(T/R50: {", ".join(f"{PART_TITLES[p]} <= {t:g}" for p, t in TARGETS.items())})')
+    parser.add_argument('--breakdown', action='store_true',
+                        help='also profile --repeats calls of each model and part: dense operators '
+                             '(convolutions, matrix products) against the rest, and the floor '
+                             'ratio (module doc; CPU only)')
     args = parser.parse_args(argv)
+    if args.breakdown and args.device != 'cpu':
+        parser.error('--breakdown splits CPU time; it needs --device cpu')
     if min(args.image_size) < 32 or args.repeats < 1 or args.warmup < 0 or args.train_batch < 1:
         parser.error('--image-size must be at least 32x32, --repeats and --train-batch at least 1, '
                      '--warmup at least 0')
@@ -140,6 +164,40 @@ def part_calls(part, models, image, train_inputs, seed):
     return calls
 
 
+def op_breakdown(fn):
+    """(dense, rest): the self CPU time in ms of one call of fn, in DENSE_OPS and in every other
+    operator."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    dense = rest = 0.0
+    for event in prof.key_averages():
+        if event.key in DENSE_OPS:
+            dense += event.self_cpu_time_total
+        else:
+            rest += event.self_cpu_time_total
+    return dense / 1e3, rest / 1e3
+
+
+def median_breakdowns(calls, repeats):
+    """{name: (dense, rest)}: the medians of ``repeats`` op_breakdown calls of each named call,
+    taking turns within every repeat."""
+    splits = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            splits[name].append(op_breakdown(fn))
+    return {name: (statistics.median(dense for dense, _ in values),
+                   statistics.median(rest for _, rest in values)) for name, values in splits.items()}
+
+
+def print_breakdown(title, splits):
+    """One row per model of ``splits`` ({name: (dense, rest)}), with the floor of each model but
+    R50: its time with R50's non-dense time in place of its own, over R50's time."""
+    r50_dense, r50_rest = splits['r50']
+    for name, (dense, rest) in splits.items():
+        floor = '' if name == 'r50' else f'{(dense + r50_rest) / (r50_dense + r50_rest):>9.2f}x'
+        print(f'{title:<22}{name.upper():>6}{dense + rest:>10.0f}{dense:>10.0f}{rest:>10.0f}{floor}')
+
+
 def _no_grad(fn, *args, **kwargs):
     with torch.no_grad():
         return fn(*args, **kwargs)
@@ -175,7 +233,7 @@ def main(argv=None):
         f'{n.upper() + "/R50":>9}' for n in args.models)
     print(header)
     print('-' * len(header))
-    ratios = {}
+    ratios, splits = {}, {}
     for part in args.parts:
         calls = part_calls(part, models, image, train_inputs, args.seed)
         times = median_ms(calls, device, args.warmup, args.repeats)
@@ -183,7 +241,16 @@ def main(argv=None):
         ratios[part] = {name: times[name] / times['r50'] for name in args.models}
         print(f'{title:<22}' + ''.join(f'{times[n]:>9.0f}ms' for n in names)
               + ''.join(f'{ratios[part][n]:>8.2f}x' for n in args.models), flush=True)
+        if args.breakdown:
+            splits[title] = median_breakdowns(calls, args.repeats)
     print(f'load average after: {os.getloadavg()[0]:.2f}')
+    if args.breakdown:
+        print(f'\nwhere the time goes: torch.profiler self CPU time in ms, medians of {args.repeats} more'
+              '\ncalls each; dense: convolutions and matrix products; floor: T/R50 with R50\'s'
+              '\nnon-dense time in place of T\'s')
+        print(f'{"part":<22}{"model":>6}{"total":>10}{"dense":>10}{"rest":>10}{"floor":>10}')
+        for title, by_model in splits.items():
+            print_breakdown(title, by_model)
 
     if 't' in args.models:
         verdicts = [(part, ratios[part]['t'] <= TARGETS[part]) for part in args.parts]

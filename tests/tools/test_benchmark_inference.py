@@ -21,19 +21,44 @@ def benchmark():
 
 @pytest.mark.slow
 def test_times_all_parts_on_a_small_image():
-    result = run_tool([PYTHON, SCRIPT, '--image-size', '64', '96', '--repeats', '1', '--warmup', '0'])
+    result = run_tool([PYTHON, SCRIPT, '--image-size', '64', '96', '--repeats', '1', '--warmup', '0',
+                       '--breakdown'])
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'image 64x96, training batch 2' in out
     for title in ('backbone+neck', 'full inference', 'training step (2 img)'):
         assert re.search(rf'^{re.escape(title)}\s+\d+ms\s+\d+ms\s+\d+\.\d\dx$', out, re.M), out
+        # --breakdown: total = dense + rest (to rounding) per model, a floor for T only
+        r50 = re.search(rf'^{re.escape(title)}\s+R50\s+(\d+)\s+(\d+)\s+(\d+)$', out, re.M)
+        t = re.search(rf'^{re.escape(title)}\s+T\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x$', out, re.M)
+        assert r50 and t, out
+        for total, dense, rest in (r50.groups(), t.groups()[:3]):
+            assert abs(int(total) - int(dense) - int(rest)) <= 1 and int(dense) > 0, out
     assert 'T/R50 targets: backbone+neck <= 1.15' in out
+
+
+def test_breakdown_separates_dense_operators(benchmark):
+    import torch
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    conv_input, weight = torch.randn(1, 8, 32, 32), torch.randn(8, 8, 3, 3)
+    dense, rest = benchmark.op_breakdown(lambda: (a.mm(b), torch.nn.functional.conv2d(conv_input, weight)))
+    assert dense > 0 and rest >= 0
+    dense, rest = benchmark.op_breakdown(lambda: (a.exp(), a.sigmoid() + b))
+    assert dense == 0 and rest > 0
+
+
+def test_floor_puts_r50s_other_operators_in_place_of_ts(benchmark, capsys):
+    benchmark.print_breakdown('part', {'r50': (800.0, 200.0), 't': (900.0, 400.0)})
+    r50_row, t_row = capsys.readouterr().out.splitlines()
+    assert r50_row.split() == ['part', 'R50', '1000', '800', '200']
+    assert t_row.split() == ['part', 'T', '1300', '900', '400', '1.10x']  # (900 + 200) / 1000
 
 
 @pytest.mark.parametrize('argv, message', [
     (['--image-size', '16', '64'], '--image-size must be at least 32x32'),
     (['--models', 's', '--check'], '--check needs t among --models'),
     (['--models', 'l'], "invalid choice: 'l'"),
+    (['--breakdown', '--device', 'cuda'], '--breakdown splits CPU time; it needs --device cpu'),
 ])
 def test_bad_options_are_named(benchmark, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
