@@ -118,6 +118,34 @@ def without_epoch_transition_sleeps():
 AMP_CHOICES = ('auto', 'float16', 'bfloat16')
 
 
+# Optimizer group settings that choose how the update runs, not what it computes.
+_UPDATE_IMPLEMENTATION = ('foreach', 'fused', 'capturable')
+
+
+@contextlib.contextmanager
+def configured_update_implementation(optimizer: torch.optim.Optimizer):
+    """Keep the optimizer's configured update implementation (``fused``, ``foreach``) across a
+    ``load_state_dict`` in the block, as resuming does.
+
+    ``Optimizer.load_state_dict`` takes every group setting from the checkpoint, so a config's
+    ``fused=True`` would be dropped when resuming a run saved without it. The settings are put back
+    afterwards, and each step counter goes where that update keeps it: float32 on the parameter's
+    device for a fused or capturable update, on the CPU otherwise. The update's values do not
+    depend on any of this.
+    """
+    configured = [{key: group[key] for key in _UPDATE_IMPLEMENTATION if key in group}
+                  for group in optimizer.param_groups]
+    yield
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+        on_device = bool(group.get('fused') or group.get('capturable'))
+        for param in group['params']:
+            step = optimizer.state.get(param, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[param]['step'] = step.to(
+                    device=param.device if on_device else 'cpu', dtype=torch.float32)
+
+
 def set_mixed_precision(cfg, dtype='auto'):
     """Turn on mixed precision in ``cfg`` for ``cfg.device``: float16 or bfloat16 ('auto': float16
     on a CUDA GPU, bfloat16 elsewhere). A setting already in the config of the chosen kind (e.g.
@@ -248,7 +276,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         if cfg.resume_from is None:
             logger.info(f'auto-resume: no checkpoint in {cfg.work_dir}, starting from scratch')
     if cfg.resume_from:
-        runner.resume(cfg.resume_from)
+        with configured_update_implementation(runner.optimizer):
+            runner.resume(cfg.resume_from)
     elif cfg.load_from:
         runner.load_checkpoint(cfg.load_from)
     # Distributed runs keep mmcv's sleeps: the deadlock they dodge was seen there.

@@ -41,7 +41,7 @@ def test_model_and_optimizer_settings(size, schedule):
 
     depths = ref['backbone_config']['depths']
     assert cfg.optimizer == dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05,
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True,
         constructor='CustomLayerDecayOptimizerConstructor',
         paramwise_cfg=dict(num_layers=sum(depths), layer_decay_rate=1.0, depths=depths))
     assert cfg.optimizer_config == dict(grad_clip=None)

@@ -1,4 +1,5 @@
 """CustomLayerDecayOptimizerConstructor: layer ids, lr scales and weight-decay groups."""
+import copy
 import logging
 
 import pytest
@@ -7,6 +8,7 @@ from internimage_testlib import TINY_BACKBONE
 from mmcv.runner import OPTIMIZER_BUILDERS, build_optimizer
 from torch import nn
 
+from mmdet_custom.apis.train import configured_update_implementation
 from mmdet_custom.core.optimizers import CustomLayerDecayOptimizerConstructor, get_layer_id
 from mmdet_custom.models.backbones import InternImage
 
@@ -22,10 +24,10 @@ class ToyDetector(nn.Module):
         self.head = nn.Sequential(nn.Linear(8, 4), nn.LayerNorm(4))
 
 
-def optimizer_for(model, **paramwise):
+def optimizer_for(model, fused=None, **paramwise):
     paramwise = {'num_layers': sum(DEPTHS), 'layer_decay_rate': RATE, 'depths': DEPTHS, **paramwise}
     return build_optimizer(model, dict(type='AdamW', lr=BASE_LR, betas=(0.9, 0.999), weight_decay=WD,
-                                       constructor='CustomLayerDecayOptimizerConstructor',
+                                       fused=fused, constructor='CustomLayerDecayOptimizerConstructor',
                                        paramwise_cfg=paramwise))
 
 
@@ -138,3 +140,35 @@ def test_optimizer_steps():
     sum(o.sum() for o in model.backbone(torch.randn(1, 3, 32, 32))).backward()
     optimizer.step()
     assert not torch.equal(before, model.backbone.levels[0].blocks[0].mlp.fc1.weight)
+
+
+@pytest.mark.parametrize('saved_fused, resumed_fused', [(None, True), (True, None)])
+def test_resume_between_fused_and_unfused_adamw(saved_fused, resumed_fused):
+    """The COCO configs' fused AdamW resumes optimizer states saved without it (checkpoints of
+    earlier runs), and the reverse: the configured update is kept (load_state_dict alone would
+    take the checkpoint's), and it takes the step the uninterrupted run takes."""
+    def loss(model):
+        return sum(o.square().sum() for o in model.backbone(torch.randn(1, 3, 32, 32,
+                                                                        generator=torch.Generator().manual_seed(0))))
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        loss(model).backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    model = ToyDetector()
+    optimizer = optimizer_for(model, fused=saved_fused)
+    step(model, optimizer)
+    saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    step(model, optimizer)  # the uninterrupted run's second step
+
+    resumed = ToyDetector()
+    resumed.load_state_dict(saved_model)
+    resumed_optimizer = optimizer_for(resumed, fused=resumed_fused)
+    with configured_update_implementation(resumed_optimizer):  # as train_detector resumes
+        resumed_optimizer.load_state_dict(saved_optimizer)
+    assert {group['fused'] for group in resumed_optimizer.param_groups} == {resumed_fused}
+    step(resumed, resumed_optimizer)
+    for (name, expected), actual in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)

@@ -15,11 +15,14 @@ model = dict(
     neck=dict(type='FPN', out_channels=256, num_outs=5))
 # AdamW with layer-wise lr decay over the backbone's blocks (rate 1.0: the same lr everywhere,
 # but no weight decay on norms, biases and layer-scale gammas). The size files give the depths.
+# fused: one fused kernel per parameter group instead of a dozen foreach calls per group (torch's
+# GPU default), over 64 groups and 727 tensors for T; same update, other rounding.
 optimizer = dict(
     type='AdamW',
     lr=0.0001,
     betas=(0.9, 0.999),
     weight_decay=0.05,
+    fused=True,
     constructor='CustomLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(layer_decay_rate=1.0))
 optimizer_config = dict(grad_clip=None)
