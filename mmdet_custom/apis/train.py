@@ -5,7 +5,9 @@ Differences from ``mmdet.apis.train_detector``:
   GroupSampler shuffles from the global numpy state instead), and EpochSeedHook re-seeds every
   RNG from (seed, epoch, rank), so a run resumed from an epoch checkpoint replays the remaining
   epochs exactly as an uninterrupted run would;
-- ``auto_resume`` skips a checkpoint left half-written by a killed run;
+- ``auto_resume`` skips a checkpoint left half-written by a killed run, and resuming keeps the
+  config's optimizer update implementation (``fused``), which ``load_state_dict`` alone would take
+  from the checkpoint (``configured_update_implementation``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
   from a server that has mmdet and this plugin imported (``start_worker_server``), so that they
