@@ -12,6 +12,8 @@ all models share, do the same work in each (with random box layers each model wo
 other sizes, and RoIAlign's adaptive sampling and the mask pasting cost seconds more or less).
 The R-CNN score threshold is lowered to 0, so that each model emits 100 detections and runs the
 mask head on them, as a trained model does on a typical image. Ratios are printed against R50.
+R50 is mmdet's config, whose stem and first stage take no gradients (frozen_stages=1), while
+InternImage trains every stage; --r50-frozen-stages -1 times a training step that does the same.
 
 --breakdown then profiles --repeats more calls of each, taking turns as above (torch.profiler, self
 CPU time), and splits each into the dense operators (convolutions and matrix products, forward
@@ -23,6 +25,7 @@ above a target means that no change to the other operators alone can meet it.
     python tools/benchmark_inference.py                       # T vs R50, CPU, 2 threads
     python tools/benchmark_inference.py --models t s b --device cuda
     python tools/benchmark_inference.py --breakdown          # and where each model's time goes
+    python tools/benchmark_inference.py --r50-frozen-stages -1   # R50 trains every stage, as T does
 """
 import argparse
 import os
@@ -79,6 +82,10 @@ def parse_args(argv=None):
     parser.add_argument('--check', action='store_true',
                         help='exit with status 1 unless InternImage-T meets the targets '
                              f'(T/R50: {", ".join(f"{PART_TITLES[p]} <= {t:g}" for p, t in TARGETS.items())})')
+    parser.add_argument('--r50-frozen-stages', type=int, default=1, choices=range(-1, 5),
+                        metavar='{-1,...,4}',
+                        help="R50's frozen_stages: 1 as in mmdet's config (stem and stage 1 take no "
+                             'gradients); -1 trains every stage, as InternImage does')
     parser.add_argument('--breakdown', action='store_true',
                         help='also profile --repeats calls of each model and part: dense operators '
                              '(convolutions, matrix products) against the rest, and the floor '
@@ -94,8 +101,10 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(name, device, seed):
+def build_model(name, device, seed, r50_frozen_stages=1):
     cfg = Config.fromfile(osp.join(_bootstrap.REPO_ROOT, CONFIGS[name]))
+    if name == 'r50':
+        cfg.model.backbone.frozen_stages = r50_frozen_stages
     cfg.model.pretrained = None
     cfg.model.backbone.init_cfg = None  # random weights, no download
     cfg.model.test_cfg.rcnn.score_thr = 0.0  # 100 detections with random weights (module doc)
@@ -214,7 +223,7 @@ def main(argv=None):
     height, width = args.image_size
 
     names = ['r50'] + args.models
-    models = {name: build_model(name, device, args.seed) for name in names}
+    models = {name: build_model(name, device, args.seed, args.r50_frozen_stages) for name in names}
     generator = torch.Generator().manual_seed(args.seed)
     image = torch.randn(1, 3, height, width, generator=generator).to(device)
     train_inputs = dict(
@@ -226,7 +235,8 @@ def main(argv=None):
                    else f'cpu, {torch.get_num_threads()} threads')
     print(f'InternImage ({", ".join(n.upper() for n in args.models)}) vs ResNet-50 Mask R-CNN: '
           f'{device_name}, torch {torch.__version__}, image {height}x{width}, training batch '
-          f'{args.train_batch}, median of {args.repeats} after {args.warmup} warm-up')
+          f'{args.train_batch}, median of {args.repeats} after {args.warmup} warm-up, R50 '
+          f'frozen_stages={args.r50_frozen_stages}')
     print(f'load average before: {os.getloadavg()[0]:.2f} (1 min, {os.cpu_count()} CPUs)', flush=True)
 
     header = f'{"part":<22}' + ''.join(f'{n.upper():>11}' for n in names) + ''.join(

@@ -59,6 +59,7 @@ def test_floor_puts_r50s_other_operators_in_place_of_ts(benchmark, capsys):
     (['--models', 's', '--check'], '--check needs t among --models'),
     (['--models', 'l'], "invalid choice: 'l'"),
     (['--breakdown', '--device', 'cuda'], '--breakdown splits CPU time; it needs --device cpu'),
+    (['--r50-frozen-stages', '5'], "invalid choice: 5"),
 ])
 def test_bad_options_are_named(benchmark, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -77,3 +78,12 @@ def test_synthetic_ground_truth_is_inside_the_image(benchmark):
         assert boxes.shape == (8, 4) and labels.shape == (8,) and masks.masks.shape == (8, 64, 96)
         assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= 96).all() and (boxes[:, 3] <= 64).all()
         assert masks.masks.sum() > 0
+
+
+def test_r50_frozen_stages_option(benchmark):
+    """--r50-frozen-stages -1 trains all of R50 (as InternImage is trained); the default is
+    mmdet's config, whose stem and first stage take no gradients."""
+    def frozen(model):
+        return sorted({name.split('.')[1] for name, p in model.named_parameters() if not p.requires_grad})
+    assert frozen(benchmark.build_model('r50', 'cpu', 0)) == ['bn1', 'conv1', 'layer1']
+    assert frozen(benchmark.build_model('r50', 'cpu', 0, r50_frozen_stages=-1)) == []
