@@ -5,9 +5,11 @@ Every candidate and its baseline run alternately within each repeat, so a change
 """
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, TypeVar
 
 import torch
+
+T = TypeVar('T')
 
 
 def timer(device: str) -> Callable[[Callable[[], object]], float]:
@@ -34,15 +36,22 @@ def median_ms(calls: Dict[str, Callable[[], object]], device: str, warmup: int,
               repeats: int) -> Dict[str, float]:
     """Median time in ms of each named call, after ``warmup`` untimed runs of each; the calls take
     turns within every repeat."""
-    time_one = timer(device)
+    times = take_turns(calls, timer(device), warmup, repeats)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def take_turns(calls: Dict[str, Callable[[], object]], measure: Callable[[Callable[[], object]], T],
+               warmup: int, repeats: int) -> Dict[str, List[T]]:
+    """``repeats`` results of ``measure(fn)`` for each named call, after ``warmup`` unrecorded
+    ones; the calls take turns within every repeat."""
     for fn in calls.values():
         for _ in range(warmup):
-            time_one(fn)
-    times = {name: [] for name in calls}
+            measure(fn)
+    results = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            times[name].append(time_one(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
+            results[name].append(measure(fn))
+    return results
 
 
 def median_graph_ms(calls: Dict[str, Callable[[], object]], warmup: int, repeats: int,

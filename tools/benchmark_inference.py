@@ -42,7 +42,7 @@ from mmdet.core import BitmapMasks  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from _timing import median_ms  # noqa: E402
+from _timing import median_ms, take_turns  # noqa: E402
 from ops_dcnv3.modules.dcnv3 import _DCNv3Base  # noqa: E402
 
 CONFIGS = {
@@ -190,10 +190,7 @@ def op_breakdown(fn):
 def median_breakdowns(calls, repeats):
     """{name: (dense, rest)}: the medians of ``repeats`` op_breakdown calls of each named call,
     taking turns within every repeat."""
-    splits = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            splits[name].append(op_breakdown(fn))
+    splits = take_turns(calls, op_breakdown, warmup=0, repeats=repeats)
     return {name: (statistics.median(dense for dense, _ in values),
                    statistics.median(rest for _, rest in values)) for name, values in splits.items()}
 

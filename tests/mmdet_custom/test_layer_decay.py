@@ -147,9 +147,10 @@ def test_resume_between_fused_and_unfused_adamw(saved_fused, resumed_fused):
     """The COCO configs' fused AdamW resumes optimizer states saved without it (checkpoints of
     earlier runs), and the reverse: the configured update is kept (load_state_dict alone would
     take the checkpoint's), and it takes the step the uninterrupted run takes."""
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
     def loss(model):
-        return sum(o.square().sum() for o in model.backbone(torch.randn(1, 3, 32, 32,
-                                                                        generator=torch.Generator().manual_seed(0))))
+        return sum(o.square().sum() for o in model.backbone(image))
 
     def step(model, optimizer):
         optimizer.zero_grad()
