@@ -1,3 +1,4 @@
+from .hooks import StepPhaseTimerHook
 from .optimizers import CustomLayerDecayOptimizerConstructor
 
-__all__ = ['CustomLayerDecayOptimizerConstructor']
+__all__ = ['CustomLayerDecayOptimizerConstructor', 'StepPhaseTimerHook']

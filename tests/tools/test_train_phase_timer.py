@@ -1,0 +1,64 @@
+"""StepPhaseTimerHook: each training iteration's phases in tools/train.py's log."""
+import json
+import os.path as osp
+
+import pytest
+
+pytest.importorskip('mmdet')
+from mmdet_custom.core.hooks import PHASES  # noqa: E402
+from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
+
+TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
+
+# Runs after every other hook's after_run: records which timed methods are still shadowed by an
+# instance attribute, into work_dir/left_wrapped.json.
+WRAP_PROBE = '''
+import json
+import os.path as osp
+
+from mmcv.runner import HOOKS, Hook, OptimizerHook
+
+
+@HOOKS.register_module()
+class LeftWrappedProbeHook(Hook):
+    def after_run(self, runner):
+        detector = runner.model.module
+        owners = dict(wrapper=runner.model, detector=detector, rpn_head=detector.rpn_head,
+                      roi_head=detector.roi_head, optimizer=runner.optimizer,
+                      optimizer_hook=next(h for h in runner.hooks if isinstance(h, OptimizerHook)))
+        left = sorted(f'{owner}.{name}' for owner, obj in owners.items()
+                      for name in ('train_step', 'extract_feat', 'forward_train', 'step',
+                                   'after_train_iter') if name in vars(obj))
+        with open(osp.join(runner.work_dir, 'left_wrapped.json'), 'w') as f:
+            json.dump(left, f)
+'''
+
+
+@pytest.mark.slow
+def test_every_phase_is_logged_each_iteration_and_fits_in_its_step(tmp_path, tiny_shapes):
+    (tmp_path / 'wrap_probe.py').write_text(WRAP_PROBE)
+    config = write_tiny_config(
+        tmp_path / 'tiny.py', tiny_shapes,
+        extra="custom_imports = dict(imports=['mmdet_custom', 'wrap_probe'])\n"
+              "custom_hooks = [dict(type='NumClassCheckHook'), dict(type='StepPhaseTimerHook'),\n"
+              "                dict(type='LeftWrappedProbeHook', priority='LOWEST')]\n")
+    work = tmp_path / 'work'
+    result = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work), '--seed', '0',
+                       '--no-validate'], env={'PYTHONPATH': f'{tmp_path}:{ROOT}'}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    logs = [json.loads(line) for line in next(work.glob('*.log.json')).read_text().splitlines()]
+    iterations = [entry for entry in logs if entry.get('mode') == 'train']
+    assert len(iterations) == 4  # 8 images, 2 a batch, logged every iteration
+    slack = 2e-4  # the json log rounds to 5 decimals
+    for entry in iterations:
+        times = {key: entry[key] for key in PHASES}  # KeyError: a phase not logged
+        assert all(t >= -slack for t in times.values()), times
+        # The parts of the forward lie inside it, and the step's phases inside the iteration.
+        parts = times['t_backbone_neck'] + times['t_rpn_head'] + times['t_roi_head']
+        assert 0 < parts <= times['t_forward'] + slack, times
+        step = (times['t_to_device'] + times['t_forward'] + times['t_backward']
+                + times['t_optimizer_step'])
+        assert 0 < step <= entry['time'] + slack, (times, entry['time'])
+        assert times['t_backward'] > 0 and times['t_optimizer_step'] > 0, times
+    assert json.loads((work / 'left_wrapped.json').read_text()) == []
