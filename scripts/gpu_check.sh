@@ -17,8 +17,10 @@
 #      (targets: ours >= 1.3x faster than the original kernel, mixed precision >= 1.5x faster
 #      than float32); each run's last iterations run under torch.profiler, whose per-operator
 #      table (GPU time first, and the CPU and GPU totals) goes to the log;
-#   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel) for a few
-#      iterations and tools/test.py --eval bbox segm on the GPU;
+#      every training run logs the host's time in each phase of a step (StepPhaseTimerHook),
+#      and the summary sets them side by side;
+#   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel), resuming the float32
+#      run for one more epoch, and tools/test.py --eval bbox segm on the GPU;
 #   6. prints one summary table last.
 #
 #   bash scripts/gpu_check.sh --prepare   here, before sending the checkout to the GPU machine:
@@ -305,9 +307,13 @@ else
 fi
 
 # --- 5. distributed launcher and evaluation ------------------------------------------------------------
+# The launcher resumes the float32 run for one more epoch: its fused AdamW's state comes back onto
+# the GPU (configured_update_implementation), then trains on through NCCL and mmcv's DDP.
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 step dist-train 150 env PORT="$PORT" bash tools/dist_train.sh "$CONFIG" 1 --work-dir "$WORK/dist" \
-  --no-validate --seed 0 --cfg-options runner.max_epochs=1
+  --no-validate --seed 0 --resume-from "$WORK/float32/latest.pth" \
+  --cfg-options runner.max_epochs=$((EPOCHS + 1)) \
+  && step dist-resumed 30 "${HELPER[@]}" check-resumed --work-dir "$WORK/dist" --from-epoch "$EPOCHS"
 step test-eval 150 "$PY" tools/test.py "$CONFIG" "$WORK/float32/latest.pth" --eval bbox segm \
   --work-dir "$WORK/test"
 

@@ -5,11 +5,13 @@
     python scripts/gpu_check_helper.py check-core-op --config FILE --core-op NAME
     python scripts/gpu_check_helper.py train-speed --name NAME --work-dir DIR --skip N [--until M]
                                             --results FILE
+    python scripts/gpu_check_helper.py check-resumed --work-dir DIR --from-epoch N
     python scripts/gpu_check_helper.py summary --steps FILE --results FILE --logs DIR --mode gpu|dry-run
 """
 import argparse
 import glob
 import json
+import math
 import os.path as osp
 import statistics
 import sys
@@ -26,8 +28,10 @@ CONFIG_TEMPLATE = '''\
 # Written by scripts/gpu_check.sh: the InternImage-T Mask R-CNN COCO config unchanged, except that
 # it trains on the generated shapes dataset (3 classes) from random weights (no network for the
 # ImageNet checkpoint) with 4 loader workers (the GPU machine has 16 cores), logs every iteration
-# and saves one checkpoint at the end.
+# with the host's time in each phase of it (StepPhaseTimerHook; the base's hooks are copied, as
+# mmcv 1.x replaces a list whole) and saves one checkpoint at the end.
 _base_ = {base!r}
+custom_hooks = {base_hooks!r} + [dict(type='StepPhaseTimerHook')]
 classes = {classes!r}
 model = dict(
     backbone=dict(init_cfg=None),
@@ -128,15 +132,17 @@ def _rescaled_pipeline(pipeline, scale):
 def write_config(data, epochs, out, tiny_scale=None, profile=None):
     """The training config, its twin on the original kernel, and with ``profile = (iters,
     warmup, active)`` a profiling twin of each."""
+    from mmcv import Config
+
     from mmdet_custom.datasets.synthetic_shapes import CLASSES
+    base_hooks = _plain(Config.fromfile(T_CONFIG, import_custom_modules=False).get('custom_hooks', []))
     text = CONFIG_TEMPLATE.format(
-        base=T_CONFIG, classes=tuple(CLASSES), num_classes=len(CLASSES), epochs=epochs,
+        base=T_CONFIG, base_hooks=base_hooks, classes=tuple(CLASSES), num_classes=len(CLASSES), epochs=epochs,
         train_ann=osp.join(data, 'annotations', 'instances_train.json'),
         train_img=osp.join(data, 'train') + '/',
         val_ann=osp.join(data, 'annotations', 'instances_val.json'),
         val_img=osp.join(data, 'val') + '/')
     if tiny_scale is not None:
-        from mmcv import Config
         base = Config.fromfile(T_CONFIG)
         scale = tuple(tiny_scale)
         text += TINY_TEMPLATE.format(
@@ -188,16 +194,43 @@ def train_speed(name, work_dir, skip, results, until=None):
         raise SystemExit(f'train-speed: {len(train)} logged iterations in {logs[-1]}, none '
                          f'between the {skip} warm-up iterations and iteration {until}')
     memory = [e['memory'] for e in train if 'memory' in e]
+    # StepPhaseTimerHook's host seconds per phase ('t_...' keys, in step order), where logged.
+    phases = [key for key in timed[0] if key.startswith('t_')]
     result = dict(name=name, s_per_iter=statistics.median(e['time'] for e in timed),
                   data_time=statistics.median(e.get('data_time', 0.0) for e in timed),
                   iters=len(timed), skipped=skip, peak_memory_mb=max(memory) if memory else None,
-                  last_loss=train[-1].get('loss'))
+                  last_loss=train[-1].get('loss'),
+                  phases={key: statistics.median(e[key] for e in timed if key in e)
+                          for key in phases})
     with open(results, 'a') as f:
         f.write(json.dumps(result) + '\n')
     memory_text = f'{result["peak_memory_mb"]} MiB' if memory else 'n/a (no GPU)'
     print(f'train-{name}: {result["s_per_iter"]:.3f} s/iter (median of {len(timed)} after {skip}, '
           f'data {result["data_time"]:.3f} s), peak GPU memory {memory_text}, last loss '
           f'{result["last_loss"]}')
+    if phases:
+        print(f'train-{name}, host time per phase (median): ' + ', '.join(
+            f'{key[2:]} {seconds * 1e3:.1f} ms' for key, seconds in result['phases'].items()))
+
+
+def check_resumed(work_dir, from_epoch):
+    """A run resumed from epoch ``from_epoch``'s checkpoint trained the epochs after it only,
+    with finite losses (a resume that silently started over would log epoch 1 again)."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
+    if not logs:
+        raise SystemExit(f'check-resumed: no *.log.json in {work_dir}')
+    with open(logs[-1]) as f:
+        train = [e for e in (json.loads(line) for line in f if line.strip())
+                 if e.get('mode') == 'train']
+    epochs = sorted({e['epoch'] for e in train})
+    losses = [e.get('loss') for e in train]
+    if not train or epochs[0] != from_epoch + 1:
+        raise SystemExit(f'check-resumed: {logs[-1]} trained epochs {epochs}, expected the ones '
+                         f'after epoch {from_epoch}')
+    if not all(isinstance(loss, (int, float)) and math.isfinite(loss) for loss in losses):
+        raise SystemExit(f'check-resumed: losses not all finite: {losses}')
+    print(f'check-resumed: epochs {epochs} after epoch {from_epoch}, {len(train)} iterations, '
+          f'losses {losses[0]:.4f} .. {losses[-1]:.4f}')
 
 
 def _table(header, rows):
@@ -235,6 +268,14 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
                        f'{r["peak_memory_mb"]} MiB' if r['peak_memory_mb'] is not None else 'n/a']
                       for r in runs.values()]))
         print(PUBLISHED)
+        phased = [r for r in runs.values() if r.get('phases')]
+        if phased:
+            keys = list(dict.fromkeys(key for r in phased for key in r['phases']))
+            print('\nHost time per phase, ms (median; StepPhaseTimerHook: wall clock, no '
+                  'synchronisation added,\nso a phase that waits for the GPU includes the wait):')
+            print(_table(['phase'] + [r['name'] for r in phased],
+                         [[key[2:]] + [f'{r["phases"][key] * 1e3:.1f}' if key in r['phases']
+                                       else 'n/a' for r in phased] for key in keys]))
     missed = []
     rows = []
     for label, slower, faster, target in TARGETS:
@@ -283,6 +324,10 @@ def main(argv=None):
     speed.add_argument('--skip', type=int, default=10, help='warm-up iterations left out')
     speed.add_argument('--until', type=int, help='first iteration left out at the end')
     speed.add_argument('--results', required=True, help='JSON-lines file to append to')
+    resumed = commands.add_parser('check-resumed', help='check that a run resumed where it should')
+    resumed.add_argument('--work-dir', required=True)
+    resumed.add_argument('--from-epoch', type=int, required=True,
+                         help='the epoch of the checkpoint it resumed from')
     table = commands.add_parser('summary', help='print the summary table; exit 1 on a failure')
     table.add_argument('--steps', required=True)
     table.add_argument('--results', required=True)
@@ -296,6 +341,8 @@ def main(argv=None):
         check_core_op(args.config, args.core_op)
     elif args.command == 'train-speed':
         train_speed(args.name, args.work_dir, args.skip, args.results, args.until)
+    elif args.command == 'check-resumed':
+        check_resumed(args.work_dir, args.from_epoch)
     else:
         return summary(args.steps, args.results, args.logs, args.mode, args.elapsed)
     return 0

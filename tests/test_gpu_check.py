@@ -24,13 +24,16 @@ def _load_helper():
 helper = _load_helper()
 
 
-def _write_train_log(work_dir, times, memory=None):
+def _write_train_log(work_dir, times, memory=None, epoch=1, losses=None):
     work_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(dict(env_info='...', seed=0))]
     for i, t in enumerate(times):
-        entry = dict(mode='train', epoch=1, iter=i + 1, time=t, data_time=0.01, loss=1.0)
+        entry = dict(mode='train', epoch=epoch, iter=i + 1, time=t, data_time=0.01,
+                     loss=1.0 if losses is None else losses[i])
         if memory is not None:
             entry['memory'] = memory + i
+        # StepPhaseTimerHook's keys: the forward a third of the step, the backward half.
+        entry.update(t_forward=t / 3, t_backward=t / 2)
         lines.append(json.dumps(entry))
     (work_dir / '20260101_000000.log.json').write_text('\n'.join(lines) + '\n')
 
@@ -42,6 +45,30 @@ def test_train_speed_is_the_median_after_the_warm_up(tmp_path):
     result = json.loads(results.read_text())
     assert result['s_per_iter'] == pytest.approx(0.4)  # median of the last five
     assert result['iters'] == 5 and result['peak_memory_mb'] == 1006
+
+
+def test_train_speed_takes_each_phase_median_in_step_order(tmp_path, capsys):
+    _write_train_log(tmp_path / 'run', [5.0, 0.3, 0.6, 0.9], memory=1000)
+    results = tmp_path / 'results.jsonl'
+    helper.train_speed('float32', str(tmp_path / 'run'), skip=1, results=str(results))
+    phases = json.loads(results.read_text())['phases']
+    assert list(phases) == ['t_forward', 't_backward']
+    assert phases['t_forward'] == pytest.approx(0.2) and phases['t_backward'] == pytest.approx(0.3)
+    assert 'host time per phase (median): forward 200.0 ms, backward 300.0 ms' in capsys.readouterr().out
+
+
+def test_check_resumed_wants_the_epochs_after_the_checkpoint_and_finite_losses(tmp_path, capsys):
+    _write_train_log(tmp_path / 'resumed', [0.3, 0.3], epoch=6, losses=[1.5, 1.25])
+    helper.check_resumed(str(tmp_path / 'resumed'), from_epoch=5)
+    assert 'epochs [6] after epoch 5, 2 iterations, losses 1.5000 .. 1.2500' in capsys.readouterr().out
+    _write_train_log(tmp_path / 'restarted', [0.3, 0.3], epoch=1)
+    with pytest.raises(SystemExit, match=r'trained epochs \[1\], expected the ones after epoch 5'):
+        helper.check_resumed(str(tmp_path / 'restarted'), from_epoch=5)
+    _write_train_log(tmp_path / 'diverged', [0.3, 0.3], epoch=6, losses=[1.0, float('nan')])
+    with pytest.raises(SystemExit, match='losses not all finite'):
+        helper.check_resumed(str(tmp_path / 'diverged'), from_epoch=5)
+    with pytest.raises(SystemExit, match='no \\*.log.json'):
+        helper.check_resumed(str(tmp_path / 'missing'), from_epoch=5)
 
 
 def test_train_speed_leaves_out_the_profiled_iterations(tmp_path):
@@ -61,11 +88,12 @@ def test_train_speed_needs_iterations_past_the_warm_up(tmp_path):
                            until=1)
 
 
-def _summary(tmp_path, steps, runs, mode):
+def _summary(tmp_path, steps, runs, mode, phases=None):
     (tmp_path / 'steps.tsv').write_text(''.join(f'{n}\t{s}\t1\n' for n, s in steps))
     (tmp_path / 'results.jsonl').write_text(''.join(
         json.dumps(dict(name=n, s_per_iter=t, data_time=0.0, iters=30, skipped=10,
-                        peak_memory_mb=None)) + '\n' for n, t in runs.items()))
+                        peak_memory_mb=None, phases=(phases or {}).get(n, {}))) + '\n'
+        for n, t in runs.items()))
     return helper.summary(str(tmp_path / 'steps.tsv'), str(tmp_path / 'results.jsonl'),
                           str(tmp_path), mode, 1)
 
@@ -76,6 +104,17 @@ def test_summary_passes_when_steps_pass_and_targets_are_met(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '1.40x' in out and '1.67x' in out and 'MISSED' not in out
     assert out.rstrip().endswith('gpu_check: passed')
+
+
+def test_summary_sets_the_runs_phases_side_by_side(tmp_path, capsys):
+    runs = dict(float32=0.30, amp=0.18, original=0.42)
+    phases = dict(float32=dict(t_forward=0.1, t_backward=0.15),
+                  amp=dict(t_forward=0.05, t_backward=0.08, t_optimizer_step=0.01))
+    assert _summary(tmp_path, [('train-float32', 'passed')], runs, 'gpu', phases) == 0
+    table = capsys.readouterr().out.split('Host time per phase')[1].splitlines()
+    assert [line.split() for line in table[2:3] + table[4:7]] == [
+        ['phase', 'float32', 'amp'], ['forward', '100.0', '50.0'], ['backward', '150.0', '80.0'],
+        ['optimizer_step', 'n/a', '10.0']]
 
 
 def test_summary_fails_on_a_missed_target_on_the_gpu_only(tmp_path, capsys):
@@ -146,12 +185,19 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
     assert result.returncode == 0, summary + result.stdout[-3000:]
     assert summary.rstrip().endswith('gpu_check: passed')
     for step in ('cuda-tests', 'benchmark-float32', 'benchmark-bfloat16', 'dataset', 'config',
-                 'original-core-op', 'train-float32', 'train-amp', 'dist-train', 'test-eval'):
+                 'original-core-op', 'train-float32', 'train-amp', 'dist-train', 'dist-resumed',
+                 'test-eval'):
         assert any(line.split()[:2] == [step, 'passed'] for line in summary.splitlines()), (step, summary)
     for step in ('build-dcnv3', 'build-original', 'train-original'):
         assert any(line.startswith(step) and 'skipped' in line for line in summary.splitlines())
     log = (tmp_path / 'gpu_check.log').read_text()
     assert 'bbox_mAP' in log and 'segm_mAP' in log  # the COCO evaluation ran
+    # Each run's host time per phase, side by side.
+    table = summary.split('Host time per phase')[1].splitlines()
+    assert table[2].split() == ['phase', 'float32', 'amp']
+    assert [line.split()[0] for line in table[4:11]] == [
+        'to_device', 'backbone_neck', 'rpn_head', 'roi_head', 'forward', 'backward',
+        'optimizer_step']
     # The extension built in place was not rebuilt under other processes.
     assert {path: path.stat().st_mtime_ns for path in built} == before
 
@@ -192,6 +238,7 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     cfg = mmcv.Config.fromfile(str(out))
     assert cfg.model.backbone.type == 'InternImage' and cfg.model.backbone.channels == 64
     assert cfg.model.backbone.init_cfg is None  # no network on the GPU machine
+    assert [hook['type'] for hook in cfg.custom_hooks] == ['NumClassCheckHook', 'StepPhaseTimerHook']
     assert cfg.model.roi_head.bbox_head.num_classes == cfg.model.roi_head.mask_head.num_classes == 3
     assert cfg.data.samples_per_gpu == 2 and cfg.runner.max_epochs == 5
     for split in ('train', 'val', 'test'):
@@ -218,7 +265,7 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
         profiled = mmcv.Config.fromfile(helper.profile_config_path(config),
                                         import_custom_modules=False)
         hooks = {hook['type']: hook for hook in profiled.custom_hooks}
-        assert set(hooks) == {'NumClassCheckHook', 'ProfilerHook'}
+        assert set(hooks) == {'NumClassCheckHook', 'StepPhaseTimerHook', 'ProfilerHook'}
         assert hooks['ProfilerHook']['profile_iters'] == 40
         assert hooks['ProfilerHook']['schedule'] == dict(wait=34, warmup=2, active=4)
         assert ('cuda' in hooks['ProfilerHook']['activities']) == (tiny is None)
