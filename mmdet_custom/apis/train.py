@@ -16,7 +16,8 @@ Differences from ``mmdet.apis.train_detector``:
   the 1 s after the last), see ``without_epoch_transition_sleeps``;
 - mixed precision comes in two forms, each checked against the device before training starts:
   ``fp16 = dict(...)`` (mmcv's way: float16 autocast of the whole detector and loss scaling
-  through Fp16OptimizerHook, CUDA only) and ``bf16 = dict()`` (bfloat16 autocast of the backbone
+  through mmcv's Fp16OptimizerHook, as SyncFreeFp16OptimizerHook, which does not wait for the
+  GPU after each iteration; CUDA only) and ``bf16 = dict()`` (bfloat16 autocast of the backbone
   and neck, where the DCNv3 ops are, no loss scaling; CPU, and GPUs that support bfloat16).
   ``tools/train.py --amp`` sets one of them.
 """
@@ -32,14 +33,14 @@ import torch
 
 import mmcv.runner.epoch_based_runner
 from mmcv.parallel import collate
-from mmcv.runner import (EpochBasedRunner, Fp16OptimizerHook, OptimizerHook, build_runner,
-                         get_dist_info)
+from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor
 from mmdet.datasets.samplers import DistributedGroupSampler
 from mmdet.utils import compat_cfg, get_root_logger
 from torch.utils.data import DataLoader
 
+from ..core.hooks import SyncFreeFp16OptimizerHook
 from .checkpoint import find_resumable_checkpoint
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
@@ -211,7 +212,8 @@ def _autocast_feature_extraction(detector, device_type, dtype):
 def _optimizer_hook_config(cfg, distributed):
     fp16_cfg = cfg.get('fp16', None)
     if fp16_cfg is not None:
-        return Fp16OptimizerHook(**cfg.optimizer_config, **fp16_cfg, distributed=distributed)
+        return SyncFreeFp16OptimizerHook(**cfg.optimizer_config, **fp16_cfg,
+                                         distributed=distributed)
     if distributed and 'type' not in cfg.optimizer_config:
         return OptimizerHook(**cfg.optimizer_config)
     return cfg.optimizer_config
@@ -247,7 +249,7 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     precision = check_mixed_precision(cfg)
     if precision == 'float16':
         logger.info(f'mixed precision: float16 autocast, loss scale '
-                    f'{cfg.fp16.get("loss_scale", 512.0)} (Fp16OptimizerHook)')
+                    f'{cfg.fp16.get("loss_scale", 512.0)} (SyncFreeFp16OptimizerHook)')
     elif precision == 'bfloat16':
         logger.info('mixed precision: bfloat16 autocast in the backbone and neck, no loss scaling')
     if precision == 'bfloat16':

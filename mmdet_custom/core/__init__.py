@@ -1,4 +1,5 @@
-from .hooks import StepPhaseTimerHook
+from .hooks import StepPhaseTimerHook, SyncFreeFp16OptimizerHook
 from .optimizers import CustomLayerDecayOptimizerConstructor
 
-__all__ = ['CustomLayerDecayOptimizerConstructor', 'StepPhaseTimerHook']
+__all__ = ['CustomLayerDecayOptimizerConstructor', 'StepPhaseTimerHook',
+           'SyncFreeFp16OptimizerHook']

@@ -124,3 +124,12 @@ def test_train_tool_amp_on_cpu_trains_dcnv3_in_bfloat16(tmp_path, tiny_shapes):
     logs = [json.loads(line) for line in next(work.glob('*.log.json')).read_text().splitlines()]
     losses = [entry['loss'] for entry in logs if entry.get('mode') == 'train']
     assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.filterwarnings('ignore:.*GradScaler')  # mmcv's CUDA scaler, built without CUDA
+def test_fp16_trains_through_the_hook_that_does_not_wait_for_the_gpu_each_iteration():
+    from mmdet_custom.apis.train import _optimizer_hook_config
+    from mmdet_custom.core.hooks import SyncFreeFp16OptimizerHook
+    cfg = _cfg('cuda', fp16=dict(loss_scale='dynamic'), optimizer_config=dict(grad_clip=None))
+    hook = _optimizer_hook_config(cfg, distributed=False)
+    assert type(hook) is SyncFreeFp16OptimizerHook and hook.grad_clip is None

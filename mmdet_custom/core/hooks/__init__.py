@@ -1,3 +1,4 @@
+from .fp16_optimizer import SyncFreeFp16OptimizerHook
 from .step_phase_timer import PHASES, StepPhaseTimerHook
 
-__all__ = ['PHASES', 'StepPhaseTimerHook']
+__all__ = ['PHASES', 'StepPhaseTimerHook', 'SyncFreeFp16OptimizerHook']

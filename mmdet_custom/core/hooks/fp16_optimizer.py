@@ -1,0 +1,56 @@
+"""mmcv's float16 optimizer hook without its per-iteration wait for the GPU.
+
+mmcv 1.7's ``Fp16OptimizerHook`` copies the loss scaler's state into ``runner.meta`` after every
+iteration, so that checkpoints carry it. ``GradScaler.state_dict()`` reads the scale and the growth
+counter back to the CPU (``.item()``), so each iteration ends waiting for all the GPU work issued
+so far. Without that wait the CPU goes on to the next batch and its forward while the GPU finishes
+the backward and the update, which is what a host-paced step needs (docs/benchmarks.md, GPU
+session 13: float16 trained slower than float32). The state is only needed when a checkpoint is
+written, so it is copied then.
+"""
+from mmcv.runner import HOOKS, Fp16OptimizerHook
+
+
+@HOOKS.register_module()
+class SyncFreeFp16OptimizerHook(Fp16OptimizerHook):
+    """``Fp16OptimizerHook`` (dynamic or static loss scaling through torch's GradScaler) whose
+    iterations add no CPU-GPU synchronisation: the scaler's state goes into ``runner.meta`` right
+    before each ``runner.save_checkpoint``, whoever calls it, instead of after every iteration.
+
+    The update is mmcv's, step for step. torch's ``GradScaler.step`` itself still waits for the
+    GPU (to skip a step whose gradients overflowed) unless the optimizer applies the scale and the
+    skip on the GPU itself, as ``fused=True`` AdamW does (the COCO configs' setting).
+    """
+
+    def before_run(self, runner) -> None:
+        super().before_run(runner)  # marks the model fp16-enabled, restores a resumed scaler
+        save_checkpoint = runner.save_checkpoint
+
+        def save_with_scaler_state(*args, **kwargs):
+            self._record_scaler_state(runner)
+            return save_checkpoint(*args, **kwargs)
+
+        runner.save_checkpoint = save_with_scaler_state  # an instance attribute, removed after_run
+        self._runner_patched = runner
+
+    def after_run(self, runner) -> None:
+        if getattr(self, '_runner_patched', None) is runner:
+            del runner.__dict__['save_checkpoint']
+            self._runner_patched = None
+
+    def _record_scaler_state(self, runner) -> None:
+        runner.meta.setdefault('fp16', {})['loss_scaler'] = self.loss_scaler.state_dict()
+
+    def after_train_iter(self, runner) -> None:
+        # mmcv's Fp16OptimizerHook.after_train_iter without its closing copy of the scaler state.
+        runner.model.zero_grad()
+        runner.optimizer.zero_grad()
+        self.loss_scaler.scale(runner.outputs['loss']).backward()
+        self.loss_scaler.unscale_(runner.optimizer)
+        if self.grad_clip is not None:
+            grad_norm = self.clip_grads(runner.model.parameters())
+            if grad_norm is not None:
+                runner.log_buffer.update({'grad_norm': float(grad_norm)},
+                                         runner.outputs['num_samples'])
+        self.loss_scaler.step(runner.optimizer)
+        self.loss_scaler.update(self._scale_update_param)
