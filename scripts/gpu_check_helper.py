@@ -28,8 +28,9 @@ CONFIG_TEMPLATE = '''\
 # Written by scripts/gpu_check.sh: the InternImage-T Mask R-CNN COCO config unchanged, except that
 # it trains on the generated shapes dataset (3 classes) from random weights (no network for the
 # ImageNet checkpoint) with 4 loader workers (the GPU machine has 16 cores), logs every iteration
-# with the host's time in each phase of it (StepPhaseTimerHook; the base's hooks are copied, as
-# mmcv 1.x replaces a list whole) and saves one checkpoint at the end.
+# (through SyncFreeTextLoggerHook: mmcv's logger would wait for the GPU at each one) with the
+# host's time in each phase of it (StepPhaseTimerHook; the base's hooks are copied, as mmcv 1.x
+# replaces a list whole) and saves one checkpoint at the end.
 _base_ = {base!r}
 custom_hooks = {base_hooks!r} + [dict(type='StepPhaseTimerHook')]
 classes = {classes!r}
@@ -43,7 +44,7 @@ data = dict(
     test=dict(ann_file={val_ann!r}, img_prefix={val_img!r}, classes=classes))
 runner = dict(max_epochs={epochs})
 checkpoint_config = dict(interval={epochs})
-log_config = dict(interval=1)
+log_config = dict(interval=1, hooks=[dict(type='SyncFreeTextLoggerHook')])
 '''
 
 # The dry run's CPU-sized version: images trained and tested at their own tiny scale (not

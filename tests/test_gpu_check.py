@@ -239,6 +239,7 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     assert cfg.model.backbone.type == 'InternImage' and cfg.model.backbone.channels == 64
     assert cfg.model.backbone.init_cfg is None  # no network on the GPU machine
     assert [hook['type'] for hook in cfg.custom_hooks] == ['NumClassCheckHook', 'StepPhaseTimerHook']
+    assert cfg.log_config == dict(interval=1, hooks=[dict(type='SyncFreeTextLoggerHook')])
     assert cfg.model.roi_head.bbox_head.num_classes == cfg.model.roi_head.mask_head.num_classes == 3
     assert cfg.data.samples_per_gpu == 2 and cfg.runner.max_epochs == 5
     for split in ('train', 'val', 'test'):

@@ -1,4 +1,5 @@
 from .fp16_optimizer import SyncFreeFp16OptimizerHook
 from .step_phase_timer import PHASES, StepPhaseTimerHook
+from .text_logger import SyncFreeTextLoggerHook
 
-__all__ = ['PHASES', 'StepPhaseTimerHook', 'SyncFreeFp16OptimizerHook']
+__all__ = ['PHASES', 'StepPhaseTimerHook', 'SyncFreeFp16OptimizerHook', 'SyncFreeTextLoggerHook']
