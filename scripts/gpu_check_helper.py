@@ -96,11 +96,16 @@ def profile_config_path(config):
     return osp.splitext(config)[0] + '_profile.py'
 
 
-def write_profile_config(base, iters, warmup, active, cuda):
+def _custom_hooks(config):
+    """``config``'s custom_hooks as config text can write them (a config that adds one must
+    repeat them: mmcv 1.x replaces a list whole)."""
     from mmcv import Config
-    base_hooks = _plain(Config.fromfile(base, import_custom_modules=False).get('custom_hooks', []))
+    return _plain(Config.fromfile(config, import_custom_modules=False).get('custom_hooks', []))
+
+
+def write_profile_config(base, iters, warmup, active, cuda):
     text = PROFILE_TEMPLATE.format(
-        base=osp.abspath(base), base_hooks=base_hooks, profiled=warmup + active, warmup=warmup,
+        base=osp.abspath(base), base_hooks=_custom_hooks(base), profiled=warmup + active, warmup=warmup,
         active=active,
         iters=iters, wait=iters - warmup - active,
         activities=['cpu', 'cuda'] if cuda else ['cpu'],
@@ -133,17 +138,16 @@ def _rescaled_pipeline(pipeline, scale):
 def write_config(data, epochs, out, tiny_scale=None, profile=None):
     """The training config, its twin on the original kernel, and with ``profile = (iters,
     warmup, active)`` a profiling twin of each."""
-    from mmcv import Config
-
     from mmdet_custom.datasets.synthetic_shapes import CLASSES
-    base_hooks = _plain(Config.fromfile(T_CONFIG, import_custom_modules=False).get('custom_hooks', []))
     text = CONFIG_TEMPLATE.format(
-        base=T_CONFIG, base_hooks=base_hooks, classes=tuple(CLASSES), num_classes=len(CLASSES), epochs=epochs,
+        base=T_CONFIG, base_hooks=_custom_hooks(T_CONFIG), classes=tuple(CLASSES),
+        num_classes=len(CLASSES), epochs=epochs,
         train_ann=osp.join(data, 'annotations', 'instances_train.json'),
         train_img=osp.join(data, 'train') + '/',
         val_ann=osp.join(data, 'annotations', 'instances_val.json'),
         val_img=osp.join(data, 'val') + '/')
     if tiny_scale is not None:
+        from mmcv import Config
         base = Config.fromfile(T_CONFIG)
         scale = tuple(tiny_scale)
         text += TINY_TEMPLATE.format(

@@ -54,13 +54,15 @@ def test_train_speed_takes_each_phase_median_in_step_order(tmp_path, capsys):
     phases = json.loads(results.read_text())['phases']
     assert list(phases) == ['t_forward', 't_backward']
     assert phases['t_forward'] == pytest.approx(0.2) and phases['t_backward'] == pytest.approx(0.3)
-    assert 'host time per phase (median): forward 200.0 ms, backward 300.0 ms' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'host time per phase (median): forward 200.0 ms, backward 300.0 ms' in out
 
 
 def test_check_resumed_wants_the_epochs_after_the_checkpoint_and_finite_losses(tmp_path, capsys):
     _write_train_log(tmp_path / 'resumed', [0.3, 0.3], epoch=6, losses=[1.5, 1.25])
     helper.check_resumed(str(tmp_path / 'resumed'), from_epoch=5)
-    assert 'epochs [6] after epoch 5, 2 iterations, losses 1.5000 .. 1.2500' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'epochs [6] after epoch 5, 2 iterations, losses 1.5000 .. 1.2500' in out
     _write_train_log(tmp_path / 'restarted', [0.3, 0.3], epoch=1)
     with pytest.raises(SystemExit, match=r'trained epochs \[1\], expected the ones after epoch 5'):
         helper.check_resumed(str(tmp_path / 'restarted'), from_epoch=5)
@@ -238,7 +240,8 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
     cfg = mmcv.Config.fromfile(str(out))
     assert cfg.model.backbone.type == 'InternImage' and cfg.model.backbone.channels == 64
     assert cfg.model.backbone.init_cfg is None  # no network on the GPU machine
-    assert [hook['type'] for hook in cfg.custom_hooks] == ['NumClassCheckHook', 'StepPhaseTimerHook']
+    hooks = [hook['type'] for hook in cfg.custom_hooks]
+    assert hooks == ['NumClassCheckHook', 'StepPhaseTimerHook']
     assert cfg.log_config == dict(interval=1, hooks=[dict(type='SyncFreeTextLoggerHook')])
     assert cfg.model.roi_head.bbox_head.num_classes == cfg.model.roi_head.mask_head.num_classes == 3
     assert cfg.data.samples_per_gpu == 2 and cfg.runner.max_epochs == 5

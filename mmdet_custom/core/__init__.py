@@ -1,5 +1,5 @@
-from .hooks import StepPhaseTimerHook, SyncFreeFp16OptimizerHook
+from .hooks import StepPhaseTimerHook, SyncFreeFp16OptimizerHook, SyncFreeTextLoggerHook
 from .optimizers import CustomLayerDecayOptimizerConstructor
 
 __all__ = ['CustomLayerDecayOptimizerConstructor', 'StepPhaseTimerHook',
-           'SyncFreeFp16OptimizerHook']
+           'SyncFreeFp16OptimizerHook', 'SyncFreeTextLoggerHook']
