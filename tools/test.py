@@ -17,25 +17,23 @@ import _bootstrap  # (first: repository on sys.path, quiet imports)
 import mmcv  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from mmcv import Config, DictAction  # noqa: E402
+from mmcv import DictAction  # noqa: E402
 from mmcv.cnn import fuse_conv_bn  # noqa: E402
 from mmcv.runner import get_dist_info, wrap_fp16_model  # noqa: E402
 from mmdet.apis import single_gpu_test  # noqa: E402
 from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
-from mmdet.utils import compat_cfg, get_device, update_data_root  # noqa: E402
+from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
+from _usage import UsageError, read_config  # noqa: E402
 
 
 EVAL_HOOK_ONLY_KEYS = ('interval', 'tmpdir', 'start', 'gpu_collect', 'save_best', 'rule',
                        'dynamic_intervals', 'by_epoch', 'broadcast_bn_buffer')
 
-
-class UsageError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
 
 
 def parse_args(argv=None):
@@ -79,16 +77,7 @@ def parse_args(argv=None):
 
 
 def load_config(path, cfg_options):
-    if not osp.isfile(path):
-        raise UsageError(f'config file not found: {path}')
-    try:
-        cfg = Config.fromfile(path)
-    except Exception as error:
-        raise UsageError(f'cannot read config {path}: {type(error).__name__}: {error}') from None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    cfg = compat_cfg(cfg)
-    update_data_root(cfg)
+    cfg = compat_cfg(read_config(path, cfg_options))
     if 'model' not in cfg or 'data' not in cfg or 'test' not in cfg.data:
         raise UsageError(f'config {path} has no model or no data.test: not a detector test config')
     # Weights come from the checkpoint: skip downloading pretrained backbones.

@@ -2,6 +2,11 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--auto-resume] [--seed 0] [--amp] ...
     bash tools/dist_train.sh CONFIG NUM_PROCESSES [same options]
+
+A missing or unreadable config, missing training (or validation) data, a pretrained checkpoint
+that cannot be fetched or read, and a checkpoint to resume from that is missing or does not load
+end the run with one line naming the problem and exit status 1. The data is checked before the
+model is built, so that a run does not first download weights it cannot use.
 """
 import argparse
 import copy
@@ -16,19 +21,26 @@ import mmcv  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from mmcv import Config, DictAction  # noqa: E402
+from mmcv import DictAction  # noqa: E402
 from mmcv.runner import get_dist_info  # noqa: E402
 from mmcv.utils import get_git_hash  # noqa: E402
 from mmdet import __version__ as mmdet_version  # noqa: E402
 from mmdet.apis import init_random_seed, set_random_seed  # noqa: E402
 from mmdet.datasets import build_dataset  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
-from mmdet.utils import collect_env, get_device, get_root_logger, update_data_root  # noqa: E402
+from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
-from mmdet_custom.apis import (AMP_CHOICES, check_mixed_precision, init_distributed,  # noqa: E402
-                               set_mixed_precision, start_worker_server, train_detector,
-                               train_loader_config)
+from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precision,  # noqa: E402
+                               init_distributed, set_mixed_precision, start_worker_server,
+                               train_detector, train_loader_config)
+from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
+from _usage import UsageError, builder_error, read_config  # noqa: E402
+
+DATA_HINT = ('put the dataset there, or point the config elsewhere, e.g. --cfg-options '
+             '{split}.ann_file=FILE {split}.img_prefix=FOLDER')
+PRETRAINED_HINT = ('to use a local copy: --cfg-options model.backbone.init_cfg.checkpoint=FILE; '
+                   'to start from random weights: --cfg-options model.backbone.init_cfg=None')
 
 
 def parse_args(argv=None):
@@ -74,16 +86,60 @@ def setup_multiprocessing(cfg):
     cv2.setNumThreads(cfg.get('opencv_num_threads', 0))
 
 
+def dataset_files(dataset):
+    """The (annotation file, image folder) pairs a dataset config reads, through mmdet's dataset
+    wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root`` applied as mmdet's
+    CustomDataset applies it."""
+    if isinstance(dataset, (list, tuple)):
+        for item in dataset:
+            yield from dataset_files(item)
+        return
+    if 'dataset' in dataset or 'datasets' in dataset:
+        yield from dataset_files(dataset.get('dataset') or dataset.get('datasets'))
+        return
+    root = dataset.get('data_root')
+
+    def rooted(path):
+        return osp.join(root, path) if root and path and not osp.isabs(path) else path
+    ann_files = dataset.get('ann_file')
+    ann_files = list(ann_files) if isinstance(ann_files, (list, tuple)) else [ann_files]
+    for ann_file in ann_files:
+        yield rooted(ann_file), rooted(dataset.get('img_prefix'))
+
+
+def check_training_data(cfg, validate):
+    """Raise UsageError naming the first annotation file or image folder that is not there."""
+    splits = [('data.train', cfg.data.train)] + ([('data.val', cfg.data.val)] if validate else [])
+    for split, dataset in splits:
+        for ann_file, img_prefix in dataset_files(dataset):
+            if ann_file and not osp.isfile(ann_file):
+                raise UsageError(f'{split}: annotation file not found: {ann_file} '
+                                 f'({DATA_HINT.format(split=split)})')
+            if img_prefix and not osp.isdir(img_prefix):
+                raise UsageError(f'{split}: image folder not found: {img_prefix} '
+                                 f'({DATA_HINT.format(split=split)})')
+
+
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    update_data_root(cfg)
+    try:
+        train(args)
+    except (UsageError, CheckpointError) as error:
+        raise SystemExit(f'tools/train.py: error: {error}') from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args):
+    cfg = read_config(args.config, args.cfg_options)
+    check_training_data(cfg, validate=not args.no_validate)
+    if args.resume_from is not None and not osp.isfile(args.resume_from):
+        raise UsageError(f'--resume-from: checkpoint not found: {args.resume_from}')
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+            raise UsageError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     setup_multiprocessing(cfg)
     # Now, so that a forkserver's imports overlap the model and dataset builds.
@@ -103,7 +159,7 @@ def main(argv=None):
         else:
             check_mixed_precision(cfg)
     except ValueError as exc:
-        raise SystemExit(f'error: {exc}')
+        raise UsageError(str(exc)) from None
 
     distributed = args.launcher != 'none'
     if distributed:
@@ -144,9 +200,15 @@ def main(argv=None):
     meta['exp_name'] = osp.basename(args.config)
 
     model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
-    model.init_weights()
+    try:
+        model.init_weights()
+    except (FileNotFoundError, PretrainedCheckpointError) as error:
+        raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
 
-    datasets = [build_dataset(cfg.data.train)]
+    try:
+        datasets = [build_dataset(cfg.data.train)]
+    except Exception as error:  # an unreadable annotation file, a dataset type it does not fit
+        raise UsageError(f'data.train: cannot load the dataset: {builder_error(error)}') from None
     if len(cfg.workflow) == 2:
         val_dataset = copy.deepcopy(cfg.data.val)
         val_dataset.pipeline = cfg.data.train.pipeline
@@ -156,12 +218,8 @@ def main(argv=None):
         cfg.checkpoint_config.meta = dict(
             mmdet_version=mmdet_version + get_git_hash()[:7], CLASSES=datasets[0].CLASSES)
     model.CLASSES = datasets[0].CLASSES
-    try:
-        train_detector(model, datasets, cfg, distributed=distributed,
-                       validate=not args.no_validate, timestamp=timestamp, meta=meta)
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    train_detector(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
+                   timestamp=timestamp, meta=meta)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,8 @@ import zipfile
 
 import torch
 
+from ..utils import error_summary
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message says which."""
@@ -19,10 +21,8 @@ def read_checkpoint(path, map_location='cpu'):
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
-        # The first sentence names the failure; torch appends generic advice after it.
-        reason = str(error).strip().split('. ')[0] or type(error).__name__
-        raise CheckpointError(
-            f'cannot read checkpoint {path} (truncated or not a PyTorch checkpoint?): {reason}') from None
+        raise CheckpointError(f'cannot read checkpoint {path} (truncated or not a PyTorch '
+                              f'checkpoint?): {error_summary(error)}') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights')
     return checkpoint

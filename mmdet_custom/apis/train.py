@@ -41,7 +41,8 @@ from mmdet.utils import compat_cfg, get_root_logger
 from torch.utils.data import DataLoader
 
 from ..core.hooks import SyncFreeFp16OptimizerHook
-from .checkpoint import find_resumable_checkpoint
+from ..utils import error_summary
+from .checkpoint import CheckpointError, find_resumable_checkpoint
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
 from .test import DistEvalHookAnyDevice
@@ -280,8 +281,12 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         if cfg.resume_from is None:
             logger.info(f'auto-resume: no checkpoint in {cfg.work_dir}, starting from scratch')
     if cfg.resume_from:
-        with configured_update_implementation(runner.optimizer):
-            runner.resume(cfg.resume_from)
+        try:
+            with configured_update_implementation(runner.optimizer):
+                runner.resume(cfg.resume_from)
+        except Exception as error:  # unreadable, or of another model or optimizer
+            raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
+                                  f'{type(error).__name__}: {error_summary(error)}') from error
     elif cfg.load_from:
         runner.load_checkpoint(cfg.load_from)
     # Distributed runs keep mmcv's sleeps: the deadlock they dodge was seen there.

@@ -7,7 +7,7 @@ from internimage_testlib import TINY_BACKBONE, load_reference_json, load_referen
 
 from mmdet.models import build_backbone
 from mmdet.models.builder import BACKBONES
-from mmdet_custom.models.backbones import InternImage
+from mmdet_custom.models.backbones import InternImage, PretrainedCheckpointError
 
 
 def tiny(**overrides):
@@ -288,7 +288,7 @@ def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):
         tiny(init_cfg=dict(type='Pretrained', checkpoint=str(missing))).init_weights()
     corrupt = tmp_path / 'corrupt.pth'
     corrupt.write_bytes(b'this is not a checkpoint')
-    with pytest.raises(RuntimeError, match=str(corrupt)):
+    with pytest.raises(PretrainedCheckpointError, match=str(corrupt)):
         tiny(init_cfg=dict(type='Pretrained', checkpoint=str(corrupt))).init_weights()
 
 

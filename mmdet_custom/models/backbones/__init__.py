@@ -1,3 +1,3 @@
-from .intern_image import InternImage
+from .intern_image import InternImage, PretrainedCheckpointError
 
-__all__ = ['InternImage']
+__all__ = ['InternImage', 'PretrainedCheckpointError']

@@ -24,7 +24,13 @@ from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
 from ops_dcnv3.modules.dcnv3 import build_activation, build_norm
 from ops_dcnv3.modules.linear import linear
 
-__all__ = ['InternImage']
+from ...utils import error_summary
+
+__all__ = ['InternImage', 'PretrainedCheckpointError']
+
+class PretrainedCheckpointError(RuntimeError):
+    """The pretrained checkpoint named by ``init_cfg`` could not be fetched or read."""
+
 
 # core_op names as the original configs spell them.
 CORE_OPS = {'DCNv3': DCNv3, 'DCNv3_pytorch': DCNv3_pytorch}
@@ -383,7 +389,8 @@ class InternImage(BaseModule):
         try:
             ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
         except Exception as exc:
-            raise RuntimeError(f'InternImage: could not load pretrained checkpoint {path}: {exc}') from exc
+            raise PretrainedCheckpointError(
+                f'InternImage: could not load pretrained checkpoint {path}: {error_summary(exc)}') from exc
         state_dict = _backbone_state_dict(ckpt, path)
 
         own_keys = set(self.state_dict().keys())
@@ -404,7 +411,8 @@ class InternImage(BaseModule):
 def _backbone_state_dict(ckpt, path: str) -> Dict[str, torch.Tensor]:
     """The tensors of a checkpoint with wrapper prefixes removed."""
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f'InternImage: checkpoint {path} holds a {type(ckpt).__name__}, not a dict')
+        raise PretrainedCheckpointError(
+            f'InternImage: checkpoint {path} holds a {type(ckpt).__name__}, not a dict')
     for container in ('state_dict', 'model'):
         if isinstance(ckpt.get(container), dict):
             ckpt = ckpt[container]

@@ -1,0 +1,88 @@
+"""tools/train.py refuses bad input with one clear line and a non-zero exit status, and checks
+the data before it builds the model (and downloads pretrained weights)."""
+import os.path as osp
+import shutil
+
+import pytest
+
+pytest.importorskip('mmdet')
+from tools_testlib import PYTHON, ROOT, load_script, run_tool, write_tiny_config  # noqa: E402
+
+TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
+
+
+@pytest.fixture(scope='module')
+def train_tool():
+    return load_script('tools/train.py', 'train_tool')
+
+
+def _refused(train_tool, *args):
+    """The message of the one-line error main() ends with."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main(list(args))
+    message = str(exit_info.value)
+    assert message.startswith('tools/train.py: error: ') and '\n' not in message, message
+    return message
+
+
+def test_missing_config(train_tool):
+    assert 'config file not found: configs/no/such.py' in _refused(train_tool, 'configs/no/such.py')
+
+
+def test_missing_annotation_file_and_image_folder_are_named(train_tool, tmp_path, tiny_shapes):
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_shapes, data)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    (data / 'annotations' / 'instances_val.json').unlink()
+    message = _refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
+    assert f'data.val: annotation file not found: {data}/annotations/instances_val.json' in message
+    assert '--cfg-options data.val.ann_file=FILE' in message
+    # Without validation the validation data is not needed; the training images are.
+    shutil.rmtree(data / 'train')
+    message = _refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert f'data.train: image folder not found: {data}/train/' in message
+
+
+def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
+    message = _refused(train_tool, tiny_config, '--resume-from', str(tmp_path / 'epoch_9.pth'),
+                       '--work-dir', str(tmp_path / 'work'))
+    assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
+
+
+def _run_refused(config, *args):
+    result = run_tool([PYTHON, TRAIN_TOOL, config, '--no-validate', *args], timeout=300)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if 'tools/train.py: error: ' in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_unreadable_annotation_file(tmp_path, tiny_config):
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"images": [')
+    message = _run_refused(tiny_config, '--work-dir', str(tmp_path / 'work'),
+                           '--cfg-options', f'data.train.ann_file={broken}')
+    assert 'data.train: cannot load the dataset: JSONDecodeError: ' in message
+
+
+@pytest.mark.slow
+def test_unreadable_pretrained_checkpoint_says_how_to_do_without(tmp_path, tiny_shapes):
+    corrupt = tmp_path / 'imagenet.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    config = write_tiny_config(
+        tmp_path / 'tiny.py', tiny_shapes,
+        extra=f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint='{corrupt}')\n")
+    message = _run_refused(config, '--work-dir', str(tmp_path / 'work'))
+    assert f'could not load pretrained checkpoint {corrupt}' in message
+    assert 'model.backbone.init_cfg.checkpoint=FILE' in message
+    assert 'model.backbone.init_cfg=None' in message
+
+
+@pytest.mark.slow
+def test_resuming_from_a_corrupt_checkpoint(tmp_path, tiny_config):
+    corrupt = tmp_path / 'epoch_1.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    message = _run_refused(tiny_config, '--work-dir', str(tmp_path / 'work'),
+                           '--resume-from', str(corrupt))
+    assert f'cannot resume from {corrupt}: ' in message
