@@ -86,16 +86,27 @@ def setup_multiprocessing(cfg):
     cv2.setNumThreads(cfg.get('opencv_num_threads', 0))
 
 
+def _on_local_disk(dataset):
+    """Whether a dataset config reads its annotations and images from this machine's files
+    (not through a storage backend such as petrel, which mmdet reaches via file_client_args)."""
+    clients = [dataset.get('file_client_args')] + [
+        transform.get('file_client_args') for transform in dataset.get('pipeline', [])
+        if isinstance(transform, dict)]
+    return all(client is None or client.get('backend', 'disk') == 'disk' for client in clients)
+
+
 def dataset_files(dataset):
-    """The (annotation file, image folder) pairs a dataset config reads, through mmdet's dataset
-    wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root`` applied as mmdet's
-    CustomDataset applies it."""
+    """The (annotation file, image folder) pairs a dataset config reads from local disk, through
+    mmdet's dataset wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root``
+    applied as mmdet's CustomDataset applies it."""
     if isinstance(dataset, (list, tuple)):
         for item in dataset:
             yield from dataset_files(item)
         return
     if 'dataset' in dataset or 'datasets' in dataset:
         yield from dataset_files(dataset.get('dataset') or dataset.get('datasets'))
+        return
+    if not _on_local_disk(dataset):
         return
     root = dataset.get('data_root')
 
@@ -112,10 +123,10 @@ def check_training_data(cfg, validate):
     splits = [('data.train', cfg.data.train)] + ([('data.val', cfg.data.val)] if validate else [])
     for split, dataset in splits:
         for ann_file, img_prefix in dataset_files(dataset):
-            if ann_file and not osp.isfile(ann_file):
+            if ann_file and '://' not in ann_file and not osp.isfile(ann_file):
                 raise UsageError(f'{split}: annotation file not found: {ann_file} '
                                  f'({DATA_HINT.format(split=split)})')
-            if img_prefix and not osp.isdir(img_prefix):
+            if img_prefix and '://' not in img_prefix and not osp.isdir(img_prefix):
                 raise UsageError(f'{split}: image folder not found: {img_prefix} '
                                  f'({DATA_HINT.format(split=split)})')
 

@@ -86,3 +86,17 @@ def test_resuming_from_a_corrupt_checkpoint(tmp_path, tiny_config):
     message = _run_refused(tiny_config, '--work-dir', str(tmp_path / 'work'),
                            '--resume-from', str(corrupt))
     assert f'cannot resume from {corrupt}: ' in message
+
+
+def test_data_read_through_a_storage_backend_is_not_looked_for_on_disk(train_tool):
+    from mmcv import ConfigDict
+    local = ConfigDict(ann_file='a.json', img_prefix='images/', pipeline=[
+        dict(type='LoadImageFromFile')])
+    remote = ConfigDict(ann_file='a.json', img_prefix='images/', pipeline=[
+        dict(type='LoadImageFromFile', file_client_args=dict(backend='petrel'))])
+    wrapped = ConfigDict(type='RepeatDataset', times=2, dataset=dict(
+        ann_file=['a.json', 'b.json'], img_prefix='images/', data_root='/data'))
+    assert list(train_tool.dataset_files(local)) == [('a.json', 'images/')]
+    assert list(train_tool.dataset_files(remote)) == []
+    assert list(train_tool.dataset_files(wrapped)) == [('/data/a.json', '/data/images/'),
+                                                       ('/data/b.json', '/data/images/')]
