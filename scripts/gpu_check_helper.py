@@ -259,6 +259,9 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
     # A step the time budget left out did not pass either.
     failed = [name for name, status, _ in steps
               if status.startswith('FAILED') or 'time budget' in status]
+    # A run that diverged (a NaN or infinite loss) trained, but not correctly.
+    failed += [f'train-{r["name"]} (last loss {r.get("last_loss")})' for r in runs.values()
+               if not (isinstance(r.get('last_loss'), (int, float)) and math.isfinite(r['last_loss']))]
     print(f'\n===== gpu_check summary ({mode}, {elapsed} s) =====')
     print(_table(['step', 'status', 'seconds'], steps))
     for name, status, _ in steps:

@@ -90,11 +90,12 @@ def test_train_speed_needs_iterations_past_the_warm_up(tmp_path):
                            until=1)
 
 
-def _summary(tmp_path, steps, runs, mode, phases=None):
+def _summary(tmp_path, steps, runs, mode, phases=None, losses=None):
     (tmp_path / 'steps.tsv').write_text(''.join(f'{n}\t{s}\t1\n' for n, s in steps))
     (tmp_path / 'results.jsonl').write_text(''.join(
         json.dumps(dict(name=n, s_per_iter=t, data_time=0.0, iters=30, skipped=10,
-                        peak_memory_mb=None, phases=(phases or {}).get(n, {}))) + '\n'
+                        peak_memory_mb=None, last_loss=(losses or {}).get(n, 1.0),
+                        phases=(phases or {}).get(n, {}))) + '\n'
         for n, t in runs.items()))
     return helper.summary(str(tmp_path / 'steps.tsv'), str(tmp_path / 'results.jsonl'),
                           str(tmp_path), mode, 1)
@@ -124,6 +125,13 @@ def test_summary_fails_on_a_missed_target_on_the_gpu_only(tmp_path, capsys):
     assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'gpu') == 1
     assert 'targets missed: mixed precision vs float32' in capsys.readouterr().out
     assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'dry-run') == 0
+
+
+def test_summary_fails_on_a_run_whose_loss_is_not_finite(tmp_path, capsys):
+    runs = dict(float32=0.30, amp=0.18, original=0.42)
+    assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'gpu',
+                    losses=dict(amp=float('nan'))) == 1
+    assert 'failed steps: train-amp (last loss nan)' in capsys.readouterr().out
 
 
 def test_summary_fails_on_a_failed_step(tmp_path, capsys):
