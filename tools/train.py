@@ -218,7 +218,8 @@ def train(args):
 
     try:
         datasets = [build_dataset(cfg.data.train)]
-    except Exception as error:  # an unreadable annotation file, a dataset type it does not fit
+    # An unreadable or incomplete annotation file, settings the dataset type does not take.
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
         raise UsageError(f'data.train: cannot load the dataset: {builder_error(error)}') from None
     if len(cfg.workflow) == 2:
         val_dataset = copy.deepcopy(cfg.data.val)

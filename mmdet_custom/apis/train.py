@@ -25,6 +25,7 @@ import contextlib
 import functools
 import multiprocessing
 import multiprocessing.forkserver
+import pickle
 import types
 from functools import partial
 from typing import Sequence
@@ -284,7 +285,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         try:
             with configured_update_implementation(runner.optimizer):
                 runner.resume(cfg.resume_from)
-        except Exception as error:  # unreadable, or of another model or optimizer
+        # Unreadable (torch raises several types for damaged files), or of another model or
+        # optimizer.
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError,
+                pickle.UnpicklingError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
     elif cfg.load_from:
