@@ -15,13 +15,14 @@ import argparse
 import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 
 import torch  # noqa: E402
-from mmcv import Config, DictAction  # noqa: E402
+from mmcv import DictAction  # noqa: E402
 from mmcv.cnn import get_model_complexity_info  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 from mmdet.models.detectors import TwoStageDetector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch  # noqa: E402
+from _usage import UsageError, read_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -106,9 +107,10 @@ def count_complexity(cfg, height, width, per_layer=False):
 def main(argv=None):
     args = parse_args(argv)
     height, width = (args.shape * 2)[:2]
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    try:
+        cfg = read_config(args.config, args.cfg_options)
+    except UsageError as error:
+        raise SystemExit(f'tools/get_flops.py: error: {error}') from None
     flops, dcn_flops, params = count_complexity(cfg, height, width, args.per_layer)
     line = '=' * 40
     print(f'{line}\nConfig: {args.config}\nInput shape: (3, {height}, {width})\n'

@@ -21,11 +21,11 @@ from mmdet.apis import inference_detector  # noqa: E402
 from mmdet.core import get_classes  # noqa: E402
 from mmdet.datasets import replace_ImageToTensor  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
-from mmdet.utils import update_data_root  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
+from _usage import UsageError, read_config  # noqa: E402
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -206,14 +206,12 @@ def compose(panels):
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
-    for path, what in ((args.img, 'image'), (args.config, 'config file')):
-        if not osp.isfile(path):
-            raise SystemExit(f'tools/image_demo.py: error: {what} not found: {path}')
-    cfg = mmcv.Config.fromfile(args.config)
-    update_data_root(cfg)
     try:
+        if not osp.isfile(args.img):
+            raise UsageError(f'image not found: {args.img}')
+        cfg = read_config(args.config)
         model = build_for_inference(cfg, args.checkpoint, args.device)
-    except CheckpointError as error:
+    except (UsageError, CheckpointError) as error:
         raise SystemExit(f'tools/image_demo.py: error: {error}') from None
     image = mmcv.imread(args.img, channel_order='rgb')
     result = inference_detector(model, args.img)

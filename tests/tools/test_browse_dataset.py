@@ -15,3 +15,14 @@ import browse_dataset  # noqa: E402
 def test_draws_the_requested_number_of_images(tmp_path, tiny_config, split):
     browse_dataset.main([tiny_config, '--output-dir', str(tmp_path), '--num', '2', '--split', split])
     assert sorted(p.name for p in tmp_path.glob('*.png')) == ['000000.png', '000001.png']
+
+
+def test_a_missing_config_or_annotation_file_is_one_line(tmp_path, tiny_config):
+    with pytest.raises(SystemExit, match='^tools/browse_dataset.py: error: config file not found: '
+                                         'configs/no/such.py$'):
+        browse_dataset.main(['configs/no/such.py', '--output-dir', str(tmp_path)])
+    missing = tmp_path / 'instances_train.json'
+    with pytest.raises(SystemExit, match=r'^tools/browse_dataset.py: error: data.train: cannot '
+                                         r'load the dataset: FileNotFoundError: .*instances_train'):
+        browse_dataset.main([tiny_config, '--output-dir', str(tmp_path),
+                             '--cfg-options', f'data.train.ann_file={missing}'])

@@ -44,3 +44,9 @@ def test_published_figures(size, capsys):
     published_flops, published_params = PUBLISHED[size]
     assert params == published_params
     assert abs(flops - published_flops) / published_flops < 0.02, f'{flops / 1e9:.1f}G'
+
+
+def test_a_missing_config_is_one_line():
+    with pytest.raises(SystemExit, match='^tools/get_flops.py: error: config file not found: '
+                                         'configs/no/such.py$'):
+        get_flops.main(['configs/no/such.py'])
