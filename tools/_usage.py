@@ -1,8 +1,11 @@
 """What the command-line tools share to report bad input in one line: ``UsageError``, which their
-``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1, and reading a config file."""
+``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1 (``one_line_errors``), reading
+a config file, and building a dataset."""
+import contextlib
 import os.path as osp
 
 from mmcv import Config
+from mmdet.datasets import build_dataset
 from mmdet.utils import update_data_root
 
 from mmdet_custom.utils import error_summary
@@ -10,6 +13,16 @@ from mmdet_custom.utils import error_summary
 
 class UsageError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+@contextlib.contextmanager
+def one_line_errors(prog, *error_types):
+    """End the program with ``PROG: error: MESSAGE`` and exit status 1 when the block raises a
+    UsageError or one of ``error_types`` (e.g. CheckpointError): no traceback."""
+    try:
+        yield
+    except (UsageError, *error_types) as error:
+        raise SystemExit(f'{prog}: error: {error}') from None
 
 
 def builder_error(error):
@@ -20,6 +33,16 @@ def builder_error(error):
     if isinstance(error, TypeError) and error.__context__ is not None:
         error = error.__context__
     return f'{type(error).__name__}: {error_summary(error)}'
+
+
+def load_dataset(dataset_cfg, name):
+    """``build_dataset(dataset_cfg)``, with the errors of an unreadable or incomplete annotation
+    file, or of settings the dataset type does not take, as a UsageError naming ``name``
+    (e.g. 'data.train')."""
+    try:
+        return build_dataset(dataset_cfg)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
+        raise UsageError(f'{name}: cannot load the dataset: {builder_error(error)}') from None
 
 
 def read_config(path, cfg_options=None):

@@ -11,10 +11,9 @@ import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 import mmcv  # noqa: E402
 from mmcv import DictAction  # noqa: E402
 from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
-from mmdet.datasets import build_dataset  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from _usage import UsageError, builder_error, read_config  # noqa: E402
+from _usage import load_dataset, one_line_errors, read_config  # noqa: E402
 
 # Steps that turn the annotated image into tensors; drawing needs the arrays before them.
 TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
@@ -34,20 +33,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with one_line_errors('tools/browse_dataset.py'):
         cfg = read_config(args.config, args.cfg_options)
-    except UsageError as error:
-        raise SystemExit(f'tools/browse_dataset.py: error: {error}') from None
-    data_cfg = cfg.data[args.split]
-    if args.split != 'train':
-        data_cfg.pipeline = cfg.data.train.pipeline
-        data_cfg.test_mode = False
-    data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
-    try:
-        dataset = build_dataset(data_cfg)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
-        raise SystemExit(f'tools/browse_dataset.py: error: data.{args.split}: cannot load the '
-                         f'dataset: {builder_error(error)}') from None
+        data_cfg = cfg.data[args.split]
+        if args.split != 'train':
+            data_cfg.pipeline = cfg.data.train.pipeline
+            data_cfg.test_mode = False
+        data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
+        dataset = load_dataset(data_cfg, f'data.{args.split}')
     mmcv.mkdir_or_exist(args.output_dir)
     progress = mmcv.ProgressBar(min(args.num, len(dataset)))
     for index in range(min(args.num, len(dataset))):

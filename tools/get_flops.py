@@ -22,7 +22,7 @@ from mmdet.models.detectors import TwoStageDetector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch  # noqa: E402
-from _usage import UsageError, read_config  # noqa: E402
+from _usage import one_line_errors, read_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -107,10 +107,8 @@ def count_complexity(cfg, height, width, per_layer=False):
 def main(argv=None):
     args = parse_args(argv)
     height, width = (args.shape * 2)[:2]
-    try:
+    with one_line_errors('tools/get_flops.py'):
         cfg = read_config(args.config, args.cfg_options)
-    except UsageError as error:
-        raise SystemExit(f'tools/get_flops.py: error: {error}') from None
     flops, dcn_flops, params = count_complexity(cfg, height, width, args.per_layer)
     line = '=' * 40
     print(f'{line}\nConfig: {args.config}\nInput shape: (3, {height}, {width})\n'

@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import UsageError, read_config  # noqa: E402
+from _usage import UsageError, one_line_errors, read_config  # noqa: E402
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -206,13 +206,11 @@ def compose(panels):
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
-    try:
+    with one_line_errors('tools/image_demo.py', CheckpointError):
         if not osp.isfile(args.img):
             raise UsageError(f'image not found: {args.img}')
         cfg = read_config(args.config)
         model = build_for_inference(cfg, args.checkpoint, args.device)
-    except (UsageError, CheckpointError) as error:
-        raise SystemExit(f'tools/image_demo.py: error: {error}') from None
     image = mmcv.imread(args.img, channel_order='rgb')
     result = inference_detector(model, args.img)
     predicted = predicted_instances(result, model.CLASSES, args.score_thr)

@@ -28,12 +28,11 @@ from mmdet.utils import compat_cfg, get_device  # noqa: E402
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
-from _usage import UsageError, read_config  # noqa: E402
+from _usage import UsageError, one_line_errors, read_config  # noqa: E402
 
 
 EVAL_HOOK_ONLY_KEYS = ('interval', 'tmpdir', 'start', 'gpu_collect', 'save_best', 'rule',
                        'dynamic_intervals', 'by_epoch', 'broadcast_bn_buffer')
-
 
 
 def parse_args(argv=None):
@@ -167,9 +166,8 @@ def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
-        run(args)
-    except (UsageError, CheckpointError) as error:
-        raise SystemExit(f'tools/test.py: error: {error}') from None
+        with one_line_errors('tools/test.py', CheckpointError):
+            run(args)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -35,7 +35,7 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precisi
                                init_distributed, set_mixed_precision, start_worker_server,
                                train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
-from _usage import UsageError, builder_error, read_config  # noqa: E402
+from _usage import UsageError, load_dataset, one_line_errors, read_config  # noqa: E402
 
 DATA_HINT = ('put the dataset there, or point the config elsewhere, e.g. --cfg-options '
              '{split}.ann_file=FILE {split}.img_prefix=FOLDER')
@@ -98,7 +98,7 @@ def _on_local_disk(dataset):
 def dataset_files(dataset):
     """The (annotation file, image folder) pairs a dataset config reads from local disk, through
     mmdet's dataset wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root``
-    applied as mmdet's CustomDataset applies it."""
+    applied as mmdet's CustomDataset applies it; None for one it does not set or names by URI."""
     if isinstance(dataset, (list, tuple)):
         for item in dataset:
             yield from dataset_files(item)
@@ -110,12 +110,14 @@ def dataset_files(dataset):
         return
     root = dataset.get('data_root')
 
-    def rooted(path):
-        return osp.join(root, path) if root and path and not osp.isabs(path) else path
+    def local(path):
+        if not path or '://' in path:
+            return None
+        return osp.join(root, path) if root and not osp.isabs(path) else path
     ann_files = dataset.get('ann_file')
     ann_files = list(ann_files) if isinstance(ann_files, (list, tuple)) else [ann_files]
     for ann_file in ann_files:
-        yield rooted(ann_file), rooted(dataset.get('img_prefix'))
+        yield local(ann_file), local(dataset.get('img_prefix'))
 
 
 def check_training_data(cfg, validate):
@@ -123,10 +125,10 @@ def check_training_data(cfg, validate):
     splits = [('data.train', cfg.data.train)] + ([('data.val', cfg.data.val)] if validate else [])
     for split, dataset in splits:
         for ann_file, img_prefix in dataset_files(dataset):
-            if ann_file and '://' not in ann_file and not osp.isfile(ann_file):
+            if ann_file and not osp.isfile(ann_file):
                 raise UsageError(f'{split}: annotation file not found: {ann_file} '
                                  f'({DATA_HINT.format(split=split)})')
-            if img_prefix and '://' not in img_prefix and not osp.isdir(img_prefix):
+            if img_prefix and not osp.isdir(img_prefix):
                 raise UsageError(f'{split}: image folder not found: {img_prefix} '
                                  f'({DATA_HINT.format(split=split)})')
 
@@ -135,9 +137,8 @@ def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
-        train(args)
-    except (UsageError, CheckpointError) as error:
-        raise SystemExit(f'tools/train.py: error: {error}') from None
+        with one_line_errors('tools/train.py', CheckpointError):
+            train(args)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -216,11 +217,7 @@ def train(args):
     except (FileNotFoundError, PretrainedCheckpointError) as error:
         raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
 
-    try:
-        datasets = [build_dataset(cfg.data.train)]
-    # An unreadable or incomplete annotation file, settings the dataset type does not take.
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
-        raise UsageError(f'data.train: cannot load the dataset: {builder_error(error)}') from None
+    datasets = [load_dataset(cfg.data.train, 'data.train')]
     if len(cfg.workflow) == 2:
         val_dataset = copy.deepcopy(cfg.data.val)
         val_dataset.pipeline = cfg.data.train.pipeline

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
+from _usage import one_line_errors  # noqa: E402
 from tools.test import UsageError, build_model, load_config  # noqa: E402
 
 PROG = 'tools/deployment/benchmark_onnx.py'
@@ -74,10 +75,8 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
-    try:
+    with one_line_errors(PROG, CheckpointError):
         run(args)
-    except (UsageError, CheckpointError) as error:
-        raise SystemExit(f'{PROG}: error: {error}') from None
 
 
 if __name__ == '__main__':

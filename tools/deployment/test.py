@@ -17,6 +17,7 @@ from mmcv import DictAction  # noqa: E402
 from mmdet.core import encode_mask_results  # noqa: E402
 from mmdet.datasets import build_dataloader, build_dataset  # noqa: E402
 
+from _usage import one_line_errors  # noqa: E402
 from tools.test import UsageError, load_config, report_results  # noqa: E402
 
 PROG = 'tools/deployment/test.py'
@@ -100,10 +101,8 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
-    try:
+    with one_line_errors(PROG):
         run(args)
-    except UsageError as error:
-        raise SystemExit(f'{PROG}: error: {error}') from None
 
 
 if __name__ == '__main__':
