@@ -105,8 +105,8 @@ def _custom_hooks(config):
 
 def write_profile_config(base, iters, warmup, active, cuda):
     text = PROFILE_TEMPLATE.format(
-        base=osp.abspath(base), base_hooks=_custom_hooks(base), profiled=warmup + active, warmup=warmup,
-        active=active,
+        base=osp.abspath(base), base_hooks=_custom_hooks(base), profiled=warmup + active,
+        warmup=warmup, active=active,
         iters=iters, wait=iters - warmup - active,
         activities=['cpu', 'cuda'] if cuda else ['cpu'],
         sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total')
@@ -185,18 +185,28 @@ def check_core_op(config, core_op):
     print(f'{config}: all {len(cores)} DCNv3 cores are {CORE_OPS[core_op].__name__} ({core_op})')
 
 
+def _train_log(work_dir, command):
+    """(path, training entries) of the newest mmcv json log in ``work_dir``."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
+    if not logs:
+        raise SystemExit(f'{command}: no *.log.json in {work_dir}')
+    with open(logs[-1]) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    return logs[-1], [e for e in entries if e.get('mode') == 'train']
+
+
+def _finite(loss):
+    return isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
 def train_speed(name, work_dir, skip, results, until=None):
     """Median s/iter of the iterations from ``skip`` up to ``until`` (the profiled ones after it
     are slower) and peak GPU memory, from mmcv's json log."""
-    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
-    if not logs:
-        raise SystemExit(f'train-speed: no *.log.json in {work_dir}')
-    with open(logs[-1]) as f:
-        entries = [json.loads(line) for line in f if line.strip()]
-    train = [e for e in entries if e.get('mode') == 'train' and 'time' in e]
+    log, train = _train_log(work_dir, 'train-speed')
+    train = [e for e in train if 'time' in e]
     timed = train[skip:until]
     if not timed:
-        raise SystemExit(f'train-speed: {len(train)} logged iterations in {logs[-1]}, none '
+        raise SystemExit(f'train-speed: {len(train)} logged iterations in {log}, none '
                          f'between the {skip} warm-up iterations and iteration {until}')
     memory = [e['memory'] for e in train if 'memory' in e]
     # StepPhaseTimerHook's host seconds per phase ('t_...' keys, in step order), where logged.
@@ -221,18 +231,13 @@ def train_speed(name, work_dir, skip, results, until=None):
 def check_resumed(work_dir, from_epoch):
     """A run resumed from epoch ``from_epoch``'s checkpoint trained the epochs after it only,
     with finite losses (a resume that silently started over would log epoch 1 again)."""
-    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))
-    if not logs:
-        raise SystemExit(f'check-resumed: no *.log.json in {work_dir}')
-    with open(logs[-1]) as f:
-        train = [e for e in (json.loads(line) for line in f if line.strip())
-                 if e.get('mode') == 'train']
+    log, train = _train_log(work_dir, 'check-resumed')
     epochs = sorted({e['epoch'] for e in train})
     losses = [e.get('loss') for e in train]
     if not train or epochs[0] != from_epoch + 1:
-        raise SystemExit(f'check-resumed: {logs[-1]} trained epochs {epochs}, expected the ones '
+        raise SystemExit(f'check-resumed: {log} trained epochs {epochs}, expected the ones '
                          f'after epoch {from_epoch}')
-    if not all(isinstance(loss, (int, float)) and math.isfinite(loss) for loss in losses):
+    if not all(_finite(loss) for loss in losses):
         raise SystemExit(f'check-resumed: losses not all finite: {losses}')
     print(f'check-resumed: epochs {epochs} after epoch {from_epoch}, {len(train)} iterations, '
           f'losses {losses[0]:.4f} .. {losses[-1]:.4f}')
@@ -261,7 +266,7 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
               if status.startswith('FAILED') or 'time budget' in status]
     # A run that diverged (a NaN or infinite loss) trained, but not correctly.
     failed += [f'train-{r["name"]} (last loss {r.get("last_loss")})' for r in runs.values()
-               if not (isinstance(r.get('last_loss'), (int, float)) and math.isfinite(r['last_loss']))]
+               if not _finite(r.get('last_loss'))]
     print(f'\n===== gpu_check summary ({mode}, {elapsed} s) =====')
     print(_table(['step', 'status', 'seconds'], steps))
     for name, status, _ in steps:
