@@ -150,7 +150,7 @@ def train(args):
     if args.resume_from is not None and not osp.isfile(args.resume_from):
         raise UsageError(f'--resume-from: checkpoint not found: {args.resume_from}')
     if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
             raise UsageError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     setup_multiprocessing(cfg)

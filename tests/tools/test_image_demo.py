@@ -92,6 +92,13 @@ def test_demo_missing_image_is_one_line_error(tmp_path, tiny_config):
         image_demo.main([str(tmp_path / 'none.png'), tiny_config, 'x.pth'])
 
 
+def test_demo_missing_config_is_one_line_error(tiny_shapes):
+    image = osp.join(tiny_shapes, 'val', '000000.png')
+    with pytest.raises(SystemExit, match='^tools/image_demo.py: error: config file not found: '
+                                         'configs/no/such.py$'):
+        image_demo.main([image, 'configs/no/such.py', 'x.pth'])
+
+
 def test_demo_rejects_an_out_of_range_score_threshold(tiny_config, capsys):
     with pytest.raises(SystemExit):
         image_demo.main(['a.png', tiny_config, 'x.pth', '--score-thr', '1.5'])

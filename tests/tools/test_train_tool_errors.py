@@ -49,6 +49,12 @@ def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
 
 
+def test_auto_scale_lr_needs_a_base_batch_size(train_tool, tmp_path, tiny_config):
+    message = _refused(train_tool, tiny_config, '--auto-scale-lr', '--work-dir', str(tmp_path),
+                       '--cfg-options', 'auto_scale_lr=None')
+    assert message.endswith('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+
+
 def _run_refused(config, *args):
     result = run_tool([PYTHON, TRAIN_TOOL, config, '--no-validate', *args], timeout=300)
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
