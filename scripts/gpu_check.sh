@@ -8,8 +8,10 @@
 #   3. times our op against the original kernel and the PyTorch core (tools/benchmark_dcnv3.py:
 #      InternImage-T stage shapes of a 1333x800 input, batch 2; float32 and float16 against the
 #      original, whose targets are forward >= 3x and backward >= 2x in GPU time, the kernels
-#      replayed from CUDA graphs; bfloat16 ours only), and reads the hardware counters of the
-#      stage-1 float32 kernels, ours and the original's, with Nsight Compute where it is there;
+#      replayed from CUDA graphs; bfloat16 ours only), times the kernel candidates
+#      (tools/kernel_candidates/*.patch, applied by --prepare) against our kernel in one process
+#      (tools/benchmark_dcnv3_variants.py), and reads the hardware counters of the stage-1 float32
+#      kernels, ours and the original's, with Nsight Compute where it is there;
 #   4. trains InternImage-T Mask R-CNN (configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py, 2
 #      images per GPU) through tools/train.py: float32, mixed precision (--amp: float16 with
 #      mmcv's loss scaling, SyncFreeFp16OptimizerHook), and float32 with the original kernel
@@ -25,7 +27,8 @@
 #
 #   bash scripts/gpu_check.sh --prepare   here, before sending the checkout to the GPU machine:
 #                                         copies the kit, the original kernel and the reference
-#                                         data into .device/ (git-ignored; name it in `carry`)
+#                                         data into .device/ (git-ignored; name it in `carry`),
+#                                         and writes each kernel candidate there (needs `patch`)
 #   bash scripts/gpu_check.sh             on the GPU machine, from the checkout
 #   bash scripts/gpu_check.sh --dry-run   on a CPU machine: every step it can, at tiny sizes (no
 #                                         CUDA steps, no builds, the kit only installed to a
@@ -33,7 +36,7 @@
 #
 # Options: --out DIR (default $OUT, else /tmp/gpu_check): gpu_check.log (everything) and
 # summary.txt go there. Environment: PYTHON (default python3; in --dry-run .venv/bin/python when
-# present), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_SECONDS (time budget, default 510),
+# present), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_SECONDS (time budget, default 540),
 # GPU_CHECK_WORK (scratch folder: datasets, work dirs; default /tmp/gpu_check_work),
 # GPU_CHECK_TRAIN_EPOCHS (per training run, 8 iterations each; default 5; the last 6 iterations
 # are profiled and left out of the timing), GPU_CHECK_PROFILE (0: no training profiles, which
@@ -69,12 +72,23 @@ if [ "$MODE" = prepare ]; then
   mkdir -p "$DEVICE_DIR"
   # Ignored, so that it travels only where a run's carry names it and is never committed.
   git check-ignore -q "$DEVICE_DIR" || { echo "gpu_check --prepare: .device/ is not git-ignored" >&2; exit 1; }
-  rm -rf "$DEVICE_DIR/gpu-kit" "$DEVICE_DIR/original_dcnv3" "$DEVICE_DIR/reference"
+  rm -rf "$DEVICE_DIR/gpu-kit" "$DEVICE_DIR/original_dcnv3" "$DEVICE_DIR/reference" "$DEVICE_DIR/candidates"
   cp -r "$shared/gpu-kit" "$DEVICE_DIR/gpu-kit"
   cp -r "$shared/anchors/original_dcnv3" "$DEVICE_DIR/original_dcnv3"
   cp -r "$shared/reference" "$DEVICE_DIR/reference"
   chmod -R u+w "$DEVICE_DIR"
-  echo "gpu_check --prepare: $(du -sh "$DEVICE_DIR" | cut -f1) in $DEVICE_DIR (kit, original kernel, reference data)"
+  # Kernel candidates: our kernel file with each patch applied (the GPU machine may lack `patch`).
+  mkdir -p "$DEVICE_DIR/candidates"
+  for candidate in tools/kernel_candidates/*.patch; do
+    [ -e "$candidate" ] || continue
+    if ! patch --batch --quiet --reject-file=- -o "$DEVICE_DIR/candidates/$(basename "$candidate" .patch).cu" \
+        ops_dcnv3/csrc/cuda/dcnv3_kernel.cu <"$candidate"; then
+      echo "gpu_check --prepare: $candidate does not apply to ops_dcnv3/csrc/cuda/dcnv3_kernel.cu; refresh it or delete it" >&2
+      exit 1
+    fi
+  done
+  echo "gpu_check --prepare: $(du -sh "$DEVICE_DIR" | cut -f1) in $DEVICE_DIR (kit, original kernel, reference data," \
+    "$(ls "$DEVICE_DIR/candidates" | wc -l) kernel candidates)"
   exit 0
 fi
 
@@ -92,7 +106,7 @@ STEPS="$WORK/steps.tsv"
 RESULTS="$WORK/results.jsonl"
 : >"$LOG"; : >"$STEPS"; : >"$RESULTS"
 HELPER=("$PY" "$ROOT/scripts/gpu_check_helper.py")
-DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-510}))
+DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-540}))
 
 export DCNV3_REF_DIR="${DCNV3_REF_DIR:-$DEVICE_DIR/reference}"
 export ORIGINAL_DCNV3_DIR="$DEVICE_DIR/original_dcnv3"
@@ -211,6 +225,20 @@ else
   skip build-dcnv3 "dry-run: uses the extension already built in place"
   skip build-original "dry-run: CUDA only"
 fi
+# Kernel candidates, each built as an op library of its own beside our kernel (for one A/B).
+CANDIDATES=()
+for candidate in "$DEVICE_DIR"/candidates/*.cu; do
+  [ -e "$candidate" ] && CANDIDATES+=("$(basename "$candidate" .cu)=$candidate")
+done
+VARIANTS=("$PY" tools/benchmark_dcnv3_variants.py --build-dir "$WORK/variants"
+          main=ops_dcnv3/csrc/cuda/dcnv3_kernel.cu "${CANDIDATES[@]}")
+if [ "$DRY" = 1 ]; then
+  skip build-candidates "dry-run: CUDA only"
+elif [ ${#CANDIDATES[@]} = 0 ]; then
+  skip build-candidates "no kernel candidates in .device/candidates (made by --prepare)"
+else
+  step_start build-candidates 300 "${VARIANTS[@]}" --build-only
+fi
 
 DATA="$WORK/shapes"
 if [ "$DRY" = 0 ]; then IMAGE_HW=(800 1333) NUM_TRAIN=16 NUM_VAL=8; else IMAGE_HW=(96 160) NUM_TRAIN=4 NUM_VAL=2; fi
@@ -248,6 +276,14 @@ if [ "$DRY" = 0 ]; then
       --image-size "${IMAGE_HW[@]}" --original "$ORIGINAL_DCNV3_DIR" --check-original 3 2
   done
   step benchmark-bfloat16 90 "${BENCH[@]}" --device cuda --dtype bfloat16 --batch 2 --image-size "${IMAGE_HW[@]}"
+  # The candidates against our kernel: outputs and gradients must agree (the backward's atomics
+  # add in varying order), the times are GPU times of CUDA-graph replays, as above.
+  if [ ${#CANDIDATES[@]} -gt 0 ] && step_wait build-candidates; then
+    for dtype_diff in float32:1e-4 float16:5e-3; do
+      step "candidates-${dtype_diff%%:*}" 60 "${VARIANTS[@]}" --dtype "${dtype_diff%%:*}" --batch 2 \
+        --image-size "${IMAGE_HW[@]}" --max-diff "${dtype_diff#*:}"
+    done
+  fi
   # Hardware counters of the stage-1 float32 kernels, ours and the original's (first launches of
   # each: the correctness check and the warm-up), for the next round of kernel work.
   NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1)"

@@ -271,8 +271,10 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
     print(_table(['step', 'status', 'seconds'], steps))
     for name, status, _ in steps:
         log = osp.join(logs_dir, f'{name}.log')
-        if name.startswith('benchmark-') and osp.isfile(log):
-            print(f'\n{name} ({status}), the end of its output:\n{_tail(log)}')
+        if name.startswith(('benchmark-', 'candidates-')) and osp.isfile(log):
+            # A candidates table is a row per variant and stage (4 stages).
+            lines = 8 if name.startswith('benchmark-') else 24
+            print(f'\n{name} ({status}), the end of its output:\n{_tail(log, lines)}')
     if runs:
         print('\nInternImage-T Mask R-CNN training, 2 images per GPU, through tools/train.py:')
         print(_table(['run', 's/iter', 'data s/iter', 'iterations', 'peak GPU memory'],

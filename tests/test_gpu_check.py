@@ -176,6 +176,52 @@ def test_prepare_copies_what_the_gpu_machine_cannot_reach(tmp_path):
         assert (repo / '.device' / copied / 'marker.txt').read_text() == part
 
 
+KERNEL_TEXT = 'one\ntwo\nthree\n'
+CANDIDATE_PATCH = '''A candidate: its description comes first, as in tools/kernel_candidates/.
+
+--- a/ops_dcnv3/csrc/cuda/dcnv3_kernel.cu
++++ b/ops_dcnv3/csrc/cuda/dcnv3_kernel.cu
+@@ -1,3 +1,3 @@
+ one
+-two
++TWO
+ three
+'''
+
+
+def _with_candidate(repo, patch_text):
+    kernel = repo / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
+    kernel.parent.mkdir(parents=True)
+    kernel.write_text(KERNEL_TEXT)
+    (repo / 'tools' / 'kernel_candidates').mkdir(parents=True)
+    (repo / 'tools' / 'kernel_candidates' / 'upper.patch').write_text(patch_text)
+    return kernel
+
+
+@pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
+def test_prepare_writes_each_kernel_candidate(tmp_path):
+    repo = _fake_checkout(tmp_path)
+    kernel = _with_candidate(repo, CANDIDATE_PATCH)
+    result = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh'), '--prepare'],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'reference data, 1 kernel candidates' in result.stdout
+    assert (repo / '.device' / 'candidates' / 'upper.cu').read_text() == 'one\nTWO\nthree\n'
+    assert kernel.read_text() == KERNEL_TEXT  # the checkout's kernel is left as it is
+
+
+@pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
+def test_prepare_names_a_candidate_that_no_longer_applies(tmp_path):
+    repo = _fake_checkout(tmp_path)
+    _with_candidate(repo, CANDIDATE_PATCH.replace('-two', '-deux'))
+    result = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh'), '--prepare'],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert ('tools/kernel_candidates/upper.patch does not apply to '
+            'ops_dcnv3/csrc/cuda/dcnv3_kernel.cu; refresh it or delete it') in result.stderr
+    assert not list((repo / '.device').rglob('*.rej'))
+
+
 def test_prepare_names_what_is_missing(tmp_path):
     repo = _fake_checkout(tmp_path, with_shared=False)
     result = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh'), '--prepare'],

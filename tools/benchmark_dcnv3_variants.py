@@ -14,7 +14,8 @@ are called directly (no autograd) and timed two ways, medians of --repeats after
   cold  one call between CUDA events after 256 MB were written to the GPU, so that the inputs
         come from memory as they do when other layers ran in between.
 Ratios are against the first variant, and max|diff| is each variant's forward output and
-gradients against the first's. --max-offset sets the offsets' range in pixels (training starts
+gradients against the first's; with --max-diff the run fails when one exceeds it (a variant
+that computes something else). --max-offset sets the offsets' range in pixels (training starts
 from zero offsets; the benchmark's default is 3).
 
 Example (the previous commit's kernels against the working tree's):
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--build-dir', default=str(ROOT / 'build' / 'dcnv3_variants'))
     parser.add_argument('--build-only', action='store_true', help='build the variants and stop')
+    parser.add_argument('--max-diff', type=float,
+                        help='fail when a variant\'s outputs or gradients differ from the '
+                             'first\'s by more than this')
     args = parser.parse_args(argv)
     args.variants = [_parse_variant(parser, text) for text in args.variants]
     names = [name for name, _ in args.variants]
@@ -180,6 +184,14 @@ def bench_stage(stage, ops, args, dtype):
     return f'{args.batch}x{height}x{width}x{channels}/g{groups}', gpu, cold, diffs
 
 
+def beyond(diffs, max_diff, stage):
+    """The variants whose max|diff| (NaN included) exceeds ``max_diff``, named for the message."""
+    if max_diff is None:
+        return []
+    return [f'{name} at stage {stage} ({diff:.2e})' for name, diff in diffs.items()
+            if not diff <= max_diff]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not args.build_only and not torch.cuda.is_available():
@@ -202,8 +214,10 @@ def main(argv=None):
         f' {"max|diff|":>10}'
     print(header)
     print('-' * len(header))
+    too_far = []
     for stage in args.stages:
         shape, gpu, cold, diffs = bench_stage(stage, ops, args, dtype)
+        too_far += beyond(diffs, args.max_diff, stage)
         for name in names:
             cells = []
             for times in (gpu, cold):
@@ -213,6 +227,9 @@ def main(argv=None):
             print(f'{stage:>5} {name:>12} ' + ' '.join(cells) + f' {diffs[name]:>10.2e}',
                   flush=True)
         print(f'{"":>5} {shape}')
+    if too_far:
+        sys.exit(f'benchmark_dcnv3_variants: max|diff| against {names[0]} above '
+                 f'{args.max_diff:g}: ' + ', '.join(too_far))
 
 
 if __name__ == '__main__':

@@ -59,6 +59,13 @@ def test_renamed_sources_register_their_own_library(variants):
     assert 'TORCH_LIBRARY_IMPL(dcnv3_v, CUDA, m)' in cuda
 
 
+def test_a_variant_beyond_max_diff_is_named(variants):
+    diffs = {'main': 0.0, 'close': 4e-7, 'far': 0.5, 'broken': float('nan')}
+    assert variants.beyond(diffs, None, 1) == []
+    assert variants.beyond(diffs, 1e-4, 2) == ['far at stage 2 (5.00e-01)',
+                                               'broken at stage 2 (nan)']
+
+
 def test_timing_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('a GPU is present: the script would time, not refuse')
@@ -68,17 +75,39 @@ def test_timing_needs_a_gpu(tmp_path):
     assert result.returncode != 0 and 'needs a CUDA device' in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
-def test_a_variant_builds_into_an_op_library_of_its_own(tmp_path):
-    """Built in a fresh process, which then finds both ops under torch.ops.dcnv3_mine."""
+def _schemas_of_built_variant(name, source, build_dir):
+    """Builds kernel file ``source`` as variant ``name`` in a fresh process, which then prints
+    the schemas it finds under torch.ops.dcnv3_NAME."""
     check = ('import sys, torch; sys.argv[1:] = []; import benchmark_dcnv3_variants as v; '
-             f'ops = v.build_all([("mine", {str(KERNEL)!r})], {str(tmp_path)!r}); '
-             'op = ops["mine"]; print(op.dcnv3_forward.default._schema); '
-             'print(op.dcnv3_backward.default._schema)')
+             f'op = v.build_all([({name!r}, {str(source)!r})], {str(build_dir)!r})[{name!r}]; '
+             'print(op.dcnv3_forward.default._schema); print(op.dcnv3_backward.default._schema)')
     result = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True,
                             cwd=SCRIPT.parent, timeout=900,
                             env={**os.environ, 'TORCH_CUDA_ARCH_LIST': '9.0'})
     assert result.returncode == 0, result.stderr[-4000:]
-    assert 'dcnv3_mine::dcnv3_forward(Tensor input' in result.stdout
-    assert 'dcnv3_mine::dcnv3_backward(Tensor grad_output' in result.stdout
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
+def test_a_variant_builds_into_an_op_library_of_its_own(tmp_path):
+    schemas = _schemas_of_built_variant('mine', KERNEL, tmp_path)
+    assert 'dcnv3_mine::dcnv3_forward(Tensor input' in schemas
+    assert 'dcnv3_mine::dcnv3_backward(Tensor grad_output' in schemas
+
+
+CANDIDATES = sorted((REPO_ROOT / 'tools' / 'kernel_candidates').glob('*.patch'))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
+@pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
+@pytest.mark.parametrize('candidate', CANDIDATES, ids=[path.stem for path in CANDIDATES])
+def test_kernel_candidate_applies_and_builds(tmp_path, candidate):
+    """What scripts/gpu_check.sh --prepare makes of a candidate, and its GPU run then builds."""
+    source = tmp_path / f'{candidate.stem}.cu'
+    with candidate.open() as patch:
+        subprocess.run(['patch', '--batch', '--quiet', '--reject-file=-', '-o', str(source),
+                        str(KERNEL)], stdin=patch, check=True)
+    schemas = _schemas_of_built_variant('candidate', source, tmp_path / 'build')
+    assert 'dcnv3_candidate::dcnv3_forward(Tensor input' in schemas
