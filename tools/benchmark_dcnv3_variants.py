@@ -14,9 +14,12 @@ are called directly (no autograd) and timed two ways, medians of --repeats after
   cold  one call between CUDA events after 256 MB were written to the GPU, so that the inputs
         come from memory as they do when other layers ran in between.
 Ratios are against the first variant, and max|diff| is each variant's forward output and
-gradients against the first's; with --max-diff the run fails when one exceeds it (a variant
-that computes something else). --max-offset sets the offsets' range in pixels (training starts
-from zero offsets; the benchmark's default is 3).
+gradients against the first's (over the largest magnitude, where that exceeds 1). With
+--max-diff the variants are first compared on small configurations that reach every path of the
+kernels (EDGE_CASES: other channel counts, kernel sizes, stride, dilation, offset scale, the mask
+without the softmax), and the run fails when a variant differs by more there or on a stage: it
+computes something else. --max-offset sets the offsets' range in pixels (training starts from
+zero offsets; the benchmark's default is 3).
 
 Example (the previous commit's kernels against the working tree's):
     python tools/benchmark_dcnv3_variants.py previous=HEAD~1 current=ops_dcnv3/csrc/cuda/dcnv3_kernel.cu
@@ -43,6 +46,25 @@ CSRC = ROOT / 'ops_dcnv3' / 'csrc'
 KERNEL_FILE = 'ops_dcnv3/csrc/cuda/dcnv3_kernel.cu'
 NAME_PATTERN = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 FLUSH_BYTES = 256 * 2 ** 20
+
+# Configurations beside the InternImage-T stages (which all have 16 channels a group and 3x3
+# kernels): 1 to 4 lanes of one or two chunks, vectors of 1, 2, 4 and 8 elements, kernels other
+# than 3x3, stride, dilation, offset scale, and the mask as given. Each on 2 images of 9x11 with
+# offsets within +-3 px, so that points fall outside the image.
+# (group, group_channels, (kernel_h, kernel_w), stride, pad, dilation, offset_scale, softmax)
+EDGE_CASES = (
+    (2, 16, (3, 3), 1, 1, 1, 1.0, True),
+    (2, 16, (3, 3), 1, 1, 1, 1.0, False),
+    (1, 24, (3, 3), 1, 1, 1, 1.0, True),
+    (2, 32, (3, 3), 1, 1, 1, 1.0, True),
+    (4, 8, (3, 3), 1, 1, 1, 1.0, True),
+    (3, 12, (3, 3), 1, 1, 1, 1.0, True),
+    (2, 6, (3, 3), 1, 1, 1, 1.0, True),
+    (1, 5, (3, 3), 1, 1, 1, 1.0, True),
+    (2, 16, (5, 5), 1, 2, 1, 1.0, True),
+    (2, 16, (3, 5), 2, 1, 2, 0.5, True),
+    (2, 16, (1, 1), 1, 0, 1, 1.0, True),
+)
 
 
 def parse_args(argv=None):
@@ -174,21 +196,59 @@ def bench_stage(stage, ops, args, dtype):
         calls[f'bwd_{name}'] = lambda op=op: op.dcnv3_backward(grad_output, values, offset,
                                                                logits, *scalars)
         results[name] = [calls[f'fwd_{name}'](), *calls[f'bwd_{name}']()]
-    torch.cuda.synchronize()
-    base = next(iter(ops))
-    diffs = {name: max((a.double() - b.double()).abs().max().item()
-                       for a, b in zip(results[name], results[base])) for name in ops}
+    diffs = max_diffs(results)
     del results
     gpu = median_graph_ms(calls, args.warmup, args.repeats)
     cold = median_cold_ms(calls, args.warmup, args.repeats)
     return f'{args.batch}x{height}x{width}x{channels}/g{groups}', gpu, cold, diffs
 
 
-def beyond(diffs, max_diff, stage):
+def max_diffs(results):
+    """{variant: max over its tensors of max|a - b| / max(1, max|b|)}, b the first variant's."""
+    base = next(iter(results.values()))
+    return {name: max(((a.double() - b.double()).abs().max() /
+                       b.double().abs().max().clamp(min=1)).item() for a, b in zip(tensors, base))
+            for name, tensors in results.items()}
+
+
+def edge_case_diffs(ops, dtype, seed, device='cuda'):
+    """[(description, max_diffs)] of the variants' forward and backward on EDGE_CASES."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for case in EDGE_CASES:
+        group, group_channels, (kernel_h, kernel_w), stride, pad, dilation, scale, softmax = case
+        height, width, points = 9, 11, kernel_h * kernel_w
+        out_h = (height + 2 * pad - dilation * (kernel_h - 1) - 1) // stride + 1
+        out_w = (width + 2 * pad - dilation * (kernel_w - 1) - 1) // stride + 1
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator) * 2 - 1
+
+        values = rand(2, height, width, group * group_channels)
+        offset = rand(2, out_h, out_w, group * points * 2) * 3
+        mask = rand(2, out_h, out_w, group, points) * 2
+        if not softmax:  # weights as the layer gives them: softmaxed over each group's points
+            mask = mask.softmax(-1)
+        grad_output = rand(2, out_h, out_w, group * group_channels)
+        tensors = [t.reshape(*t.shape[:3], -1).to(device, dtype)
+                   for t in (values, offset, mask, grad_output)]
+        values, offset, mask, grad_output = tensors
+        scalars = (kernel_h, kernel_w, stride, stride, pad, pad, dilation, dilation, group,
+                   group_channels, scale, softmax)
+        results = {name: [op.dcnv3_forward(values, offset, mask, *scalars),
+                          *op.dcnv3_backward(grad_output, values, offset, mask, *scalars)]
+                   for name, op in ops.items()}
+        rows.append((f'g{group} c{group_channels} k{kernel_h}x{kernel_w} s{stride} p{pad} '
+                     f'd{dilation} scale {scale:g} {"softmax" if softmax else "mask"}',
+                     max_diffs(results)))
+    return rows
+
+
+def beyond(diffs, max_diff, where):
     """The variants whose max|diff| (NaN included) exceeds ``max_diff``, named for the message."""
     if max_diff is None:
         return []
-    return [f'{name} at stage {stage} ({diff:.2e})' for name, diff in diffs.items()
+    return [f'{name} at {where} ({diff:.2e})' for name, diff in diffs.items()
             if not diff <= max_diff]
 
 
@@ -209,15 +269,21 @@ def main(argv=None):
           f'ratios: {names[0]} time / variant time')
     for name, where in args.variants:
         print(f'  {name} = {where}')
+    too_far = []
+    if args.max_diff is not None:
+        print(f'max|diff| against {names[0]} on small configurations (limit {args.max_diff:g}):')
+        for description, diffs in edge_case_diffs(ops, dtype, args.seed):
+            too_far += beyond(diffs, args.max_diff, description)
+            print(f'  {description:<40} ' + ' '.join(
+                f'{name} {diff:.2e}' for name, diff in diffs.items() if name != names[0]))
     header = f'{"stage":>5} {"variant":>12} ' + ' '.join(
         f'{label:>9} {"x":>5}' for label in ('gpu fwd', 'gpu bwd', 'cold fwd', 'cold bwd')) + \
         f' {"max|diff|":>10}'
     print(header)
     print('-' * len(header))
-    too_far = []
     for stage in args.stages:
         shape, gpu, cold, diffs = bench_stage(stage, ops, args, dtype)
-        too_far += beyond(diffs, args.max_diff, stage)
+        too_far += beyond(diffs, args.max_diff, f'stage {stage}')
         for name in names:
             cells = []
             for times in (gpu, cold):

@@ -62,8 +62,32 @@ def test_renamed_sources_register_their_own_library(variants):
 def test_a_variant_beyond_max_diff_is_named(variants):
     diffs = {'main': 0.0, 'close': 4e-7, 'far': 0.5, 'broken': float('nan')}
     assert variants.beyond(diffs, None, 1) == []
-    assert variants.beyond(diffs, 1e-4, 2) == ['far at stage 2 (5.00e-01)',
-                                               'broken at stage 2 (nan)']
+    assert variants.beyond(diffs, 1e-4, 'stage 2') == ['far at stage 2 (5.00e-01)',
+                                                       'broken at stage 2 (nan)']
+
+
+def test_edge_cases_are_valid_calls_and_tell_variants_apart(variants):
+    """On the CPU kernels: every configuration is a valid call whose outputs a variant repeats
+    exactly, and a variant that computes something else stands out in each."""
+    import ops_dcnv3  # noqa: F401  (registers torch.ops.dcnv3 with its CPU kernels)
+    op = torch.ops.dcnv3
+
+    class Off:  # the same op with its forward output shifted by a hair
+        @staticmethod
+        def dcnv3_forward(*args):
+            return op.dcnv3_forward(*args) + 1e-3
+
+        dcnv3_backward = op.dcnv3_backward
+
+    rows = variants.edge_case_diffs({'main': op, 'same': op, 'off': Off}, torch.float32, seed=0,
+                                    device='cpu')
+    assert len(rows) == len(variants.EDGE_CASES)
+    for description, diffs in rows:
+        assert diffs['main'] == 0 and diffs['same'] == 0, description
+        assert diffs['off'] == pytest.approx(1e-3, rel=1e-3), description
+        assert variants.beyond(diffs, 1e-4, description) == [f'off at {description} (1.00e-03)']
+    assert rows[1][0] == 'g2 c16 k3x3 s1 p1 d1 scale 1 mask'
+    assert rows[9][0] == 'g2 c16 k3x5 s2 p1 d2 scale 0.5 softmax'
 
 
 def test_timing_needs_a_gpu(tmp_path):
