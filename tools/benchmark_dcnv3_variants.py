@@ -211,32 +211,39 @@ def max_diffs(results):
             for name, tensors in results.items()}
 
 
-def edge_case_diffs(ops, dtype, seed, device='cuda'):
-    """[(description, max_diffs)] of the variants' forward and backward on EDGE_CASES."""
-    generator = torch.Generator().manual_seed(seed)
+def edge_case_inputs(case, generator):
+    """((values, offset, mask, grad_output), scalars) of one of EDGE_CASES: float32 CPU tensors
+    and the op's arguments after the tensors."""
+    group, group_channels, (kernel_h, kernel_w), stride, pad, dilation, scale, softmax = case
+    height, width, points = 9, 11, kernel_h * kernel_w
+    out_h = (height + 2 * pad - dilation * (kernel_h - 1) - 1) // stride + 1
+    out_w = (width + 2 * pad - dilation * (kernel_w - 1) - 1) // stride + 1
 
     def rand(*shape):
         return torch.rand(*shape, generator=generator) * 2 - 1
 
+    values = rand(2, height, width, group * group_channels)
+    offset = rand(2, out_h, out_w, group * points * 2) * 3
+    mask = rand(2, out_h, out_w, group, points) * 2
+    if not softmax:  # weights as the layer gives them: softmaxed over each group's points
+        mask = mask.softmax(-1)
+    grad_output = rand(2, out_h, out_w, group * group_channels)
+    scalars = (kernel_h, kernel_w, stride, stride, pad, pad, dilation, dilation, group,
+               group_channels, scale, softmax)
+    return (values, offset, mask.reshape(2, out_h, out_w, -1), grad_output), scalars
+
+
+def edge_case_diffs(ops, dtype, seed, device='cuda'):
+    """[(description, max_diffs)] of the variants' forward and backward on EDGE_CASES."""
+    generator = torch.Generator().manual_seed(seed)
     rows = []
     for case in EDGE_CASES:
-        group, group_channels, (kernel_h, kernel_w), stride, pad, dilation, scale, softmax = case
-        height, width, points = 9, 11, kernel_h * kernel_w
-        out_h = (height + 2 * pad - dilation * (kernel_h - 1) - 1) // stride + 1
-        out_w = (width + 2 * pad - dilation * (kernel_w - 1) - 1) // stride + 1
-        values = rand(2, height, width, group * group_channels)
-        offset = rand(2, out_h, out_w, group * points * 2) * 3
-        mask = rand(2, out_h, out_w, group, points) * 2
-        if not softmax:  # weights as the layer gives them: softmaxed over each group's points
-            mask = mask.softmax(-1)
-        grad_output = rand(2, out_h, out_w, group * group_channels)
-        values, offset, mask, grad_output = (t.reshape(*t.shape[:3], -1).to(device, dtype)
-                                             for t in (values, offset, mask, grad_output))
-        scalars = (kernel_h, kernel_w, stride, stride, pad, pad, dilation, dilation, group,
-                   group_channels, scale, softmax)
+        tensors, scalars = edge_case_inputs(case, generator)
+        values, offset, mask, grad_output = (t.to(device, dtype) for t in tensors)
         results = {name: [op.dcnv3_forward(values, offset, mask, *scalars),
                           *op.dcnv3_backward(grad_output, values, offset, mask, *scalars)]
                    for name, op in ops.items()}
+        group, group_channels, (kernel_h, kernel_w), stride, pad, dilation, scale, softmax = case
         rows.append((f'g{group} c{group_channels} k{kernel_h}x{kernel_w} s{stride} p{pad} '
                      f'd{dilation} scale {scale:g} {"softmax" if softmax else "mask"}',
                      max_diffs(results)))
