@@ -1,12 +1,13 @@
-"""The CUDA forward kernel's logic, run on the CPU: ops_dcnv3/csrc/cuda/dcnv3_kernel.cu and each
-kernel candidate (tools/kernel_candidates/*.patch) compiled as host C++, each launch running its
-threads one after another, against the op's CPU kernels.
+"""The CUDA kernels' logic, run on the CPU: ops_dcnv3/csrc/cuda/dcnv3_kernel.cu and each kernel
+candidate (tools/kernel_candidates/*.patch) compiled as host C++ against the op's CPU kernels.
 
-The forward needs nothing a sequential run lacks: one thread per output chunk, no shared memory,
-no shuffles, no atomics. So its indexing, vector widths, lanes and softmax are checked here on
-every configuration of benchmark_dcnv3_variants.EDGE_CASES, in all four dtypes, on machines
-without a GPU. What this does not check: nvcc's code generation and the backward (whose
-sub-warp shuffles need lanes in lockstep); those are the GPU run's (scripts/gpu_check.sh).
+A launch of the forward runs its threads one after another: it needs nothing more (one thread per
+output chunk, no shared memory, shuffles or atomics). A launch of the backward runs a warp at a
+time, its 32 lanes as threads, so that a shuffle waits for the lanes of its sub-warp as on the
+GPU; its atomics take a lock. So the kernels' indexing, vector widths, lanes, softmax and sub-warp
+reductions are checked on every configuration of benchmark_dcnv3_variants.EDGE_CASES, in all four
+dtypes, on machines without a GPU. What this does not check: nvcc's code, the sm_90 vector
+atomics, and timing; those are the GPU run's (scripts/gpu_check.sh).
 """
 import math
 import re
@@ -32,16 +33,49 @@ HOST_PRELUDE = r'''// The CUDA kernel file as host C++ (tests/ops_dcnv3/test_dcn
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#include <barrier>
+#include <bit>
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 struct EmulatedIndex { unsigned int x; };
-static EmulatedIndex blockIdx, threadIdx;
-// The backward only has to compile: it is never run here.
-template <typename T> T __shfl_xor_sync(unsigned int, T value, int) { return value; }
+static thread_local EmulatedIndex blockIdx, threadIdx;
+// A warp's 32 lanes run as threads. A shuffle waits for every lane of its mask (a sub-warp),
+// through one barrier per mask, keyed by the mask's lowest lane.
+struct EmulatedWarp {
+  std::mutex mutex;
+  std::unique_ptr<std::barrier<>> barriers[32];
+  double values[32];
+};
+static thread_local EmulatedWarp* current_warp = nullptr;
+static std::mutex atomic_mutex;
+template <typename T> T __shfl_xor_sync(unsigned int mask, T value, int lane_mask) {
+  EmulatedWarp& warp = *current_warp;
+  const unsigned int lane = threadIdx.x & 31u;
+  std::barrier<>* barrier;
+  {
+    std::lock_guard<std::mutex> lock(warp.mutex);
+    auto& slot = warp.barriers[std::countr_zero(mask)];
+    if (!slot) {
+      slot = std::make_unique<std::barrier<>>(std::popcount(mask));
+    }
+    barrier = slot.get();
+  }
+  warp.values[lane] = static_cast<double>(value);  // exact for float and double
+  barrier->arrive_and_wait();
+  const T other = static_cast<T>(warp.values[lane ^ static_cast<unsigned int>(lane_mask)]);
+  barrier->arrive_and_wait();  // nobody overwrites a value before its partner has read it
+  return other;
+}
 template <typename T> T atomicAdd(T* address, T value) {
+  std::lock_guard<std::mutex> lock(atomic_mutex);
   const T old = *address;
   *address += value;
   return old;
 }
+// The forward: one thread after another.
 template <typename Kernel, typename... Args>
 void emulate_launch(unsigned int blocks, int threads, Kernel kernel, Args... args) {
   for (unsigned int block = 0; block < blocks; ++block) {
@@ -49,6 +83,27 @@ void emulate_launch(unsigned int blocks, int threads, Kernel kernel, Args... arg
     for (int thread = 0; thread < threads; ++thread) {
       threadIdx.x = static_cast<unsigned int>(thread);
       kernel(args...);
+    }
+  }
+}
+// The backward, whose sub-warps shuffle: a warp at a time, its lanes as threads.
+template <typename Kernel, typename... Args>
+void emulate_warp_launch(unsigned int blocks, int threads, Kernel kernel, Args... args) {
+  for (unsigned int block = 0; block < blocks; ++block) {
+    for (int first = 0; first < threads; first += 32) {
+      EmulatedWarp warp;
+      std::vector<std::thread> lanes;
+      for (int lane = 0; lane < 32; ++lane) {
+        lanes.emplace_back([&, lane] {
+          blockIdx.x = block;
+          threadIdx.x = static_cast<unsigned int>(first + lane);
+          current_warp = &warp;
+          kernel(args...);
+        });
+      }
+      for (std::thread& lane : lanes) {
+        lane.join();
+      }
     }
   }
 }
@@ -64,7 +119,9 @@ def host_source(cuda_source, library):
     text = re.sub(r'c10::cuda::CUDAGuard device_guard\([^;]*\);', '', text)
     text = text.replace('cudaStream_t stream = at::cuda::getCurrentCUDAStream();', '')
     text = text.replace('C10_CUDA_KERNEL_LAUNCH_CHECK();', '')
-    text, launches = LAUNCH.subn(r'emulate_launch(\2, \3, \1, ', text)
+    text, launches = LAUNCH.subn(
+        lambda launch: (f'emulate_{"warp_" if "backward" in launch[1] else ""}launch('
+                        f'{launch[2]}, {launch[3]}, {launch[1]}, '), text)
     assert launches == 2, f'expected the forward and backward launches, found {launches}'
     text = variants._renamed(text, library)
     text = text.replace(f'TORCH_LIBRARY_IMPL({library}, CUDA, m)',
@@ -94,23 +151,34 @@ DTYPES = {torch.float32: (torch.float32, 1e-5), torch.float64: (torch.float64, 1
           torch.float16: (torch.float32, 2e-3), torch.bfloat16: (torch.float32, 1.6e-2)}
 
 
-def worst_case(op):
-    """(relative error, case, dtype) of ``op``'s forward against the CPU op, worst over CASES
-    and DTYPES, each error over its tolerance (so <= 1 passes)."""
+def forward(op, tensors, scalars):
+    values, offset, mask, _ = tensors
+    return [op.dcnv3_forward(values, offset, mask, *scalars)]
+
+
+def backward(op, tensors, scalars):
+    values, offset, mask, grad_output = tensors
+    return list(op.dcnv3_backward(grad_output, values, offset, mask, *scalars))
+
+
+def worst_case(op, direction):
+    """(relative error, case, dtype) of ``direction`` (forward or backward) through ``op``
+    against the CPU op, worst over CASES, DTYPES and the outputs, each error over its dtype's
+    tolerance (so <= 1 passes)."""
     import ops_dcnv3  # noqa: F401  (torch.ops.dcnv3 with its CPU kernels)
     generator = torch.Generator().manual_seed(0)
     errors = []
     for case in CASES:
         tensors, scalars = variants.edge_case_inputs(case, generator)
         for dtype, (reference_dtype, tolerance) in DTYPES.items():
-            inputs = [t.to(dtype) for t in tensors[:3]]
-            expected = torch.ops.dcnv3.dcnv3_forward(*[t.to(reference_dtype) for t in inputs],
-                                                     *scalars).double()
-            got = op.dcnv3_forward(*inputs, *scalars)
-            assert got.dtype == dtype and got.shape == expected.shape, (case, dtype)
-            error = ((got.double() - expected).abs().max() / expected.abs().max().clamp(min=1)
-                     ).item() / tolerance
-            errors.append((error, case, dtype))
+            inputs = [t.to(dtype) for t in tensors]
+            expected = direction(torch.ops.dcnv3, [t.to(reference_dtype) for t in inputs], scalars)
+            for got, want in zip(direction(op, inputs, scalars), expected, strict=True):
+                assert got.dtype == dtype and got.shape == want.shape, (case, dtype)
+                want = want.double()
+                error = ((got.double() - want).abs().max() / want.abs().max().clamp(min=1)
+                         ).item() / tolerance
+                errors.append((error, case, dtype))
     return max(errors, key=lambda item: (math.isnan(item[0]), item[0]))  # NaN is the worst
 
 
@@ -128,19 +196,25 @@ def main_kernel(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cuda_forward_matches_the_cpu_op(main_kernel):
-    error, case, dtype = worst_case(main_kernel)
+@pytest.mark.parametrize('direction', [forward, backward])
+def test_cuda_kernels_match_the_cpu_op(main_kernel, direction):
+    error, case, dtype = worst_case(main_kernel, direction)
     assert error <= 1, (error, case, dtype)
 
 
 @pytest.mark.slow
-def test_a_wrong_cuda_forward_is_caught(tmp_path):
-    """The forward's top-left corner weighted by (1 - ly)^2, not (1 - ly)(1 - lx)."""
+@pytest.mark.parametrize('direction,right,wrong', [
+    # the top-left corner weighted by (1 - ly)^2, not (1 - ly)(1 - lx)
+    (forward, 'const acc_t w = m * hy * hx;', 'const acc_t w = m * hy * hy;'),
+    # each lane keeps its own partial sum of grad_out * value: no reduction over the sub-warp
+    (backward, 'sum_v += __shfl_xor_sync(sub_mask, sum_v, s);', 'sum_v += sum_v;'),
+], ids=['forward', 'backward'])
+def test_a_wrong_cuda_kernel_is_caught(tmp_path, direction, right, wrong):
     source = KERNEL.read_text()
-    assert source.count('const acc_t w = m * hy * hx;') == 1
-    wrong = build_emulated('wrong', source.replace('const acc_t w = m * hy * hx;',
-                                                   'const acc_t w = m * hy * hy;'), tmp_path)
-    error, _, _ = worst_case(wrong)
+    assert source.count(right) == 1
+    wrong_kernel = build_emulated(f'wrong_{direction.__name__}', source.replace(right, wrong),
+                                  tmp_path)
+    error, _, _ = worst_case(wrong_kernel, direction)
     assert error > 100
 
 
@@ -151,7 +225,7 @@ def test_candidate_forward_matches_the_cpu_op_and_main(main_kernel, tmp_path, pa
     """A candidate computes what the op does and, where it claims the same arithmetic in the
     same order, exactly what main's kernel computes (here, as host code)."""
     candidate = build_emulated(patch.stem, candidate_source(patch, tmp_path), tmp_path)
-    error, case, dtype = worst_case(candidate)
+    error, case, dtype = worst_case(candidate, forward)
     assert error <= 1, (error, case, dtype)
     generator = torch.Generator().manual_seed(1)
     for case in CASES:
