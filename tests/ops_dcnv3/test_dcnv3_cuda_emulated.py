@@ -28,7 +28,7 @@ CANDIDATES = sorted((REPO_ROOT / 'tools' / 'kernel_candidates').glob('*.patch'))
 variants = load_script('tools/benchmark_dcnv3_variants.py', 'benchmark_dcnv3_variants')
 
 # Defines that turn the kernel file's CUDA constructs into host C++.
-HOST_PRELUDE = r'''// The CUDA kernel file as host C++ (tests/ops_dcnv3/test_dcnv3_cuda_emulated.py).
+HOST_PRELUDE = r'''// The CUDA kernel file as host C++, written by test_dcnv3_cuda_emulated.py.
 #define __global__
 #define __device__
 #define __forceinline__ inline
