@@ -12,7 +12,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
-from tools_testlib import load_script  # noqa: E402
+from tools_testlib import KERNEL_CANDIDATES, apply_kernel_candidate, load_script  # noqa: E402
 SCRIPT = REPO_ROOT / 'tools' / 'benchmark_dcnv3_variants.py'
 KERNEL = REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
 
@@ -120,18 +120,13 @@ def test_a_variant_builds_into_an_op_library_of_its_own(tmp_path):
     assert 'dcnv3_mine::dcnv3_backward(Tensor grad_output' in schemas
 
 
-CANDIDATES = sorted((REPO_ROOT / 'tools' / 'kernel_candidates').glob('*.patch'))
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
 @pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
-@pytest.mark.parametrize('candidate', CANDIDATES, ids=[path.stem for path in CANDIDATES])
+@pytest.mark.parametrize('candidate', KERNEL_CANDIDATES,
+                         ids=[path.stem for path in KERNEL_CANDIDATES])
 def test_kernel_candidate_applies_and_builds(tmp_path, candidate):
     """What scripts/gpu_check.sh --prepare makes of a candidate, and its GPU run then builds."""
-    source = tmp_path / f'{candidate.stem}.cu'
-    with candidate.open() as patch:
-        subprocess.run(['patch', '--batch', '--quiet', '--reject-file=-', '-o', str(source),
-                        str(KERNEL)], stdin=patch, check=True)
+    source = apply_kernel_candidate(candidate, tmp_path / f'{candidate.stem}.cu')
     schemas = _schemas_of_built_variant('candidate', source, tmp_path / 'build')
     assert 'dcnv3_candidate::dcnv3_forward(Tensor input' in schemas

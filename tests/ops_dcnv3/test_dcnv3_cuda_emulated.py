@@ -12,7 +12,6 @@ atomics, and timing; those are the GPU run's (scripts/gpu_check.sh).
 import math
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,10 +20,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
-from tools_testlib import load_script  # noqa: E402
+from tools_testlib import KERNEL_CANDIDATES, apply_kernel_candidate, load_script  # noqa: E402
 
 KERNEL = REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
-CANDIDATES = sorted((REPO_ROOT / 'tools' / 'kernel_candidates').glob('*.patch'))
 variants = load_script('tools/benchmark_dcnv3_variants.py', 'benchmark_dcnv3_variants')
 
 # Defines that turn the kernel file's CUDA constructs into host C++.
@@ -182,14 +180,6 @@ def worst_case(op, direction):
     return max(errors, key=lambda item: (math.isnan(item[0]), item[0]))  # NaN is the worst
 
 
-def candidate_source(patch, tmp_path):
-    source = tmp_path / f'{patch.stem}.cu'
-    with patch.open() as text:
-        subprocess.run(['patch', '--batch', '--quiet', '--reject-file=-', '-o', str(source),
-                        str(KERNEL)], stdin=text, check=True)
-    return source.read_text()
-
-
 @pytest.fixture(scope='module')
 def main_kernel(tmp_path_factory):
     return build_emulated('main', KERNEL.read_text(), tmp_path_factory.mktemp('emulated'))
@@ -220,17 +210,18 @@ def test_a_wrong_cuda_kernel_is_caught(tmp_path, direction, right, wrong):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
-@pytest.mark.parametrize('patch', CANDIDATES, ids=[path.stem for path in CANDIDATES])
+@pytest.mark.parametrize('patch', KERNEL_CANDIDATES, ids=[path.stem for path in KERNEL_CANDIDATES])
 def test_candidate_forward_matches_the_cpu_op_and_main(main_kernel, tmp_path, patch):
     """A candidate computes what the op does and, where it claims the same arithmetic in the
     same order, exactly what main's kernel computes (here, as host code)."""
-    candidate = build_emulated(patch.stem, candidate_source(patch, tmp_path), tmp_path)
+    source = apply_kernel_candidate(patch, tmp_path / f'{patch.stem}.cu').read_text()
+    candidate = build_emulated(patch.stem, source, tmp_path)
     error, case, dtype = worst_case(candidate, forward)
     assert error <= 1, (error, case, dtype)
     generator = torch.Generator().manual_seed(1)
     for case in CASES:
         tensors, scalars = variants.edge_case_inputs(case, generator)
         for dtype in DTYPES:
-            inputs = [t.to(dtype) for t in tensors[:3]]
-            assert torch.equal(candidate.dcnv3_forward(*inputs, *scalars),
-                               main_kernel.dcnv3_forward(*inputs, *scalars)), (case, dtype)
+            inputs = [t.to(dtype) for t in tensors]
+            assert torch.equal(forward(candidate, inputs, scalars)[0],
+                               forward(main_kernel, inputs, scalars)[0]), (case, dtype)

@@ -6,10 +6,23 @@ import os.path as osp
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART_CONFIG = osp.join(ROOT, 'configs', 'shapes', 'mask_rcnn_internimage_pico_fpn_shapes.py')
 PYTHON = sys.executable
+CUDA_KERNEL = osp.join(ROOT, 'ops_dcnv3', 'csrc', 'cuda', 'dcnv3_kernel.cu')
+# The kernel candidates (tools/kernel_candidates/*.patch), for tests parametrized over them.
+KERNEL_CANDIDATES = sorted(Path(ROOT, 'tools', 'kernel_candidates').glob('*.patch'))
+
+
+def apply_kernel_candidate(patch, out_file):
+    """Write the CUDA kernel file with candidate ``patch`` applied to ``out_file``, as
+    scripts/gpu_check.sh --prepare does (needs the ``patch`` command)."""
+    with open(patch) as text:
+        subprocess.run(['patch', '--batch', '--quiet', '--reject-file=-', '-o', str(out_file),
+                        CUDA_KERNEL], stdin=text, check=True)
+    return out_file
 
 
 def load_script(relative_path, module_name):
