@@ -97,7 +97,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ "$DRY" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
 else PY=python3
 fi
-export PYTHON="$PY"  # tools/dist_train.sh's interpreter where there is no .venv
+export PYTHON="$PY"  # tools/dist_train.sh's interpreter too
 WORK="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
 [ "$DRY" = 1 ] && WORK="$(mktemp -d /tmp/gpu_check_dry.XXXXXX)"
 rm -rf "$WORK/logs" && mkdir -p "$OUT_DIR" "$WORK/logs" || exit 1

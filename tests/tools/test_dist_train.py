@@ -57,3 +57,16 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
     assert 'segm_mAP' in result.stdout
     import mmcv
     assert len(mmcv.load(str(tmp_path / 'results.pkl'))) == 4  # every val image, in order, once
+
+
+@pytest.mark.parametrize('script, args', [('tools/dist_train.sh', ['config.py', '2']),
+                                          ('tools/dist_test.sh', ['config.py', 'model.pth', '2'])])
+def test_launchers_run_the_interpreter_named_in_python(tmp_path, script, args):
+    """$PYTHON wins over the checkout's .venv, as gpu_check.sh and other environments need."""
+    interpreter = tmp_path / 'python'
+    interpreter.write_text('#!/bin/sh\necho "launched by $0 with $*"\n')
+    interpreter.chmod(0o755)
+    result = run_tool(['bash', script, *args], env={'PYTHON': str(interpreter)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f'launched by {interpreter} with -m torch.distributed.run '), \
+        result.stdout
