@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,7 +237,7 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
     before = {path: path.stat().st_mtime_ns for path in built}
     result = subprocess.run(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
                             capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', PYTHON=sys.executable))
     summary = (tmp_path / 'summary.txt').read_text()
     assert result.returncode == 0, summary + result.stdout[-3000:]
     assert summary.rstrip().endswith('gpu_check: passed')
@@ -262,7 +263,7 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
 def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
     """GPU_CHECK_SKIP and GPU_CHECK_PROFILE=0, which fit the check into a short lease."""
     pytest.importorskip('mmdet')
-    env = dict(os.environ, PYTHONUNBUFFERED='1', GPU_CHECK_PROFILE='0',
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1', GPU_CHECK_PROFILE='0',
                GPU_CHECK_SKIP='benchmark-bfloat16 dist-train test-eval')
     result = subprocess.run(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
                             capture_output=True, text=True, timeout=900, env=env)
