@@ -32,7 +32,8 @@
 #   bash scripts/gpu_check.sh             on the GPU machine, from the checkout
 #   bash scripts/gpu_check.sh --dry-run   on a CPU machine: every step it can, at tiny sizes (no
 #                                         CUDA steps, no builds, the kit only installed to a
-#                                         temporary folder when its wheels fit this Python)
+#                                         temporary folder when its wheels fit this Python; the
+#                                         scratch folder is removed at the end)
 #
 # Options: --out DIR (default $OUT, else /tmp/gpu_check): gpu_check.log (everything) and
 # summary.txt go there. Environment: PYTHON (default python3; in --dry-run .venv/bin/python when
@@ -99,7 +100,11 @@ else PY=python3
 fi
 export PYTHON="$PY"  # tools/dist_train.sh's interpreter too
 WORK="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
-[ "$DRY" = 1 ] && WORK="$(mktemp -d /tmp/gpu_check_dry.XXXXXX)"
+if [ "$DRY" = 1 ]; then
+  # Thrown away at the end: its checkpoints take about 1 GB a run, and the test suite runs two.
+  WORK="$(mktemp -d /tmp/gpu_check_dry.XXXXXX)" || exit 1
+  trap 'rm -rf "$WORK"' EXIT
+fi
 rm -rf "$WORK/logs" && mkdir -p "$OUT_DIR" "$WORK/logs" || exit 1
 LOG="$OUT_DIR/gpu_check.log"
 STEPS="$WORK/steps.tsv"

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -249,6 +250,9 @@ def test_dry_run_passes_every_step_it_can_on_the_cpu(tmp_path):
         assert any(line.startswith(step) and 'skipped' in line for line in summary.splitlines())
     log = (tmp_path / 'gpu_check.log').read_text()
     assert 'bbox_mAP' in log and 'segm_mAP' in log  # the COCO evaluation ran
+    # The scratch folder (datasets, checkpoints: about 1 GB) is gone; the log and summary stay.
+    scratch = re.search(r'synthetic_shapes --out (\S+)/shapes ', log).group(1)
+    assert scratch.startswith('/tmp/gpu_check_dry.') and not os.path.exists(scratch)
     # Each run's host time per phase, side by side.
     table = summary.split('Host time per phase')[1].splitlines()
     assert table[2].split() == ['phase', 'float32', 'amp']
