@@ -98,7 +98,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ "$DRY" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
 else PY=python3
 fi
-export PYTHON="$PY"  # tools/dist_train.sh's interpreter too
+export PYTHON="$PY"  # tools/dist_train.sh's interpreter where there is no .venv
 WORK="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
 if [ "$DRY" = 1 ]; then
   # Thrown away at the end: its checkpoints take about 1 GB a run, and the test suite runs two.

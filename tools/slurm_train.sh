@@ -17,10 +17,9 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# An interpreter named in $PYTHON wins over the checkout's .venv (scripts/setup_env.sh).
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
+# The checkout's .venv first: PYTHON may name the interpreter scripts/setup_env.sh built it from.
+PYTHON=${PYTHON:-python}
+[ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"
 
 # shellcheck disable=SC2086  # SRUN_ARGS is a list of options
 PYTHONPATH="$ROOT:${PYTHONPATH:-}" srun -p "$PARTITION" --job-name="$JOB_NAME" \

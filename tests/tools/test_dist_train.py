@@ -1,5 +1,6 @@
 """tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
 import os.path as osp
+import shutil
 
 import pytest
 import torch
@@ -59,14 +60,31 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
     assert len(mmcv.load(str(tmp_path / 'results.pkl'))) == 4  # every val image, in order, once
 
 
-@pytest.mark.parametrize('script, args', [('tools/dist_train.sh', ['config.py', '2']),
-                                          ('tools/dist_test.sh', ['config.py', 'model.pth', '2'])])
-def test_launchers_run_the_interpreter_named_in_python(tmp_path, script, args):
-    """$PYTHON wins over the checkout's .venv, as gpu_check.sh and other environments need."""
-    interpreter = tmp_path / 'python'
-    interpreter.write_text('#!/bin/sh\necho "launched by $0 with $*"\n')
-    interpreter.chmod(0o755)
-    result = run_tool(['bash', script, *args], env={'PYTHON': str(interpreter)})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f'launched by {interpreter} with -m torch.distributed.run '), \
-        result.stdout
+def _stand_in_interpreter(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('#!/bin/sh\necho "launched by $0 with $*"\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize('script, args', [('dist_train.sh', ['config.py', '2']),
+                                          ('dist_test.sh', ['config.py', 'model.pth', '2'])])
+def test_launchers_prefer_the_checkouts_venv_to_python(tmp_path, script, args):
+    """The checkout's .venv runs the job; $PYTHON only where there is none. PYTHON often still
+    names the plain interpreter that scripts/setup_env.sh built the .venv from."""
+    checkout = tmp_path / 'checkout'
+    (checkout / 'tools').mkdir(parents=True)
+    shutil.copy(osp.join(ROOT, 'tools', script), checkout / 'tools' / script)
+    named = _stand_in_interpreter(tmp_path / 'python3.12')
+    venv = _stand_in_interpreter(checkout / '.venv' / 'bin' / 'python')
+
+    def launched_by():
+        result = run_tool(['bash', str(checkout / 'tools' / script), *args],
+                          env={'PYTHON': str(named)})
+        assert result.returncode == 0, result.stderr
+        assert ' with -m torch.distributed.run ' in result.stdout, result.stdout
+        return result.stdout.split()[2]
+
+    assert launched_by() == str(venv)
+    venv.unlink()
+    assert launched_by() == str(named)
