@@ -44,8 +44,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 command -v "$PYTHON" >/dev/null 2>&1 || die "no python3 found on PATH; install Python 3.11 and rerun"
 PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 case "$PYVER" in
-  3.9|3.10|3.11) ;;
-  *) die "Python $PYVER at $(command -v "$PYTHON") is not supported: mmcv-full 1.7.2 and mmdet 2.28.2 need Python 3.9-3.11 (set PYTHON=/path/to/python3.11)";;
+  3.10|3.11|3.12) ;;
+  *) die "Python $PYVER at $(command -v "$PYTHON") is not supported: torch 2.14 needs Python 3.10 or newer, and mmcv-full 1.7.2 and mmdet 2.28.2 are checked up to 3.12 (set PYTHON=/path/to/python3.11)";;
 esac
 command -v g++ >/dev/null 2>&1 || die "no C++ compiler: install g++ (e.g. 'apt-get install g++') to build mmcv-full and the DCNv3 extension"
 # shellcheck source=scripts/_build_common.sh
