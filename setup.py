@@ -97,7 +97,7 @@ def main():
         packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
         ext_modules=ext_modules,
         cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
-        python_requires='>=3.9',
+        python_requires='>=3.10',  # the torch requirements.txt pins (2.14.1) has no Python 3.9 wheels
         zip_safe=False,
     )
 

@@ -1,5 +1,6 @@
 """The installed environment: what README's setup promises."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,13 @@ def test_setup_rejects_unsupported_python(tmp_path, version):
     assert result.returncode != 0
     assert f'Python {version}' in result.stderr and 'not supported' in result.stderr
     assert 'PYTHON=' in result.stderr  # says how to fix it
+
+
+def test_setup_py_and_setup_env_agree_on_the_oldest_python():
+    """pip's python_requires and the setup's accepted versions name the same oldest Python."""
+    accepted = re.search(r'^  (3\.\d+(?:\|3\.\d+)*)\) ;;$', SETUP.read_text(), re.M).group(1).split('|')
+    oldest = min(accepted, key=lambda v: tuple(map(int, v.split('.'))))
+    assert f"python_requires='>={oldest}'" in (ROOT / 'setup.py').read_text()
 
 
 @pytest.mark.parametrize('version', ['3.11', '3.12'])
