@@ -95,7 +95,7 @@ def test_setup_py_and_setup_env_agree_on_the_oldest_python():
     assert f"python_requires='>={oldest}'" in (ROOT / 'setup.py').read_text()
 
 
-@pytest.mark.parametrize('version', ['3.11', '3.12'])
+@pytest.mark.parametrize('version', ['3.10', '3.11', '3.12'])
 def test_setup_names_missing_compiler(tmp_path, version):
     fake = _fake_python(tmp_path, version)  # a supported version: the setup gets to the compiler
     bin_dir = tmp_path / 'bin'
