@@ -20,9 +20,10 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
-from tools_testlib import KERNEL_CANDIDATES, apply_kernel_candidate, load_script  # noqa: E402
+from tools_testlib import (CUDA_KERNEL, KERNEL_CANDIDATES, apply_kernel_candidate,  # noqa: E402
+                           load_script)
 
-KERNEL = REPO_ROOT / 'ops_dcnv3' / 'csrc' / 'cuda' / 'dcnv3_kernel.cu'
+KERNEL = Path(CUDA_KERNEL)  # the kernel the candidates patch
 variants = load_script('tools/benchmark_dcnv3_variants.py', 'benchmark_dcnv3_variants')
 
 # Defines that turn the kernel file's CUDA constructs into host C++.
