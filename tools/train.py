@@ -37,7 +37,8 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precisi
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import UsageError, load_dataset, one_line_errors, read_config  # noqa: E402
 
-DATA_HINT = ('put the dataset there, or point the config elsewhere, e.g. --cfg-options '
+DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
+             'elsewhere, or point the config at the files: --cfg-options '
              '{split}.ann_file=FILE {split}.img_prefix=FOLDER')
 PRETRAINED_HINT = ('to use a local copy: --cfg-options model.backbone.init_cfg.checkpoint=FILE; '
                    'to start from random weights: --cfg-options model.backbone.init_cfg=None')

@@ -37,10 +37,19 @@ def test_missing_annotation_file_and_image_folder_are_named(train_tool, tmp_path
     message = _refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
     assert f'data.val: annotation file not found: {data}/annotations/instances_val.json' in message
     assert '--cfg-options data.val.ann_file=FILE' in message
+    assert 'MMDET_DATASETS=FOLDER/' in message
     # Without validation the validation data is not needed; the training images are.
     shutil.rmtree(data / 'train')
     message = _refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
     assert f'data.train: image folder not found: {data}/train/' in message
+
+
+def test_mmdet_datasets_moves_the_data_root(train_tool, tmp_path, tiny_shapes, monkeypatch):
+    # The hint's MMDET_DATASETS (mmdet's variable) replaces the config's data_root in every path.
+    config = write_tiny_config(tmp_path / 'tiny.py', str(tiny_shapes))
+    monkeypatch.setenv('MMDET_DATASETS', f'{tmp_path}/elsewhere/')
+    message = _refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
+    assert f'annotation file not found: {tmp_path}/elsewhere/annotations/instances_train.json' in message
 
 
 def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
