@@ -93,7 +93,7 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
                          f'{MIN_OPSET} to {MAX_OPSET}')
     if not HAS_COMPILED_OP:
         raise RuntimeError('ONNX export translates the compiled DCNv3 op; build ops_dcnv3._C '
-                           '(pip install -e .) first')
+                           '(python setup.py build_ext --inplace) first')
     register_dcnv3_onnx_symbolic(MIN_OPSET)
     dynamic_axes = {'dets': {0: 'num_dets'}, 'labels': {0: 'num_dets'}, 'masks': {0: 'num_dets'}}
     if dynamic:

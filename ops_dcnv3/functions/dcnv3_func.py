@@ -278,8 +278,8 @@ def _warn_fallback_once(device_type):
     else:
         reason = f'ops_dcnv3._C could not be loaded ({COMPILED_OP_IMPORT_ERROR})'
     warnings.warn(f'{reason}; DCNv3 falls back to the much slower pure-PyTorch core '
-                  f'dcnv3_core_pytorch. Build the extension with `python setup.py build_ext --inplace` '
-                  f'or `pip install -e .`.', RuntimeWarning, stacklevel=3)
+                  'dcnv3_core_pytorch. Build the extension with `python setup.py build_ext --inplace`.',
+                  RuntimeWarning, stacklevel=3)
 
 
 class DCNv3Function:
