@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU path end to end, in one run of at most 9 minutes on one H100/H200 without network
 # (Python 3.12, torch 2.11, numpy 2: the lent GPU machine, see docs/benchmarks.md):
-#   1. installs ../shared/gpu-kit (mmcv-full 1.7.2 with sm_90 CUDA ops, mmdet 2.28.2, ...) into a
-#      private folder, builds ops_dcnv3 for sm_90 and, beside it, the original InternImage kernel
-#      (../shared/anchors/original_dcnv3), and generates a 1333x800 COCO-format shapes dataset;
+#   1. installs the kit (.device/gpu-kit, --prepare's copy of ../shared/gpu-kit: mmcv-full 1.7.2
+#      with sm_90 CUDA ops, mmdet 2.28.2, ...) into a private folder, builds ops_dcnv3 for sm_90
+#      and, beside it, the original InternImage kernel (.device/original_dcnv3, from
+#      ../shared/anchors/original_dcnv3), and generates a 1333x800 COCO-format shapes dataset;
 #   2. runs the CUDA tests (op, modules, backbone parity, original-kernel core op);
 #   3. times our op against the original kernel and the PyTorch core (tools/benchmark_dcnv3.py:
 #      InternImage-T stage shapes of a 1333x800 input, batch 2; float32 and float16 against the
@@ -17,8 +18,9 @@
 #      mmcv's loss scaling, SyncFreeFp16OptimizerHook), and float32 with the original kernel
 #      (core_op DCNv3_original, tools/original_dcnv3_core.py), reporting steady-state s/iter and peak GPU memory
 #      (targets: ours >= 1.3x faster than the original kernel, mixed precision >= 1.5x faster
-#      than float32); each run's last iterations run under torch.profiler, whose per-operator
-#      table (GPU time first, and the CPU and GPU totals) goes to the log;
+#      than float32); the last iterations of our two runs run under torch.profiler, whose
+#      per-operator table (GPU time first, and the CPU and GPU totals) goes to the log (the
+#      original kernel's run is only timed, to fit the budget);
 #      every training run logs the host's time in each phase of a step (StepPhaseTimerHook),
 #      and the summary sets them side by side;
 #   5. runs tools/dist_train.sh with 1 GPU (NCCL, MMDistributedDataParallel), resuming the float32

@@ -31,7 +31,7 @@ if [ $# -gt 0 ]; then
   case "$1" in
     --beside)
       shift
-      [ $# -gt 0 ] || die "--beside needs a command to run, e.g. --beside python -m mmdet_custom.datasets.synthetic_shapes --out data/shapes"
+      [ $# -gt 0 ] || die "--beside needs a command to run, e.g. --beside python mmdet_custom/datasets/synthetic_shapes.py --out data/shapes (by file path: mmcv may still be building)"
       BESIDE=("$@");;
     -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
     *) die "unknown argument '$1' (usage: bash scripts/setup_env.sh [--beside CMD [ARGS...]])";;
