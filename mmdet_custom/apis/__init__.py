@@ -1,6 +1,6 @@
 """Training and testing entry points used by tools/: resumable, CPU- and GPU-distributed."""
 from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
-                         read_checkpoint)
+                         load_weights_leniently, read_checkpoint)
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
 from .test import DistEvalHookAnyDevice, multi_process_test
@@ -9,7 +9,8 @@ from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
                     train_loader_config)
 
 __all__ = [
-    'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint', 'read_checkpoint',
+    'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint',
+    'load_weights_leniently', 'read_checkpoint',
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
     'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
     'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',

@@ -5,6 +5,7 @@ import re
 import zipfile
 
 import torch
+from mmcv.runner import load_state_dict
 
 from ..utils import error_summary
 
@@ -69,6 +70,16 @@ def load_detector_checkpoint(model, path, map_location='cpu', logger=None):
         logger.warning(f'{len(unexpected)} checkpoint weights are not used by the model '
                        f'(first: {unexpected[0]})')
     model.load_state_dict({key: state_dict[key] for key in expected})
+    return checkpoint
+
+
+def load_weights_leniently(model, path, logger=None):
+    """Fine-tuning's load (``load_from``): mmcv's, where weights missing or of another shape (a
+    head for another number of classes) are warnings, but with read_checkpoint's one clear error
+    for a missing or damaged file. Returns the checkpoint dict."""
+    checkpoint = read_checkpoint(path)
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    load_state_dict(model, _strip_prefix(state_dict), strict=False, logger=logger)
     return checkpoint
 
 

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import multiprocessing
 import multiprocessing.forkserver
-import pickle
 import types
 from functools import partial
 from typing import Sequence
@@ -33,7 +32,7 @@ from typing import Sequence
 import torch
 
 import mmcv.runner.epoch_based_runner
-from mmcv.parallel import collate
+from mmcv.parallel import collate, is_module_wrapper
 from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor
@@ -43,7 +42,8 @@ from torch.utils.data import DataLoader
 
 from ..core.hooks import SyncFreeFp16OptimizerHook
 from ..utils import error_summary
-from .checkpoint import CheckpointError, find_resumable_checkpoint
+from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
+                         load_weights_leniently)
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
 from .test import DistEvalHookAnyDevice
@@ -281,18 +281,26 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         cfg.resume_from = find_resumable_checkpoint(cfg.work_dir, logger)
         if cfg.resume_from is None:
             logger.info(f'auto-resume: no checkpoint in {cfg.work_dir}, starting from scratch')
+    detector = runner.model.module if is_module_wrapper(runner.model) else runner.model
     if cfg.resume_from:
+        # mmcv's resume reads the weights leniently (one of another shape is only a warning) and
+        # then loads the optimizer state, whose moments of the old shapes crash the fused update:
+        # the weights go through load_detector_checkpoint instead, which refuses such a file.
+        runner.load_checkpoint = functools.partial(load_detector_checkpoint, detector, logger=logger)
         try:
             with configured_update_implementation(runner.optimizer):
                 runner.resume(cfg.resume_from)
-        # Unreadable (torch raises several types for damaged files), or of another model or
-        # optimizer.
-        except (RuntimeError, ValueError, KeyError, OSError, EOFError,
-                pickle.UnpicklingError) as error:
+        except CheckpointError as error:  # unreadable, or of another model
+            raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}') from None
+        # Of another optimizer (parameter groups), or a training state mmcv cannot read.
+        except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
     elif cfg.load_from:
-        runner.load_checkpoint(cfg.load_from)
+        if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
+            runner.load_checkpoint(cfg.load_from)
+        else:
+            load_weights_leniently(detector, cfg.load_from, logger)
     # Distributed runs keep mmcv's sleeps: the deadlock they dodge was seen there.
     with contextlib.nullcontext() if distributed else without_epoch_transition_sleeps():
         runner.run(data_loaders, cfg.workflow)

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip('mmdet')
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
-                               read_checkpoint, train_loader_config)
+                               load_weights_leniently, read_checkpoint, train_loader_config)
 from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
 
 
@@ -116,6 +116,22 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         load_detector_checkpoint(model, str(wrong_shape))
 
 
+def test_fine_tuning_load_skips_weights_of_another_shape_but_not_a_bad_file(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    other_head = tmp_path / 'other_head.pth'  # as a checkpoint trained for another class count
+    _save(other_head, {'module.0.weight': torch.ones(3, 3), 'module.0.bias': torch.ones(3),
+                       'module.1.weight': torch.zeros(5, 3), 'module.1.bias': torch.zeros(5)})
+    head_before = model[1].weight.detach().clone()
+    load_weights_leniently(model, str(other_head))
+    assert torch.equal(model[0].weight, torch.ones(3, 3)) and torch.equal(model[1].weight, head_before)
+    with pytest.raises(CheckpointError, match='checkpoint not found'):
+        load_weights_leniently(model, str(tmp_path / 'nope.pth'))
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+        load_weights_leniently(model, str(corrupt))
+
+
 class _TinyModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -155,3 +171,4 @@ def test_mmcv_scatter_gets_a_stream_for_a_gpu_index():
     from mmcv.parallel import _functions
     stream = _functions._get_stream(0)
     assert stream is None or isinstance(stream, torch.cuda.Stream)
+

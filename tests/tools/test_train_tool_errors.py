@@ -58,6 +58,37 @@ def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
 
 
+def _save_untrained_checkpoint(config, path, cfg_options):
+    # A checkpoint as training writes one (weights, epoch, iteration), of the model ``config``
+    # builds with ``cfg_options``; no optimizer state is needed for what the tests check.
+    from mmcv import Config
+    from mmcv.runner import save_checkpoint
+    from mmdet.models import build_detector
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(cfg_options)
+    cfg.model.backbone.init_cfg = None
+    save_checkpoint(build_detector(cfg.model), str(path), meta=dict(epoch=1, iter=4))
+
+
+def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_config):
+    # mmcv's own resume would load it with warnings, and the optimizer state after it could crash
+    # the fused AdamW step (a segfault); the weights are checked first.
+    work = tmp_path / 'work'
+    work.mkdir()
+    _save_untrained_checkpoint(tiny_config, work / 'epoch_1.pth',
+                               {'model.roi_head.bbox_head.num_classes': 4})
+    message = _refused(train_tool, tiny_config, '--auto-resume', '--work-dir', str(work))
+    assert (f'checkpoint {work}/epoch_1.pth does not fit the model built from the config' in message
+            and 'first: roi_head.bbox_head.fc_cls.weight is (5, 256) in the checkpoint, (4, 256) in '
+            'the model' in message)
+
+
+def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
+    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
+                       '--cfg-options', f'load_from={tmp_path}/coco.pth')
+    assert message.endswith(f'checkpoint not found: {tmp_path}/coco.pth')
+
+
 def test_auto_scale_lr_needs_a_base_batch_size(train_tool, tmp_path, tiny_config):
     message = _refused(train_tool, tiny_config, '--auto-scale-lr', '--work-dir', str(tmp_path),
                        '--cfg-options', 'auto_scale_lr=None')
