@@ -34,6 +34,7 @@ import torch
 import mmcv.runner.epoch_based_runner
 from mmcv.parallel import collate, is_module_wrapper
 from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
+from mmdet.apis.train import auto_scale_lr
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor
 from mmdet.datasets.samplers import DistributedGroupSampler
@@ -257,6 +258,7 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     if precision == 'bfloat16':
         _autocast_feature_extraction(model, cfg.device, torch.bfloat16)
     model = wrap_model(model, cfg, distributed, cfg.get('find_unused_parameters', False))
+    auto_scale_lr(cfg, distributed, logger)  # the linear scaling rule, if auto_scale_lr.enable
     optimizer = build_optimizer(model, cfg.optimizer)
     runner = build_runner(cfg.runner, default_args=dict(
         model=model, optimizer=optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta))

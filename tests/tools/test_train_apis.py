@@ -1,6 +1,7 @@
 """Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints;
 and of the epoch-transition sleeps single-process training skips."""
 import logging
+import os.path as osp
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_datal
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, train_loader_config)
 from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
+from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
 
 
 class _FlaggedDataset(torch.utils.data.Dataset):
@@ -172,3 +174,15 @@ def test_mmcv_scatter_gets_a_stream_for_a_gpu_index():
     stream = _functions._get_stream(0)
     assert stream is None or isinstance(stream, torch.cuda.Stream)
 
+
+@pytest.mark.slow
+def test_auto_scale_lr_scales_the_optimizer_learning_rates(tmp_path, tiny_config):
+    # One process of 2 images against a base batch of 16: the linear rule gives 1/8 of the lr.
+    work = tmp_path / 'work'
+    result = run_tool([PYTHON, osp.join(ROOT, 'tools', 'train.py'), tiny_config, '--no-validate',
+                       '--work-dir', str(work), '--auto-scale-lr',
+                       '--cfg-options', 'auto_scale_lr.base_batch_size=16'], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'LR has been automatically scaled from 0.0014 to 0.000175' in result.stdout + result.stderr
+    groups = read_checkpoint(str(work / 'epoch_1.pth'))['optimizer']['param_groups']
+    assert [group['initial_lr'] for group in groups] == [pytest.approx(1.4e-3 / 8)]
