@@ -1,11 +1,15 @@
 """What the command-line tools share to report bad input in one line: ``UsageError``, which their
-``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1 (``one_line_errors``), reading
-a config file, and building a dataset."""
+``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1 (``one_line_errors``), the
+``--cfg-options`` parser, reading a config file, building a dataset and checking what its
+evaluation is asked for."""
 import contextlib
+import inspect
 import os.path as osp
 
-from mmcv import Config
-from mmdet.datasets import build_dataset
+from mmcv import Config, DictAction
+from mmcv.runner import DistEvalHook as MmcvDistEvalHook
+from mmdet.core import DistEvalHook
+from mmdet.datasets import DATASETS, CocoDataset, CustomDataset, build_dataset
 from mmdet.utils import update_data_root
 
 from mmdet_custom.utils import error_summary
@@ -37,16 +41,45 @@ def builder_error(error):
 
 def load_dataset(dataset_cfg, name):
     """``build_dataset(dataset_cfg)``, with the errors of an unreadable or incomplete annotation
-    file, or of settings the dataset type does not take, as a UsageError naming ``name``
-    (e.g. 'data.train')."""
+    file, of settings the dataset type does not take, or of a dataset without images, as a
+    UsageError naming ``name`` (e.g. 'data.train')."""
     try:
-        return build_dataset(dataset_cfg)
+        dataset = build_dataset(dataset_cfg)
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
         raise UsageError(f'{name}: cannot load the dataset: {builder_error(error)}') from None
+    if len(dataset) == 0:
+        # Training leaves out images without annotations of the config's classes (mmdet's
+        # filter_empty_gt): a class-name typo empties the dataset, and training would then run
+        # no iteration and save an untrained checkpoint.
+        filtered = not getattr(dataset, 'test_mode', True) and getattr(dataset, 'filter_empty_gt', False)
+        raise UsageError(f'{name}: no images in the dataset' + (
+            f' that have annotations of the classes {", ".join(dataset.CLASSES)}' if filtered else '')
+            + f' (ann_file {dataset_cfg.get("ann_file")})')
+    return dataset
 
 
-def read_config(path, cfg_options=None):
-    """The config at ``path`` with ``--cfg-options`` merged and mmdet's MMDET_DATASETS applied."""
+class ConfigOptions(DictAction):
+    """``--cfg-options KEY=VALUE ...`` (mmcv's DictAction), with a word that is not KEY=VALUE
+    an argparse error rather than a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for pair in values:
+            if '=' not in pair:
+                parser.error(f'{option_string}: expected KEY=VALUE, got {pair!r}')
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _has_key(cfg, dotted):
+    for part in dotted.split('.'):
+        if not isinstance(cfg, (Config, dict)) or part not in cfg:
+            return False
+        cfg = cfg[part]
+    return True
+
+
+def read_config(path, cfg_options=None, required=()):
+    """The config at ``path`` with ``--cfg-options`` merged and mmdet's MMDET_DATASETS applied;
+    ``required`` names the (dotted) keys the tool needs, e.g. 'model' or 'data.test'."""
     if not osp.isfile(path):
         raise UsageError(f'config file not found: {path}')
     try:
@@ -54,6 +87,55 @@ def read_config(path, cfg_options=None):
     except Exception as error:
         raise UsageError(f'cannot read config {path}: {type(error).__name__}: {error}') from None
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (TypeError, KeyError, ValueError) as error:  # e.g. a key under a value that is no dict
+            raise UsageError(f'--cfg-options do not fit config {path}: '
+                             f'{type(error).__name__}: {error}') from None
+    missing = [key for key in required if not _has_key(cfg, key)]
+    if missing:
+        raise UsageError(f'config {path} has no {missing[0]}: not a detector config for this tool')
     update_data_root(cfg)
     return cfg
+
+
+def _named_parameters(function):
+    return {name for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+
+# The evaluation hooks' own settings; the rest of a config's ``evaluation`` goes to evaluate().
+_EVAL_HOOK_KEYS = ((_named_parameters(MmcvDistEvalHook.__init__)
+                   | _named_parameters(DistEvalHook.__init__)) - {'self', 'dataloader'})
+
+
+def evaluation_settings(cfg):
+    """The config's ``evaluation`` settings that reach ``dataset.evaluate()`` as keyword
+    arguments: all but the evaluation hook's own (interval, save_best, ...) and ``metric``."""
+    return {key: value for key, value in cfg.get('evaluation', {}).items()
+            if key not in _EVAL_HOOK_KEYS and key != 'metric'}
+
+
+# What the evaluate() of mmdet's two base datasets accepts as ``metric``; a subclass that keeps
+# its base's evaluate() (e.g. the COCO-format datasets) accepts the same.
+_METRICS = {CocoDataset.evaluate: ('bbox', 'segm', 'proposal', 'proposal_fast'),
+            CustomDataset.evaluate: ('mAP', 'recall')}
+
+
+def check_evaluation(dataset_cfg, metrics, options, name):
+    """Refuse, before any inference, metrics or keyword options (``options``) that the evaluate()
+    of the dataset type ``dataset_cfg`` names does not take; ``name`` says where they came from."""
+    dataset_type = DATASETS.get(dataset_cfg.get('type', ''))
+    if dataset_type is None:
+        return  # build_dataset will name the unknown type
+    known = _METRICS.get(dataset_type.evaluate)
+    for metric in [metrics] if isinstance(metrics, str) else metrics or ():
+        if known is not None and metric not in known:
+            raise UsageError(f'{name}: {dataset_type.__name__} cannot evaluate {metric!r} '
+                             f'(it evaluates {", ".join(known)})')
+    parameters = inspect.signature(dataset_type.evaluate).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = [key for key in options if key not in parameters or key in ('self', 'results')]
+        if unknown:
+            raise UsageError(f'{name}: {dataset_type.__name__}.evaluate() takes no option '
+                             f'{unknown[0]!r}')

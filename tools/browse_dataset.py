@@ -9,11 +9,10 @@ import os.path as osp
 import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 
 import mmcv  # noqa: E402
-from mmcv import DictAction  # noqa: E402
 from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from _usage import load_dataset, one_line_errors, read_config  # noqa: E402
+from _usage import ConfigOptions, load_dataset, one_line_errors, read_config  # noqa: E402
 
 # Steps that turn the annotated image into tensors; drawing needs the arrays before them.
 TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
@@ -27,17 +26,26 @@ def parse_args(argv=None):
                         help='data.<split> of the config (val/test use the train pipeline\'s '
                         'annotation loading so that boxes and masks are drawn)')
     parser.add_argument('--num', type=int, default=20, help='how many images to draw')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries')
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, help='override config entries')
     return parser.parse_args(argv)
+
+
+def wrapped_dataset(data_cfg):
+    """The dataset inside mmdet's wrappers (RepeatDataset, ClassBalancedDataset), whose
+    pipeline is the one to draw: each image once."""
+    while 'pipeline' not in data_cfg and 'dataset' in data_cfg:
+        data_cfg = data_cfg.dataset
+    return data_cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors('tools/browse_dataset.py'):
-        cfg = read_config(args.config, args.cfg_options)
-        data_cfg = cfg.data[args.split]
+        cfg = read_config(args.config, args.cfg_options,
+                          required=('data.train', f'data.{args.split}'))
+        data_cfg = wrapped_dataset(cfg.data[args.split])
         if args.split != 'train':
-            data_cfg.pipeline = cfg.data.train.pipeline
+            data_cfg.pipeline = wrapped_dataset(cfg.data.train).pipeline
             data_cfg.test_mode = False
         data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
         dataset = load_dataset(data_cfg, f'data.{args.split}')

@@ -15,14 +15,13 @@ import argparse
 import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 
 import torch  # noqa: E402
-from mmcv import DictAction  # noqa: E402
 from mmcv.cnn import get_model_complexity_info  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 from mmdet.models.detectors import TwoStageDetector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch  # noqa: E402
-from _usage import one_line_errors, read_config  # noqa: E402
+from _usage import ConfigOptions, one_line_errors, read_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs='+', default=[1280, 800],
                         help='input size H W (one number: square)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries')
     parser.add_argument('--per-layer', action='store_true', help='print mmcv\'s per-layer table')
     args = parser.parse_args(argv)
@@ -108,7 +107,7 @@ def main(argv=None):
     args = parse_args(argv)
     height, width = (args.shape * 2)[:2]
     with one_line_errors('tools/get_flops.py'):
-        cfg = read_config(args.config, args.cfg_options)
+        cfg = read_config(args.config, args.cfg_options, required=('model',))
     flops, dcn_flops, params = count_complexity(cfg, height, width, args.per_layer)
     line = '=' * 40
     print(f'{line}\nConfig: {args.config}\nInput shape: (3, {height}, {width})\n'

@@ -209,7 +209,7 @@ def main(argv=None):
     with one_line_errors('tools/image_demo.py', CheckpointError):
         if not osp.isfile(args.img):
             raise UsageError(f'image not found: {args.img}')
-        cfg = read_config(args.config)
+        cfg = read_config(args.config, required=('model', 'data.test'))
         model = build_for_inference(cfg, args.checkpoint, args.device)
     image = mmcv.imread(args.img, channel_order='rgb')
     result = inference_detector(model, args.img)

@@ -17,22 +17,18 @@ import _bootstrap  # (first: repository on sys.path, quiet imports)
 import mmcv  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from mmcv import DictAction  # noqa: E402
 from mmcv.cnn import fuse_conv_bn  # noqa: E402
 from mmcv.runner import get_dist_info, wrap_fp16_model  # noqa: E402
 from mmdet.apis import single_gpu_test  # noqa: E402
-from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor  # noqa: E402
+from mmdet.datasets import build_dataloader, replace_ImageToTensor  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
-from _usage import UsageError, one_line_errors, read_config  # noqa: E402
-
-
-EVAL_HOOK_ONLY_KEYS = ('interval', 'tmpdir', 'start', 'gpu_collect', 'save_best', 'rule',
-                       'dynamic_intervals', 'by_epoch', 'broadcast_bn_buffer')
+from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
+                    load_dataset, one_line_errors, read_config)
 
 
 def parse_args(argv=None):
@@ -56,9 +52,9 @@ def parse_args(argv=None):
                         help='gather the ranks\' results through GPU memory (CUDA only)')
     parser.add_argument('--tmpdir', help='shared folder to gather the ranks\' results through '
                         '(when --gpu-collect is not given; CUDA only)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. data.test.ann_file=...')
-    parser.add_argument('--eval-options', nargs='+', action=DictAction,
+    parser.add_argument('--eval-options', nargs='+', action=ConfigOptions,
                         help='extra arguments of dataset.evaluate(), e.g. classwise=True')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher')
@@ -76,9 +72,7 @@ def parse_args(argv=None):
 
 
 def load_config(path, cfg_options):
-    cfg = compat_cfg(read_config(path, cfg_options))
-    if 'model' not in cfg or 'data' not in cfg or 'test' not in cfg.data:
-        raise UsageError(f'config {path} has no model or no data.test: not a detector test config')
+    cfg = compat_cfg(read_config(path, cfg_options, required=('model', 'data.test')))
     # Weights come from the checkpoint: skip downloading pretrained backbones.
     cfg.model.pretrained = None
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
@@ -95,8 +89,22 @@ def build_model(cfg, config_path):
                          f'{type(error).__name__}: {error}') from None
 
 
+def evaluation_options(args, cfg):
+    """dataset.evaluate()'s keyword arguments for --eval: the config's evaluation settings
+    (those not meant for the training hook), then --eval-options."""
+    return dict(evaluation_settings(cfg), **(args.eval_options or {}))
+
+
+def check_request(args, cfg):
+    """What --eval asks of the test set's evaluate(), checked before hours of inference."""
+    if args.eval:
+        check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
+                         '--eval/--eval-options')
+
+
 def run(args):
     cfg = load_config(args.config, args.cfg_options)
+    check_request(args, cfg)
     if args.tmpdir or args.gpu_collect:
         if not torch.cuda.is_available():
             print('note: --tmpdir/--gpu-collect apply to CUDA runs; CPU ranks gather via gloo')
@@ -123,7 +131,7 @@ def run(args):
     checkpoint = load_detector_checkpoint(model, args.checkpoint)
     if args.fuse_conv_bn:
         model = fuse_conv_bn(model)
-    dataset = build_dataset(cfg.data.test)
+    dataset = load_dataset(cfg.data.test, 'data.test')
     data_loader = build_dataloader(dataset, **loader_args)
     model.CLASSES = checkpoint.get('meta', {}).get('CLASSES', dataset.CLASSES)
 
@@ -149,11 +157,7 @@ def report_results(args, cfg, dataset, results, source):
     if args.format_only:
         dataset.format_results(results, **eval_options)
     if args.eval:
-        # The config's evaluation settings apply too, minus those meant for the training hook.
-        eval_kwargs = {key: value for key, value in cfg.get('evaluation', {}).items()
-                       if key not in EVAL_HOOK_ONLY_KEYS}
-        eval_kwargs.update(eval_options, metric=args.eval)
-        metrics = dataset.evaluate(results, **eval_kwargs)
+        metrics = dataset.evaluate(results, metric=args.eval, **evaluation_options(args, cfg))
         print(metrics)
         if args.work_dir is not None:
             mmcv.mkdir_or_exist(osp.abspath(args.work_dir))

@@ -21,7 +21,6 @@ import mmcv  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from mmcv import DictAction  # noqa: E402
 from mmcv.runner import get_dist_info  # noqa: E402
 from mmcv.utils import get_git_hash  # noqa: E402
 from mmdet import __version__ as mmdet_version  # noqa: E402
@@ -35,7 +34,8 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precisi
                                init_distributed, set_mixed_precision, start_worker_server,
                                train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
-from _usage import UsageError, load_dataset, one_line_errors, read_config  # noqa: E402
+from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
+                    load_dataset, one_line_errors, read_config)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -59,7 +59,7 @@ def parse_args(argv=None):
                         help='give every rank a different seed (seed + rank)')
     parser.add_argument('--deterministic', action='store_true',
                         help='use deterministic algorithms (cuDNN and torch)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. optimizer.lr=0.001 data.samples_per_gpu=2')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate with the total batch size (config auto_scale_lr)')
@@ -146,8 +146,13 @@ def main(argv=None):
 
 
 def train(args):
-    cfg = read_config(args.config, args.cfg_options)
-    check_training_data(cfg, validate=not args.no_validate)
+    validate = not args.no_validate
+    cfg = read_config(args.config, args.cfg_options,
+                      required=('model', 'data.train') + (('data.val',) if validate else ()))
+    check_training_data(cfg, validate)
+    if validate:  # checked now rather than after the first epoch
+        check_evaluation(cfg.data.val, cfg.get('evaluation', {}).get('metric', 'bbox'),
+                         evaluation_settings(cfg), 'evaluation')
     if args.resume_from is not None and not osp.isfile(args.resume_from):
         raise UsageError(f'--resume-from: checkpoint not found: {args.resume_from}')
     if args.auto_scale_lr:
@@ -228,7 +233,7 @@ def train(args):
         cfg.checkpoint_config.meta = dict(
             mmdet_version=mmdet_version + get_git_hash()[:7], CLASSES=datasets[0].CLASSES)
     model.CLASSES = datasets[0].CLASSES
-    train_detector(model, datasets, cfg, distributed=distributed, validate=not args.no_validate,
+    train_detector(model, datasets, cfg, distributed=distributed, validate=validate,
                    timestamp=timestamp, meta=meta)
 
 

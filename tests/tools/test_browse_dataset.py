@@ -26,3 +26,14 @@ def test_a_missing_config_or_annotation_file_is_one_line(tmp_path, tiny_config):
                                          r'load the dataset: FileNotFoundError: .*instances_train'):
         browse_dataset.main([tiny_config, '--output-dir', str(tmp_path),
                              '--cfg-options', f'data.train.ann_file={missing}'])
+
+
+def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config):
+    # RepeatDataset (as in mmdet's configs) has no pipeline of its own: the wrapped one is drawn.
+    from mmcv import Config
+    cfg = Config.fromfile(tiny_config)
+    cfg.data.train = dict(type='RepeatDataset', times=3, dataset=cfg.data.train)
+    cfg.dump(str(tmp_path / 'repeat.py'))
+    browse_dataset.main([str(tmp_path / 'repeat.py'), '--output-dir', str(tmp_path / 'out'),
+                         '--num', '2', '--split', 'val'])
+    assert sorted(p.name for p in (tmp_path / 'out').glob('*.png')) == ['000000.png', '000001.png']

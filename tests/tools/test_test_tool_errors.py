@@ -1,11 +1,12 @@
 """tools/test.py refuses bad input with one clear line and a non-zero exit status."""
+import json
 import os.path as osp
 
 import pytest
 import torch
 
 pytest.importorskip('mmdet')
-from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
+from tools_testlib import PYTHON, ROOT, load_script, run_tool, write_tiny_config  # noqa: E402
 
 TEST_TOOL = osp.join(ROOT, 'tools', 'test.py')
 
@@ -87,3 +88,54 @@ def test_matching_checkpoint_evaluates(matching_checkpoint):
     result = run_tool([PYTHON, TEST_TOOL, config, checkpoint, '--eval', 'bbox', 'segm'], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'bbox_mAP' in result.stdout and 'segm_mAP' in result.stdout
+
+
+# In-process: the refusals below come before any inference (and mostly before the model is built).
+@pytest.fixture(scope='module')
+def test_tool():
+    return load_script('tools/test.py', 'test_tool')
+
+
+def _refused(tool, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(list(args))
+    message = str(exit_info.value)
+    assert message.startswith('tools/test.py: error: ') and '\n' not in message, message
+    return message
+
+
+def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test_tool,
+                                                                          matching_checkpoint):
+    config, checkpoint = matching_checkpoint
+    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', 'mAP').endswith(
+        "--eval/--eval-options: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, segm, "
+        "proposal, proposal_fast)")
+    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
+                    'iou_thr=0.5').endswith(
+        "--eval/--eval-options: CocoDataset.evaluate() takes no option 'iou_thr'")
+
+
+def test_an_empty_test_set_is_named(test_tool, matching_checkpoint, tmp_path):
+    config, checkpoint = matching_checkpoint
+    empty = tmp_path / 'empty.json'
+    empty.write_text(json.dumps(dict(images=[], annotations=[], categories=[
+        dict(id=1, name='circle'), dict(id=2, name='triangle'), dict(id=3, name='rectangle')])))
+    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                    f'data.test.ann_file={empty}').endswith(
+        f'data.test: no images in the dataset (ann_file {empty})')
+
+
+def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, matching_checkpoint,
+                                                                    tmp_path, capsys):
+    config, checkpoint = matching_checkpoint
+    with pytest.raises(SystemExit) as exit_info:  # an argparse error
+        test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options', 'data.test'])
+    assert exit_info.value.code == 2
+    assert "--cfg-options: expected KEY=VALUE, got 'data.test'" in capsys.readouterr().err
+    message = _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                       'model.backbone.channels.width=16')
+    assert f'--cfg-options do not fit config {config}: TypeError: ' in message
+    other = tmp_path / 'not_a_detector.py'
+    other.write_text('x = 1\n')
+    assert _refused(test_tool, str(other), checkpoint, '--eval', 'bbox').endswith(
+        f'config {other} has no model: not a detector config for this tool')

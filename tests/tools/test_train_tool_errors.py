@@ -52,6 +52,24 @@ def test_mmdet_datasets_moves_the_data_root(train_tool, tmp_path, tiny_shapes, m
     assert f'annotation file not found: {tmp_path}/elsewhere/annotations/instances_train.json' in message
 
 
+def test_a_dataset_left_empty_by_the_class_names_is_refused(train_tool, tmp_path, tiny_config,
+                                                            tiny_shapes):
+    # Training keeps only images with annotations of the config's classes; without the check it
+    # ran no iteration and saved an untrained checkpoint.
+    message = _refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                       '--cfg-options', "data.train.classes=('Circle','Triangle')")
+    assert message.endswith('data.train: no images in the dataset that have annotations of the '
+                            f'classes Circle, Triangle (ann_file {tiny_shapes}/annotations/'
+                            'instances_train.json)')
+
+
+def test_an_unknown_evaluation_metric_is_refused_before_training(train_tool, tmp_path, tiny_config):
+    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
+                       '--cfg-options', 'evaluation.metric=mAP')
+    assert message.endswith("evaluation: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, "
+                            "segm, proposal, proposal_fast)")
+
+
 def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     message = _refused(train_tool, tiny_config, '--resume-from', str(tmp_path / 'epoch_9.pth'),
                        '--work-dir', str(tmp_path / 'work'))

@@ -18,10 +18,9 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, for _bootstrap
 import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 
-from mmcv import DictAction  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import one_line_errors  # noqa: E402
+from _usage import ConfigOptions, one_line_errors  # noqa: E402
 from tools.test import UsageError, build_model, load_config  # noqa: E402
 
 PROG = 'tools/deployment/pytorch2onnx.py'
@@ -42,7 +41,7 @@ def parse_args(argv=None):
                         'synthetic-shapes image of the input size)')
     parser.add_argument('--verify', action='store_true',
                         help='compare ONNX Runtime\'s detections with PyTorch\'s on the input image')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. model.test_cfg.rcnn.max_per_img=50')
     args = parser.parse_args(argv)
     if args.shape is not None and len(args.shape) not in (1, 2):

@@ -13,12 +13,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/, f
 import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 
 import mmcv  # noqa: E402
-from mmcv import DictAction  # noqa: E402
 from mmdet.core import encode_mask_results  # noqa: E402
-from mmdet.datasets import build_dataloader, build_dataset  # noqa: E402
+from mmdet.datasets import build_dataloader  # noqa: E402
 
-from _usage import one_line_errors  # noqa: E402
-from tools.test import UsageError, load_config, report_results  # noqa: E402
+from _usage import ConfigOptions, load_dataset, one_line_errors  # noqa: E402
+from tools.test import UsageError, check_request, load_config, report_results  # noqa: E402
 
 PROG = 'tools/deployment/test.py'
 BACKENDS = ('onnxruntime',)
@@ -37,9 +36,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where to save the evaluation metrics as json')
     parser.add_argument('--threads', type=int, default=0,
                         help='ONNX Runtime intra-op threads (0: its default, all cores)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. data.test.ann_file=...')
-    parser.add_argument('--eval-options', nargs='+', action=DictAction,
+    parser.add_argument('--eval-options', nargs='+', action=ConfigOptions,
                         help='extra arguments of dataset.evaluate(), e.g. classwise=True')
     args = parser.parse_args(argv)
     if not (args.out or args.eval or args.format_only):
@@ -88,8 +87,9 @@ def infer(model, data_loader):
 def run(args):
     check_backend(args)
     cfg = load_config(args.config, args.cfg_options)
+    check_request(args, cfg)
     cfg.data.test.test_mode = True
-    dataset = build_dataset(cfg.data.test)
+    dataset = load_dataset(cfg.data.test, 'data.test')
     model = build_backend(args, len(dataset.CLASSES))
     data_loader = build_dataloader(dataset, samples_per_gpu=1,
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
