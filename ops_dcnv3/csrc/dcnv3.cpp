@@ -3,19 +3,39 @@
 // and the fake (meta) kernels are registered once, in Python (functions/dcnv3_func.py).
 #include <Python.h>
 
+#include <cmath>
+#include <initializer_list>
+#include <limits>
+
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/safe_numerics.h>
 #include <torch/library.h>
 
 #include "dcnv3.h"
 
 namespace dcnv3 {
 
+namespace {
+
+// The product of factors >= 1, or INT64_MAX where it would not fit (then no tensor size equals it).
+int64_t saturated_product(std::initializer_list<int64_t> factors) {
+  int64_t product = 1;
+  for (const int64_t factor : factors) {
+    if (c10::mul_overflows(product, factor, &product)) {
+      return std::numeric_limits<int64_t>::max();
+    }
+  }
+  return product;
+}
+
+}  // namespace
+
 std::pair<int64_t, int64_t> check_dcnv3_args(
     const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
     int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
-    double /*offset_scale: any value is meaningful*/) {
+    double offset_scale) {
   const std::pair<const char*, const at::Tensor*> tensors[] = {
       {"input", &input}, {"offset", &offset}, {"mask", &mask}};
   for (const auto& [name, tensor] : tensors) {
@@ -34,6 +54,19 @@ std::pair<int64_t, int64_t> check_dcnv3_args(
                     ", dilation_w=", dilation_w);
   TORCH_CHECK_VALUE(group >= 1, "dcnv3: group must be >= 1, got ", group);
   TORCH_CHECK_VALUE(group_channels >= 1, "dcnv3: group_channels must be >= 1, got ", group_channels);
+  // The CUDA kernel keeps these in int (and the output-size formula multiplies them).
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  TORCH_CHECK_VALUE(kernel_h < kLimit && kernel_w < kLimit && stride_h < kLimit &&
+                        stride_w < kLimit && pad_h < kLimit && pad_w < kLimit &&
+                        dilation_h < kLimit && dilation_w < kLimit && group < kLimit &&
+                        group_channels < kLimit,
+                    "dcnv3: kernel size, stride, padding, dilation, group and group_channels must "
+                    "be below 2^31, got kernel ", kernel_h, "x", kernel_w, ", stride ", stride_h,
+                    "x", stride_w, ", pad ", pad_h, "x", pad_w, ", dilation ", dilation_h, "x",
+                    dilation_w, ", group ", group, ", group_channels ", group_channels);
+  // A NaN or infinite scale puts every sampling point nowhere: an all-zero output.
+  TORCH_CHECK_VALUE(std::isfinite(offset_scale), "dcnv3: offset_scale must be finite, got ",
+                    offset_scale);
 
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
                    "dcnv3: input must have a floating-point dtype, got ", input.scalar_type());
@@ -52,14 +85,14 @@ std::pair<int64_t, int64_t> check_dcnv3_args(
   TORCH_CHECK_VALUE(channels == group * group_channels, "dcnv3: input channels (", channels,
                     ") must equal group * group_channels (", group, " * ", group_channels, " = ",
                     group * group_channels, ")");
-  const int64_t points = kernel_h * kernel_w;
-  TORCH_CHECK_VALUE(offset.size(3) == group * points * 2,
+  const int64_t mask_size = saturated_product({group, kernel_h, kernel_w});
+  const int64_t offset_size = saturated_product({mask_size, 2});
+  TORCH_CHECK_VALUE(offset.size(3) == offset_size,
                     "dcnv3: offset last dim must be group * kernel_h * kernel_w * 2 (", group, " * ",
-                    kernel_h, " * ", kernel_w, " * 2 = ", group * points * 2, "), got ",
-                    offset.size(3));
-  TORCH_CHECK_VALUE(mask.size(3) == group * points,
+                    kernel_h, " * ", kernel_w, " * 2 = ", offset_size, "), got ", offset.size(3));
+  TORCH_CHECK_VALUE(mask.size(3) == mask_size,
                     "dcnv3: mask last dim must be group * kernel_h * kernel_w (", group, " * ",
-                    kernel_h, " * ", kernel_w, " = ", group * points, "), got ", mask.size(3));
+                    kernel_h, " * ", kernel_w, " = ", mask_size, "), got ", mask.size(3));
 
   const auto [out_h, out_w] = dcnv3_output_size(height, width, kernel_h, kernel_w, stride_h,
                                                 stride_w, pad_h, pad_w, dilation_h, dilation_w);

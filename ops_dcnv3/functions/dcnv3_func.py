@@ -12,6 +12,7 @@ op works under ``torch.compile(fullgraph=True)``. When the extension is missing,
 for the tensors' device, the call falls back to :func:`dcnv3_core_pytorch` with a single warning.
 """
 import importlib
+import math
 import warnings
 
 import torch
@@ -71,6 +72,12 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
            f'dcnv3: dilation must be >= 1, got dilation_h={dilation_h}, dilation_w={dilation_w}')
     _check(group >= 1, f'dcnv3: group must be >= 1, got {group}')
     _check(group_channels >= 1, f'dcnv3: group_channels must be >= 1, got {group_channels}')
+    _check(max(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+               group_channels) < 2**31,
+           f'dcnv3: kernel size, stride, padding, dilation, group and group_channels must be below '
+           f'2^31, got kernel {kernel_h}x{kernel_w}, stride {stride_h}x{stride_w}, pad {pad_h}x{pad_w}, '
+           f'dilation {dilation_h}x{dilation_w}, group {group}, group_channels {group_channels}')
+    _check(math.isfinite(offset_scale), f'dcnv3: offset_scale must be finite, got {offset_scale}')
 
     _check(input.dtype.is_floating_point,
            f'dcnv3: input must have a floating-point dtype, got {_dtype_name(input.dtype)}', TypeError)
@@ -87,13 +94,15 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
     _check(channels == group * group_channels,
            f'dcnv3: input channels ({channels}) must equal group * group_channels '
            f'({group} * {group_channels} = {group * group_channels})')
-    points = kernel_h * kernel_w
-    _check(offset.shape[3] == group * points * 2,
+    int64_max = 2**63 - 1  # the C++ check's products saturate there
+    mask_size = min(group * kernel_h * kernel_w, int64_max)
+    offset_size = min(mask_size * 2, int64_max)
+    _check(offset.shape[3] == offset_size,
            f'dcnv3: offset last dim must be group * kernel_h * kernel_w * 2 '
-           f'({group} * {kernel_h} * {kernel_w} * 2 = {group * points * 2}), got {offset.shape[3]}')
-    _check(mask.shape[3] == group * points,
+           f'({group} * {kernel_h} * {kernel_w} * 2 = {offset_size}), got {offset.shape[3]}')
+    _check(mask.shape[3] == mask_size,
            f'dcnv3: mask last dim must be group * kernel_h * kernel_w '
-           f'({group} * {kernel_h} * {kernel_w} = {group * points}), got {mask.shape[3]}')
+           f'({group} * {kernel_h} * {kernel_w} = {mask_size}), got {mask.shape[3]}')
 
     out_h, out_w = dcnv3_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w,
                                      pad_h, pad_w, dilation_h, dilation_w)

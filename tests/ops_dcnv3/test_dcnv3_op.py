@@ -512,6 +512,19 @@ def _bad_cases():
         ('dilation_0', _replace(good, dw, 0), ValueError, r'dilation must be >= 1'),
         ('group_0', _replace(good, grp, 0), ValueError, r'group must be >= 1'),
         ('group_channels_0', _replace(good, gc, 0), ValueError, r'group_channels must be >= 1'),
+        # The CUDA kernel keeps these in int: beyond it they were truncated (or products wrapped).
+        ('pad_over_int32', _replace(good, ph, 2**31), ValueError,
+         r'kernel size, stride, padding, dilation, group and group_channels must be below 2\^31, '
+         r'got kernel 3x3, stride 1x1, pad 2147483648x1, dilation 1x1, group 2, group_channels 3'),
+        ('group_channels_over_int32', _replace(good, gc, 2**62 + 2), ValueError,
+         r'must be below 2\^31, got .*group_channels 4611686018427387906'),
+        ('offset_size_overflows', _replace(_replace(good, kh, 2**31 - 1), kw, 2**31 - 1), ValueError,
+         r'offset last dim must be group \* kernel_h \* kernel_w \* 2 '
+         r'\(2 \* 2147483647 \* 2147483647 \* 2 = 9223372036854775807\), got 36'),
+        ('offset_scale_nan', _replace(good, 13, float('nan')), ValueError,
+         r'offset_scale must be finite, got nan'),
+        ('offset_scale_inf', _replace(good, 13, float('-inf')), ValueError,
+         r'offset_scale must be finite, got -inf'),
         ('channels_not_divisible', _replace(_replace(good, grp, 4), 0, input[..., :5]), ValueError,
          r'input channels \(5\) must be divisible by group \(4\)'),
         ('channels_mismatch', _replace(good, gc, 2), ValueError,
