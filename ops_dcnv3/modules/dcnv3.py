@@ -119,6 +119,15 @@ class _DCNv3Base(nn.Module):
         if channels % group != 0:
             raise ValueError(f'channels ({channels}) must be divisible by group ({group})')
         dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
+        # The offsets come from a depth-wise conv that keeps the input's height and width, so the
+        # sampling kernel must keep them too (else the core refuses offsets of the wrong size).
+        if dw_kernel_size % 2 == 0:
+            raise ValueError(f'dw_kernel_size must be odd (its conv keeps the input size), got '
+                             f'{dw_kernel_size}')
+        if stride != 1 or 2 * pad != dilation * (kernel_size - 1):
+            raise ValueError(f'DCNv3 keeps the input size: it needs stride=1 and 2 * pad == '
+                             f'dilation * (kernel_size - 1), got stride={stride}, pad={pad}, '
+                             f'dilation={dilation}, kernel_size={kernel_size}')
 
         self.channels = channels
         self.kernel_size = kernel_size

@@ -65,6 +65,23 @@ def test_channels_must_divide_into_groups(cls):
 
 
 @pytest.mark.parametrize('cls', MODULES)
+@pytest.mark.parametrize('settings, message', [
+    (dict(stride=2), r'needs stride=1 and 2 \* pad == dilation \* \(kernel_size - 1\), got stride=2, '
+                     r'pad=1, dilation=1, kernel_size=3'),
+    (dict(dilation=2), r'got stride=1, pad=1, dilation=2, kernel_size=3'),
+    (dict(kernel_size=5), r'got stride=1, pad=1, dilation=1, kernel_size=5'),
+    (dict(dw_kernel_size=4), r'dw_kernel_size must be odd \(its conv keeps the input size\), got 4'),
+], ids=['stride', 'dilation', 'kernel_size', 'even_dw_kernel_size'])
+def test_settings_that_cannot_keep_the_input_size_are_refused(cls, settings, message):
+    # Built, such a module used to fail only in forward, on offsets "of the wrong shape".
+    with pytest.raises(ValueError, match=message):
+        cls(channels=16, group=2, **settings)
+    kept = dict(settings, pad=settings.get('dilation', 1) * (settings.get('kernel_size', 3) - 1) // 2)
+    if 'stride' not in settings and 'dw_kernel_size' not in settings:  # the same, size-preserving
+        assert cls(channels=16, group=2, **kept)(torch.randn(1, 5, 6, 16)).shape == (1, 5, 6, 16)
+
+
+@pytest.mark.parametrize('cls', MODULES)
 def test_fresh_init(cls):
     module = cls(channels=32, group=2, center_feature_scale=True)
     for name in ('offset', 'mask'):
