@@ -488,6 +488,27 @@ def test_torch_compile_fullgraph_inductor():
     _compiled_forward_backward('inductor')
 
 
+@requires_compiled_cpu
+@pytest.mark.slow
+def test_torch_compile_inductor_with_dynamic_shapes():
+    # One graph for inputs of any size: the fake kernels compute the output size symbolically.
+    def fn(input, offset, mask):
+        return DCNv3Function.apply(input, offset, mask, 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 256,
+                                   softmax=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(1, 5, 6), (2, 7, 4)]:
+        tensors = [torch.randn(*shape, channels, generator=gen, requires_grad=True)
+                   for channels in (8, 36, 18)]
+        grad_output = torch.randn(*shape, 8, generator=gen)
+        expected = output_and_grads(lambda i, o, m, *s: fn(i, o, m), *tensors, (), grad_output)
+        actual = output_and_grads(lambda i, o, m, *s: compiled(i, o, m), *tensors, (), grad_output)
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 # --- bad inputs -------------------------------------------------------------------------------------
 
 def _replace(args, index, value):
