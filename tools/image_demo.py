@@ -49,6 +49,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr must lie in [0, 1], got {args.score_thr}')
+    if not cv2.haveImageWriter(args.out_file):
+        parser.error(f'--out-file: OpenCV cannot write {args.out_file!r}; name an image file such '
+                     'as result.png or result.jpg')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: no CUDA GPU is available here (use --device cpu)')
     return args
 
 
@@ -209,9 +214,12 @@ def main(argv=None):
     with one_line_errors('tools/image_demo.py', CheckpointError):
         if not osp.isfile(args.img):
             raise UsageError(f'image not found: {args.img}')
+        image = mmcv.imread(args.img)
+        if image is None:
+            raise UsageError(f'cannot read {args.img}: not an image file OpenCV decodes')
+        image = mmcv.bgr2rgb(image)
         cfg = read_config(args.config, required=('model', 'data.test'))
         model = build_for_inference(cfg, args.checkpoint, args.device)
-    image = mmcv.imread(args.img, channel_order='rgb')
     result = inference_detector(model, args.img)
     predicted = predicted_instances(result, model.CLASSES, args.score_thr)
     truth = ground_truth_instances(cfg, args.img)

@@ -103,3 +103,24 @@ def test_demo_rejects_an_out_of_range_score_threshold(tiny_config, capsys):
     with pytest.raises(SystemExit):
         image_demo.main(['a.png', tiny_config, 'x.pth', '--score-thr', '1.5'])
     assert '--score-thr must lie in [0, 1]' in capsys.readouterr().err
+
+
+def test_demo_refuses_an_out_file_opencv_cannot_write_before_any_work(tiny_config, capsys):
+    with pytest.raises(SystemExit):
+        image_demo.main(['a.png', tiny_config, 'x.pth', '--out-file', 'demo/result'])
+    assert "--out-file: OpenCV cannot write 'demo/result'; name an image file" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_cuda_device_without_a_gpu(tiny_config, capsys, monkeypatch):
+    monkeypatch.setattr(image_demo.torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit):
+        image_demo.main(['a.png', tiny_config, 'x.pth', '--device', 'cuda:0'])
+    assert '--device cuda:0: no CUDA GPU is available here (use --device cpu)' in capsys.readouterr().err
+
+
+def test_demo_a_file_that_is_no_image_is_one_line_error(tmp_path, tiny_config):
+    not_an_image = tmp_path / 'photo.jpg'
+    not_an_image.write_text('not an image')
+    with pytest.raises(SystemExit, match=f'^tools/image_demo.py: error: cannot read {not_an_image}: '
+                                         'not an image file OpenCV decodes$'):
+        image_demo.main([str(not_an_image), tiny_config, 'x.pth'])
