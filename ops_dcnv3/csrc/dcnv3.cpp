@@ -68,8 +68,11 @@ std::pair<int64_t, int64_t> check_dcnv3_args(
   TORCH_CHECK_VALUE(std::isfinite(offset_scale), "dcnv3: offset_scale must be finite, got ",
                     offset_scale);
 
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "dcnv3: input must have a floating-point dtype, got ", input.scalar_type());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat ||
+                       dtype == at::kDouble,
+                   "dcnv3: input must have a floating-point dtype (float16, bfloat16, float32 or "
+                   "float64), got ", dtype);
   TORCH_CHECK_TYPE(
       input.scalar_type() == offset.scalar_type() && input.scalar_type() == mask.scalar_type(),
       "dcnv3: input, offset and mask must have the same dtype, got ", input.scalar_type(), ", ",

@@ -13,6 +13,7 @@ for the tensors' device, the call falls back to :func:`dcnv3_core_pytorch` with 
 """
 import importlib
 import math
+import numbers
 import warnings
 
 import torch
@@ -79,8 +80,9 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
            f'dilation {dilation_h}x{dilation_w}, group {group}, group_channels {group_channels}')
     _check(math.isfinite(offset_scale), f'dcnv3: offset_scale must be finite, got {offset_scale}')
 
-    _check(input.dtype.is_floating_point,
-           f'dcnv3: input must have a floating-point dtype, got {_dtype_name(input.dtype)}', TypeError)
+    _check(input.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+           f'dcnv3: input must have a floating-point dtype (float16, bfloat16, float32 or float64), '
+           f'got {_dtype_name(input.dtype)}', TypeError)
     _check(input.dtype == offset.dtype == mask.dtype,
            f'dcnv3: input, offset and mask must have the same dtype, got {_dtype_name(input.dtype)}, '
            f'{_dtype_name(offset.dtype)} and {_dtype_name(mask.dtype)}', TypeError)
@@ -220,12 +222,11 @@ def dcnv3_core_pytorch(input, offset, mask, kernel_h, kernel_w, stride_h, stride
 def _device_types_with_kernel():
     if not HAS_COMPILED_OP:
         return frozenset()
-    return frozenset(device_type for device_type in ('cpu', 'cuda')
-                     if torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_forward',
-                                                                       device_type.upper()))
+    # Meta: the fake kernel below also serves meta tensors (shapes without data).
+    dispatch_keys = {'cpu': 'CPU', 'cuda': 'CUDA', 'meta': 'Meta'}
+    return frozenset(device_type for device_type, key in dispatch_keys.items()
+                     if torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_forward', key))
 
-
-COMPILED_DEVICE_TYPES = _device_types_with_kernel()
 
 if HAS_COMPILED_OP:
     @torch.library.register_fake('dcnv3::dcnv3_forward')
@@ -271,6 +272,8 @@ if HAS_COMPILED_OP:
     torch.library.register_autograd('dcnv3::dcnv3_backward', _double_backward,
                                     setup_context=lambda ctx, inputs, output: None)
 
+COMPILED_DEVICE_TYPES = _device_types_with_kernel()  # after the fake kernel's registration
+
 
 # --- the public entry point -----------------------------------------------------------------------
 
@@ -304,9 +307,11 @@ class DCNv3Function:
         """The original call takes an already-normalised ``mask``; ``softmax=True`` takes logits
         and fuses the per-group softmax into the op (forward and backward)."""
         # The kernels need no batch chunking, so im2col_step only has to be valid: any batch works.
-        _check(isinstance(im2col_step, int) and not isinstance(im2col_step, bool) and im2col_step >= 1,
-               f'dcnv3: im2col_step must be a positive int, got {im2col_step!r}')
+        _check(isinstance(im2col_step, numbers.Integral) and not isinstance(im2col_step, bool)
+               and im2col_step >= 1, f'dcnv3: im2col_step must be a positive int, got {im2col_step!r}')
         _check_softmax_flag(softmax)
+        _check(isinstance(input, torch.Tensor),
+               f'dcnv3: input must be a Tensor, got {type(input).__name__}', TypeError)
         args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                 group_channels, float(offset_scale), softmax)
         if HAS_COMPILED_OP and input.device.type in COMPILED_DEVICE_TYPES:

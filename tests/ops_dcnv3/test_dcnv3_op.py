@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -566,7 +567,10 @@ def _bad_cases():
         ('dtype_mismatch', _replace(good, 2, mask.double()), TypeError,
          r'input, offset and mask must have the same dtype'),
         ('integer_dtype', [input.long(), offset.long(), mask.long(), *scalars], TypeError,
-         r'input must have a floating-point dtype'),
+         r'input must have a floating-point dtype \(float16, bfloat16, float32 or float64\)'),
+        ('float8_dtype', [t.to(torch.float8_e4m3fn) for t in (input, offset, mask)] + list(scalars),
+         TypeError, r'input must have a floating-point dtype \(float16, bfloat16, float32 or float64\), '
+         r'got (F|f)loat8_e4m3fn'),
         ('device_mismatch', _replace(good, 2, mask.to('meta')), ValueError,
          r'input, offset and mask must be on the same device'),
     ]
@@ -617,6 +621,19 @@ def test_bad_arguments_to_backward():
         torch.ops.dcnv3.dcnv3_backward(grad_output.double(), input, offset, mask, *scalars)
     with pytest.raises(ValueError, match=r'mask last dim must be'):
         torch.ops.dcnv3.dcnv3_backward(grad_output, input, offset, mask[..., :-1], *scalars)
+
+
+def test_apply_takes_numpy_integers_and_meta_tensors_and_names_a_non_tensor(recwarn):
+    input, offset, mask, scalars = make_case()
+    expected = dcnv3_core_pytorch(input, offset, mask, *scalars)
+    torch.testing.assert_close(DCNv3Function.apply(input, offset, mask, *scalars, np.int64(64)),
+                               expected)
+    if dcnv3_func.HAS_COMPILED_OP:  # shapes only, through the fake kernel: no fallback warning
+        meta = [t.to('meta') for t in (input, offset, mask)]
+        assert DCNv3Function.apply(*meta, *scalars, 64).shape == expected.shape
+        assert not [w for w in recwarn if 'falls back' in str(w.message)]
+    with pytest.raises(TypeError, match='dcnv3: input must be a Tensor, got list'):
+        DCNv3Function.apply(input.tolist(), offset, mask, *scalars, 64)
 
 
 @pytest.mark.parametrize('step', [0, -1, 2.0, True, None])
