@@ -64,6 +64,12 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
         _check(tensor.dim() == 4,
                f'dcnv3: {name} must be a 4-D channels-last (N, H, W, C) tensor, got {tensor.dim()}-D '
                f'shape {tuple(tensor.shape)}')
+    integers = dict(kernel_h=kernel_h, kernel_w=kernel_w, stride_h=stride_h, stride_w=stride_w,
+                    pad_h=pad_h, pad_w=pad_w, dilation_h=dilation_h, dilation_w=dilation_w,
+                    group=group, group_channels=group_channels)
+    for name, value in integers.items():  # (the C++ schema itself takes only ints)
+        _check(isinstance(value, numbers.Integral),
+               f'dcnv3: {name} must be an int, got {value!r}', TypeError)
     _check(kernel_h >= 1 and kernel_w >= 1,
            f'dcnv3: kernel size must be >= 1, got kernel_h={kernel_h}, kernel_w={kernel_w}')
     _check(stride_h >= 1 and stride_w >= 1,

@@ -623,6 +623,13 @@ def test_bad_arguments_to_backward():
         torch.ops.dcnv3.dcnv3_backward(grad_output, input, offset, mask[..., :-1], *scalars)
 
 
+def test_core_pytorch_names_a_float_where_an_int_belongs():
+    # (The compiled op's schema refuses it: "Expected a value of type 'int' for argument ...")
+    input, offset, mask, scalars = make_case()
+    with pytest.raises(TypeError, match=r'dcnv3: stride_h must be an int, got 1\.0'):
+        dcnv3_core_pytorch(input, offset, mask, *_replace(list(scalars), 2, 1.0))
+
+
 def test_apply_takes_numpy_integers_and_meta_tensors_and_names_a_non_tensor(recwarn):
     input, offset, mask, scalars = make_case()
     expected = dcnv3_core_pytorch(input, offset, mask, *scalars)
