@@ -236,6 +236,18 @@ def _build_eval_hook(cfg, distributed):
     return hook_type(val_loader, **eval_cfg)
 
 
+def _load_training_state(detector, path, map_location='cpu', logger=None, **_):
+    """runner.resume's read of ``path``: the weights only if they fit, and the training state
+    (epoch and iteration) required, since a checkpoint of weights alone is for load_from."""
+    checkpoint = load_detector_checkpoint(detector, path, map_location, logger)
+    if not {'epoch', 'iter'} <= set(checkpoint.get('meta') or {}):
+        raise CheckpointError(f'{path} holds weights but no training state (epoch, iteration): to '
+                              f'start from its weights, use --cfg-options load_from={path}')
+    if 'optimizer' not in checkpoint and logger is not None:
+        logger.warning(f'{path} has no optimizer state: the optimizer starts afresh')
+    return checkpoint
+
+
 def train_detector(model, dataset, cfg, distributed=False, validate=False, timestamp=None, meta=None):
     cfg = compat_cfg(cfg)
     logger = get_root_logger(log_level=cfg.log_level)
@@ -287,17 +299,20 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     if cfg.resume_from:
         # mmcv's resume reads the weights leniently (one of another shape is only a warning) and
         # then loads the optimizer state, whose moments of the old shapes crash the fused update:
-        # the weights go through load_detector_checkpoint instead, which refuses such a file.
-        runner.load_checkpoint = functools.partial(load_detector_checkpoint, detector, logger=logger)
+        # _load_training_state refuses such a file (and one of weights alone) instead.
+        runner.load_checkpoint = functools.partial(_load_training_state, detector, logger=logger)
         try:
             with configured_update_implementation(runner.optimizer):
                 runner.resume(cfg.resume_from)
-        except CheckpointError as error:  # unreadable, or of another model
+        except CheckpointError as error:  # unreadable, of another model, or weights alone
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}') from None
         # Of another optimizer (parameter groups), or a training state mmcv cannot read.
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
+        if isinstance(runner, EpochBasedRunner) and runner.epoch >= runner.max_epochs:
+            logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
+                           f'nothing left to train (raise runner.max_epochs to train longer)')
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
             runner.load_checkpoint(cfg.load_from)

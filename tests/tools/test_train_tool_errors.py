@@ -1,5 +1,6 @@
 """tools/train.py refuses bad input with one clear line and a non-zero exit status, and checks
 the data before it builds the model (and downloads pretrained weights)."""
+import logging
 import os.path as osp
 import shutil
 
@@ -76,16 +77,17 @@ def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
 
 
-def _save_untrained_checkpoint(config, path, cfg_options):
+def _save_untrained_checkpoint(config, path, cfg_options=None, meta=None):
     # A checkpoint as training writes one (weights, epoch, iteration), of the model ``config``
     # builds with ``cfg_options``; no optimizer state is needed for what the tests check.
     from mmcv import Config
     from mmcv.runner import save_checkpoint
     from mmdet.models import build_detector
     cfg = Config.fromfile(config)
-    cfg.merge_from_dict(cfg_options)
+    cfg.merge_from_dict(cfg_options or {})
     cfg.model.backbone.init_cfg = None
-    save_checkpoint(build_detector(cfg.model), str(path), meta=dict(epoch=1, iter=4))
+    save_checkpoint(build_detector(cfg.model), str(path),
+                    meta=dict(epoch=1, iter=4) if meta is None else meta)
 
 
 def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_config):
@@ -99,6 +101,35 @@ def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_
     assert (f'checkpoint {work}/epoch_1.pth does not fit the model built from the config' in message
             and 'first: roi_head.bbox_head.fc_cls.weight is (5, 256) in the checkpoint, (4, 256) in '
             'the model' in message)
+
+
+def test_resuming_from_weights_alone_points_to_load_from(train_tool, tmp_path, tiny_config):
+    released = tmp_path / 'released.pth'  # as a model zoo checkpoint: weights, no training state
+    _save_untrained_checkpoint(tiny_config, released, meta={})
+    message = _refused(train_tool, tiny_config, '--resume-from', str(released),
+                       '--work-dir', str(tmp_path / 'work'))
+    assert message.endswith(f'cannot resume from {released}: {released} holds weights but no '
+                            f'training state (epoch, iteration): to start from its weights, use '
+                            f'--cfg-options load_from={released}')
+
+
+def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny_config):
+    work = tmp_path / 'work'
+    work.mkdir()
+    _save_untrained_checkpoint(tiny_config, work / 'epoch_1.pth')  # the tiny config's last epoch
+    # (In process, mmdet's logger may have been set up by an earlier test, without this log file.)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger('mmdet').addHandler(handler)
+    try:
+        train_tool.main([tiny_config, '--auto-resume', '--no-validate', '--work-dir', str(work)])
+    finally:
+        logging.getLogger('mmdet').removeHandler(handler)
+    log = '\n'.join(record.getMessage() for record in records)
+    assert (f'{work}/epoch_1.pth ends epoch 1 of 1: nothing left to train (raise '
+            'runner.max_epochs to train longer)') in log
+    assert 'has no optimizer state: the optimizer starts afresh' in log
 
 
 def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
