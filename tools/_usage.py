@@ -122,10 +122,15 @@ _METRICS = {CocoDataset.evaluate: ('bbox', 'segm', 'proposal', 'proposal_fast'),
             CustomDataset.evaluate: ('mAP', 'recall')}
 
 
+def registered_dataset(dataset_cfg):
+    """The dataset class a dataset config names, or None (an unknown type)."""
+    return DATASETS.get(dataset_cfg.get('type', ''))
+
+
 def check_evaluation(dataset_cfg, metrics, options, name):
     """Refuse, before any inference, metrics or keyword options (``options``) that the evaluate()
     of the dataset type ``dataset_cfg`` names does not take; ``name`` says where they came from."""
-    dataset_type = DATASETS.get(dataset_cfg.get('type', ''))
+    dataset_type = registered_dataset(dataset_cfg)
     if dataset_type is None:
         return  # build_dataset will name the unknown type
     known = _METRICS.get(dataset_type.evaluate)

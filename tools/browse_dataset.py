@@ -27,7 +27,10 @@ def parse_args(argv=None):
                         'annotation loading so that boxes and masks are drawn)')
     parser.add_argument('--num', type=int, default=20, help='how many images to draw')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, help='override config entries')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.num < 1:
+        parser.error(f'--num must be at least 1, got {args.num}')
+    return args
 
 
 def wrapped_dataset(data_cfg):

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if len(args.shape) not in (1, 2):
         parser.error('--shape takes H W or a single size')
+    if min(args.shape) < 32:  # the backbone's last stage has 1/32 of the input's size
+        parser.error(f'--shape must be at least 32 pixels each way, got {args.shape}')
     return args
 
 

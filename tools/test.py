@@ -7,6 +7,7 @@ A bad config, a missing or damaged checkpoint, or a checkpoint of another model 
 with one line naming the problem and exit status 1.
 """
 import argparse
+import inspect
 import json
 import os
 import os.path as osp
@@ -28,7 +29,7 @@ import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    load_dataset, one_line_errors, read_config)
+                    load_dataset, one_line_errors, read_config, registered_dataset)
 
 
 def parse_args(argv=None):
@@ -96,10 +97,17 @@ def evaluation_options(args, cfg):
 
 
 def check_request(args, cfg):
-    """What --eval asks of the test set's evaluate(), checked before hours of inference."""
+    """What --eval or --format-only asks of the test set, checked before hours of inference."""
     if args.eval:
         check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
                          '--eval/--eval-options')
+    dataset_type = registered_dataset(cfg.data.test)
+    if (args.format_only and dataset_type is not None
+            and 'jsonfile_prefix' in inspect.signature(dataset_type.format_results).parameters
+            and 'jsonfile_prefix' not in (args.eval_options or {})):
+        # Without it the json files go to a temporary folder that is deleted on exit.
+        raise UsageError('--format-only writes its json files where --eval-options '
+                         'jsonfile_prefix=PATH says (PATH.bbox.json, PATH.segm.json); give it')
 
 
 def run(args):
@@ -115,7 +123,10 @@ def run(args):
 
     distributed = args.launcher != 'none'
     if distributed:
-        init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+        try:
+            init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+        except ValueError as error:  # not started by a launcher
+            raise UsageError(str(error)) from None
     rank, _ = get_dist_info()
 
     loader_args = dict(samples_per_gpu=1, workers_per_gpu=2, dist=distributed, shuffle=False)

@@ -73,6 +73,8 @@ def parse_args(argv=None):
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help='set by old torch.distributed.launch; torchrun sets LOCAL_RANK instead')
     args = parser.parse_args(argv)
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        parser.error(f'--seed must lie in [0, 2^32) (numpy\'s seed range), got {args.seed}')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -181,14 +183,20 @@ def train(args):
 
     distributed = args.launcher != 'none'
     if distributed:
-        backend = init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+        try:
+            backend = init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
+        except ValueError as error:  # not started by a launcher
+            raise UsageError(str(error)) from None
         _, world_size = get_dist_info()
         cfg.gpu_ids = list(range(world_size))
     else:
         backend = None
         cfg.gpu_ids = [0]
 
-    mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+    try:
+        mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+    except OSError as error:  # e.g. a file where a folder should be
+        raise UsageError(f'cannot create the work dir {cfg.work_dir}: {error.strerror}') from None
     cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     log_file = osp.join(cfg.work_dir, f'{timestamp}.log')

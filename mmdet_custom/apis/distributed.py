@@ -16,8 +16,20 @@ from mmdet.utils import build_ddp, build_dp
 from torch.nn.parallel import DistributedDataParallel
 
 
+_LAUNCHER_VARIABLES = {'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                       'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')}
+_LAUNCHED_BY = {'pytorch': 'torchrun (tools/dist_train.sh, tools/dist_test.sh)',
+                'slurm': 'srun (tools/slurm_train.sh, tools/slurm_test.sh)'}
+
+
 def init_distributed(launcher, backend=None):
     """Join the process group for ``launcher`` ('pytorch' or 'slurm'); returns the backend used."""
+    needed = _LAUNCHER_VARIABLES.get(launcher, ())
+    missing = [name for name in needed if name not in os.environ]
+    if missing:
+        raise ValueError(f'--launcher {launcher} needs the variables its launcher sets '
+                         f'({", ".join(missing)} missing): start the processes with '
+                         f'{_LAUNCHED_BY[launcher]}')
     if torch.cuda.is_available():
         backend = backend or 'nccl'
         init_dist(launcher, backend=backend)

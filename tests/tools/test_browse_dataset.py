@@ -37,3 +37,9 @@ def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config):
     browse_dataset.main([str(tmp_path / 'repeat.py'), '--output-dir', str(tmp_path / 'out'),
                          '--num', '2', '--split', 'val'])
     assert sorted(p.name for p in (tmp_path / 'out').glob('*.png')) == ['000000.png', '000001.png']
+
+
+def test_a_count_below_one_is_an_argparse_error(tmp_path, tiny_config, capsys):
+    with pytest.raises(SystemExit):
+        browse_dataset.main([tiny_config, '--output-dir', str(tmp_path), '--num', '-3'])
+    assert '--num must be at least 1, got -3' in capsys.readouterr().err

@@ -50,3 +50,9 @@ def test_a_missing_config_is_one_line():
     with pytest.raises(SystemExit, match='^tools/get_flops.py: error: config file not found: '
                                          'configs/no/such.py$'):
         get_flops.main(['configs/no/such.py'])
+
+
+def test_a_shape_below_the_backbone_stride_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        get_flops.main(['configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py', '--shape', '0'])
+    assert '--shape must be at least 32 pixels each way, got [0]' in capsys.readouterr().err

@@ -139,3 +139,13 @@ def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, ma
     other.write_text('x = 1\n')
     assert _refused(test_tool, str(other), checkpoint, '--eval', 'bbox').endswith(
         f'config {other} has no model: not a detector config for this tool')
+
+
+def test_format_only_needs_a_place_for_its_files(test_tool, matching_checkpoint, tmp_path):
+    config, checkpoint = matching_checkpoint
+    assert _refused(test_tool, config, checkpoint, '--format-only').endswith(
+        '--format-only writes its json files where --eval-options jsonfile_prefix=PATH says '
+        '(PATH.bbox.json, PATH.segm.json); give it')
+    test_tool.main([config, checkpoint, '--format-only',
+                    '--eval-options', f'jsonfile_prefix={tmp_path}/val'])
+    assert sorted(p.name for p in tmp_path.glob('val.*.json')) == ['val.bbox.json', 'val.segm.json']

@@ -138,6 +138,25 @@ def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config
     assert message.endswith(f'checkpoint not found: {tmp_path}/coco.pth')
 
 
+def test_launcher_without_its_variables_work_dir_on_a_file_and_bad_seed(train_tool, tmp_path,
+                                                                       tiny_config, monkeypatch,
+                                                                       capsys):
+    for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    message = _refused(train_tool, tiny_config, '--launcher', 'pytorch', '--work-dir', str(tmp_path))
+    assert message.endswith('--launcher pytorch needs the variables its launcher sets (RANK, '
+                            'WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing): start the processes '
+                            'with torchrun (tools/dist_train.sh, tools/dist_test.sh)')
+    (tmp_path / 'file').write_text('')
+    message = _refused(train_tool, tiny_config, '--no-validate',
+                       '--work-dir', str(tmp_path / 'file' / 'work'))
+    assert message.endswith(f'cannot create the work dir {tmp_path}/file/work: Not a directory')
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main([tiny_config, '--seed', '-1'])
+    assert exit_info.value.code == 2
+    assert "--seed must lie in [0, 2^32) (numpy's seed range), got -1" in capsys.readouterr().err
+
+
 def test_auto_scale_lr_needs_a_base_batch_size(train_tool, tmp_path, tiny_config):
     message = _refused(train_tool, tiny_config, '--auto-scale-lr', '--work-dir', str(tmp_path),
                        '--cfg-options', 'auto_scale_lr=None')
