@@ -1,7 +1,8 @@
 """What the command-line tools share to report bad input in one line: ``UsageError``, which their
 ``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1 (``one_line_errors``), the
-``--cfg-options`` parser, reading a config file, building a dataset and checking what its
-evaluation is asked for."""
+``--cfg-options`` parser, reading a config file and checking what a dataset's evaluation is
+asked for. (Datasets are built by mmdet_custom.apis.load_dataset, whose DatasetError ends a tool
+the same way.)"""
 import contextlib
 import inspect
 import os.path as osp
@@ -9,10 +10,10 @@ import os.path as osp
 from mmcv import Config, DictAction
 from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
-from mmdet.datasets import DATASETS, CocoDataset, CustomDataset, build_dataset
+from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.utils import update_data_root
 
-from mmdet_custom.utils import error_summary
+from mmdet_custom.apis import DatasetError
 
 
 class UsageError(Exception):
@@ -22,40 +23,11 @@ class UsageError(Exception):
 @contextlib.contextmanager
 def one_line_errors(prog, *error_types):
     """End the program with ``PROG: error: MESSAGE`` and exit status 1 when the block raises a
-    UsageError or one of ``error_types`` (e.g. CheckpointError): no traceback."""
+    UsageError, a DatasetError or one of ``error_types`` (e.g. CheckpointError): no traceback."""
     try:
         yield
-    except (UsageError, *error_types) as error:
+    except (UsageError, DatasetError, *error_types) as error:
         raise SystemExit(f'{prog}: error: {error}') from None
-
-
-def builder_error(error):
-    """One line for an error raised through mmcv's registry, which re-raises a builder's error
-    as ``type(error)(f'{class}: {error}')``. For types that take more arguments (a JSONDecodeError)
-    that call itself fails, with a TypeError that names nothing; the builder's error is the one
-    it was handling."""
-    if isinstance(error, TypeError) and error.__context__ is not None:
-        error = error.__context__
-    return f'{type(error).__name__}: {error_summary(error)}'
-
-
-def load_dataset(dataset_cfg, name):
-    """``build_dataset(dataset_cfg)``, with the errors of an unreadable or incomplete annotation
-    file, of settings the dataset type does not take, or of a dataset without images, as a
-    UsageError naming ``name`` (e.g. 'data.train')."""
-    try:
-        dataset = build_dataset(dataset_cfg)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
-        raise UsageError(f'{name}: cannot load the dataset: {builder_error(error)}') from None
-    if len(dataset) == 0:
-        # Training leaves out images without annotations of the config's classes (mmdet's
-        # filter_empty_gt): a class-name typo empties the dataset, and training would then run
-        # no iteration and save an untrained checkpoint.
-        filtered = not getattr(dataset, 'test_mode', True) and getattr(dataset, 'filter_empty_gt', False)
-        raise UsageError(f'{name}: no images in the dataset' + (
-            f' that have annotations of the classes {", ".join(dataset.CLASSES)}' if filtered else '')
-            + f' (ann_file {dataset_cfg.get("ann_file")})')
-    return dataset
 
 
 class ConfigOptions(DictAction):

@@ -12,7 +12,8 @@ import mmcv  # noqa: E402
 from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from _usage import ConfigOptions, load_dataset, one_line_errors, read_config  # noqa: E402
+from mmdet_custom.apis import load_dataset  # noqa: E402
+from _usage import ConfigOptions, one_line_errors, read_config  # noqa: E402
 
 # Steps that turn the annotated image into tensors; drawing needs the arrays before them.
 TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')

@@ -26,10 +26,10 @@ from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from mmdet_custom.apis import (CheckpointError, init_distributed, load_detector_checkpoint,  # noqa: E402
-                               multi_process_test, wrap_model)
+from mmdet_custom.apis import (CheckpointError, init_distributed, load_dataset,  # noqa: E402
+                               load_detector_checkpoint, multi_process_test, wrap_model)
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    load_dataset, one_line_errors, read_config, registered_dataset)
+                    one_line_errors, read_config, registered_dataset)
 
 
 def parse_args(argv=None):

@@ -25,17 +25,16 @@ from mmcv.runner import get_dist_info  # noqa: E402
 from mmcv.utils import get_git_hash  # noqa: E402
 from mmdet import __version__ as mmdet_version  # noqa: E402
 from mmdet.apis import init_random_seed, set_random_seed  # noqa: E402
-from mmdet.datasets import build_dataset  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
 from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precision,  # noqa: E402
-                               init_distributed, set_mixed_precision, start_worker_server,
-                               train_detector, train_loader_config)
+                               init_distributed, load_dataset, set_mixed_precision,
+                               start_worker_server, train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    load_dataset, one_line_errors, read_config)
+                    one_line_errors, read_config)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -235,7 +234,7 @@ def train(args):
     if len(cfg.workflow) == 2:
         val_dataset = copy.deepcopy(cfg.data.val)
         val_dataset.pipeline = cfg.data.train.pipeline
-        datasets.append(build_dataset(val_dataset))
+        datasets.append(load_dataset(val_dataset, 'data.val'))
     if cfg.checkpoint_config is not None:
         # Checkpoints remember the versions and class names they were trained with.
         cfg.checkpoint_config.meta = dict(

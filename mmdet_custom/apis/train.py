@@ -36,7 +36,7 @@ from mmcv.parallel import collate, is_module_wrapper
 from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
 from mmdet.apis.train import auto_scale_lr
 from mmdet.core import EvalHook, build_optimizer
-from mmdet.datasets import build_dataloader, build_dataset, replace_ImageToTensor
+from mmdet.datasets import build_dataloader, replace_ImageToTensor
 from mmdet.datasets.samplers import DistributedGroupSampler
 from mmdet.utils import compat_cfg, get_root_logger
 from torch.utils.data import DataLoader
@@ -45,6 +45,7 @@ from ..core.hooks import SyncFreeFp16OptimizerHook
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
                          load_weights_leniently)
+from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
 from .test import DistEvalHookAnyDevice
@@ -229,7 +230,8 @@ def _build_eval_hook(cfg, distributed):
     if loader_args['samples_per_gpu'] > 1:
         # Batched testing needs DefaultFormatBundle in place of ImageToTensor.
         cfg.data.val.pipeline = replace_ImageToTensor(cfg.data.val.pipeline)
-    val_loader = build_dataloader(build_dataset(cfg.data.val, dict(test_mode=True)), **loader_args)
+    val_loader = build_dataloader(load_dataset(cfg.data.val, 'data.val', dict(test_mode=True)),
+                                  **loader_args)
     eval_cfg = dict(cfg.get('evaluation', {}))
     eval_cfg['by_epoch'] = cfg.runner['type'] != 'IterBasedRunner'
     hook_type = DistEvalHookAnyDevice if distributed else EvalHook

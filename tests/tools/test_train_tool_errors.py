@@ -214,3 +214,11 @@ def test_data_read_through_a_storage_backend_is_not_looked_for_on_disk(train_too
     assert list(train_tool.dataset_files(remote)) == []
     assert list(train_tool.dataset_files(wrapped)) == [('/data/a.json', '/data/images/'),
                                                        ('/data/b.json', '/data/images/')]
+
+
+def test_unreadable_validation_annotations_are_one_line(train_tool, tmp_path, tiny_config):
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"images": [')
+    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
+                       '--cfg-options', f'data.val.ann_file={broken}')
+    assert 'data.val: cannot load the dataset: JSONDecodeError: ' in message

@@ -16,7 +16,8 @@ import mmcv  # noqa: E402
 from mmdet.core import encode_mask_results  # noqa: E402
 from mmdet.datasets import build_dataloader  # noqa: E402
 
-from _usage import ConfigOptions, load_dataset, one_line_errors  # noqa: E402
+from mmdet_custom.apis import load_dataset  # noqa: E402
+from _usage import ConfigOptions, one_line_errors  # noqa: E402
 from tools.test import UsageError, check_request, load_config, report_results  # noqa: E402
 
 PROG = 'tools/deployment/test.py'
