@@ -6,7 +6,8 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
-from tools_testlib import PYTHON, ROOT, load_script, run_tool, write_tiny_config  # noqa: E402
+from tools_testlib import (PYTHON, ROOT, load_script, refused, run_tool,  # noqa: E402
+                           write_tiny_config)
 
 TEST_TOOL = osp.join(ROOT, 'tools', 'test.py')
 
@@ -96,21 +97,13 @@ def test_tool():
     return load_script('tools/test.py', 'test_tool')
 
 
-def _refused(tool, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        tool.main(list(args))
-    message = str(exit_info.value)
-    assert message.startswith('tools/test.py: error: ') and '\n' not in message, message
-    return message
-
-
 def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test_tool,
                                                                           matching_checkpoint):
     config, checkpoint = matching_checkpoint
-    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', 'mAP').endswith(
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', 'mAP').endswith(
         "--eval/--eval-options: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, segm, "
         "proposal, proposal_fast)")
-    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
                     'iou_thr=0.5').endswith(
         "--eval/--eval-options: CocoDataset.evaluate() takes no option 'iou_thr'")
 
@@ -120,7 +113,7 @@ def test_an_empty_test_set_is_named(test_tool, matching_checkpoint, tmp_path):
     empty = tmp_path / 'empty.json'
     empty.write_text(json.dumps(dict(images=[], annotations=[], categories=[
         dict(id=1, name='circle'), dict(id=2, name='triangle'), dict(id=3, name='rectangle')])))
-    assert _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
                     f'data.test.ann_file={empty}').endswith(
         f'data.test: no images in the dataset (ann_file {empty})')
 
@@ -132,18 +125,18 @@ def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, ma
         test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options', 'data.test'])
     assert exit_info.value.code == 2
     assert "--cfg-options: expected KEY=VALUE, got 'data.test'" in capsys.readouterr().err
-    message = _refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+    message = refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
                        'model.backbone.channels.width=16')
     assert f'--cfg-options do not fit config {config}: TypeError: ' in message
     other = tmp_path / 'not_a_detector.py'
     other.write_text('x = 1\n')
-    assert _refused(test_tool, str(other), checkpoint, '--eval', 'bbox').endswith(
+    assert refused(test_tool, str(other), checkpoint, '--eval', 'bbox').endswith(
         f'config {other} has no model: not a detector config for this tool')
 
 
 def test_format_only_needs_a_place_for_its_files(test_tool, matching_checkpoint, tmp_path):
     config, checkpoint = matching_checkpoint
-    assert _refused(test_tool, config, checkpoint, '--format-only').endswith(
+    assert refused(test_tool, config, checkpoint, '--format-only').endswith(
         '--format-only writes its json files where --eval-options jsonfile_prefix=PATH says '
         '(PATH.bbox.json, PATH.segm.json); give it')
     test_tool.main([config, checkpoint, '--format-only',

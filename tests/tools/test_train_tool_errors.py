@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 pytest.importorskip('mmdet')
-from tools_testlib import PYTHON, ROOT, load_script, run_tool, write_tiny_config  # noqa: E402
+from tools_testlib import (PYTHON, ROOT, load_script, refused, run_tool,  # noqa: E402
+                           write_tiny_config)
 
 TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
 
@@ -17,17 +18,8 @@ def train_tool():
     return load_script('tools/train.py', 'train_tool')
 
 
-def _refused(train_tool, *args):
-    """The message of the one-line error main() ends with."""
-    with pytest.raises(SystemExit) as exit_info:
-        train_tool.main(list(args))
-    message = str(exit_info.value)
-    assert message.startswith('tools/train.py: error: ') and '\n' not in message, message
-    return message
-
-
 def test_missing_config(train_tool):
-    assert 'config file not found: configs/no/such.py' in _refused(train_tool, 'configs/no/such.py')
+    assert 'config file not found: configs/no/such.py' in refused(train_tool, 'configs/no/such.py')
 
 
 def test_missing_annotation_file_and_image_folder_are_named(train_tool, tmp_path, tiny_shapes):
@@ -35,13 +27,13 @@ def test_missing_annotation_file_and_image_folder_are_named(train_tool, tmp_path
     shutil.copytree(tiny_shapes, data)
     config = write_tiny_config(tmp_path / 'tiny.py', str(data))
     (data / 'annotations' / 'instances_val.json').unlink()
-    message = _refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
+    message = refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
     assert f'data.val: annotation file not found: {data}/annotations/instances_val.json' in message
     assert '--cfg-options data.val.ann_file=FILE' in message
     assert 'MMDET_DATASETS=FOLDER/' in message
     # Without validation the validation data is not needed; the training images are.
     shutil.rmtree(data / 'train')
-    message = _refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
     assert f'data.train: image folder not found: {data}/train/' in message
 
 
@@ -49,15 +41,15 @@ def test_mmdet_datasets_moves_the_data_root(train_tool, tmp_path, tiny_shapes, m
     # The hint's MMDET_DATASETS (mmdet's variable) replaces the config's data_root in every path.
     config = write_tiny_config(tmp_path / 'tiny.py', str(tiny_shapes))
     monkeypatch.setenv('MMDET_DATASETS', f'{tmp_path}/elsewhere/')
-    message = _refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
+    message = refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
     assert f'annotation file not found: {tmp_path}/elsewhere/annotations/instances_train.json' in message
 
 
-def test_a_dataset_left_empty_by_the_class_names_is_refused(train_tool, tmp_path, tiny_config,
+def test_a_dataset_left_empty_by_the_class_names_isrefused(train_tool, tmp_path, tiny_config,
                                                             tiny_shapes):
     # Training keeps only images with annotations of the config's classes; without the check it
     # ran no iteration and saved an untrained checkpoint.
-    message = _refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
                        '--cfg-options', "data.train.classes=('Circle','Triangle')")
     assert message.endswith('data.train: no images in the dataset that have annotations of the '
                             f'classes Circle, Triangle (ann_file {tiny_shapes}/annotations/'
@@ -65,14 +57,14 @@ def test_a_dataset_left_empty_by_the_class_names_is_refused(train_tool, tmp_path
 
 
 def test_an_unknown_evaluation_metric_is_refused_before_training(train_tool, tmp_path, tiny_config):
-    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
                        '--cfg-options', 'evaluation.metric=mAP')
     assert message.endswith("evaluation: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, "
                             "segm, proposal, proposal_fast)")
 
 
 def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
-    message = _refused(train_tool, tiny_config, '--resume-from', str(tmp_path / 'epoch_9.pth'),
+    message = refused(train_tool, tiny_config, '--resume-from', str(tmp_path / 'epoch_9.pth'),
                        '--work-dir', str(tmp_path / 'work'))
     assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
 
@@ -97,7 +89,7 @@ def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_
     work.mkdir()
     _save_untrained_checkpoint(tiny_config, work / 'epoch_1.pth',
                                {'model.roi_head.bbox_head.num_classes': 4})
-    message = _refused(train_tool, tiny_config, '--auto-resume', '--work-dir', str(work))
+    message = refused(train_tool, tiny_config, '--auto-resume', '--work-dir', str(work))
     assert (f'checkpoint {work}/epoch_1.pth does not fit the model built from the config' in message
             and 'first: roi_head.bbox_head.fc_cls.weight is (5, 256) in the checkpoint, (4, 256) in '
             'the model' in message)
@@ -106,7 +98,7 @@ def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_
 def test_resuming_from_weights_alone_points_to_load_from(train_tool, tmp_path, tiny_config):
     released = tmp_path / 'released.pth'  # as a model zoo checkpoint: weights, no training state
     _save_untrained_checkpoint(tiny_config, released, meta={})
-    message = _refused(train_tool, tiny_config, '--resume-from', str(released),
+    message = refused(train_tool, tiny_config, '--resume-from', str(released),
                        '--work-dir', str(tmp_path / 'work'))
     assert message.endswith(f'cannot resume from {released}: {released} holds weights but no '
                             f'training state (epoch, iteration): to start from its weights, use '
@@ -133,7 +125,7 @@ def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny
 
 
 def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
-    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
                        '--cfg-options', f'load_from={tmp_path}/coco.pth')
     assert message.endswith(f'checkpoint not found: {tmp_path}/coco.pth')
 
@@ -143,12 +135,12 @@ def test_launcher_without_its_variables_work_dir_on_a_file_and_bad_seed(train_to
                                                                        capsys):
     for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
         monkeypatch.delenv(name, raising=False)
-    message = _refused(train_tool, tiny_config, '--launcher', 'pytorch', '--work-dir', str(tmp_path))
+    message = refused(train_tool, tiny_config, '--launcher', 'pytorch', '--work-dir', str(tmp_path))
     assert message.endswith('--launcher pytorch needs the variables its launcher sets (RANK, '
                             'WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing): start the processes '
                             'with torchrun (tools/dist_train.sh, tools/dist_test.sh)')
     (tmp_path / 'file').write_text('')
-    message = _refused(train_tool, tiny_config, '--no-validate',
+    message = refused(train_tool, tiny_config, '--no-validate',
                        '--work-dir', str(tmp_path / 'file' / 'work'))
     assert message.endswith(f'cannot create the work dir {tmp_path}/file/work: Not a directory')
     with pytest.raises(SystemExit) as exit_info:
@@ -158,7 +150,7 @@ def test_launcher_without_its_variables_work_dir_on_a_file_and_bad_seed(train_to
 
 
 def test_auto_scale_lr_needs_a_base_batch_size(train_tool, tmp_path, tiny_config):
-    message = _refused(train_tool, tiny_config, '--auto-scale-lr', '--work-dir', str(tmp_path),
+    message = refused(train_tool, tiny_config, '--auto-scale-lr', '--work-dir', str(tmp_path),
                        '--cfg-options', 'auto_scale_lr=None')
     assert message.endswith('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
 
@@ -219,6 +211,6 @@ def test_data_read_through_a_storage_backend_is_not_looked_for_on_disk(train_too
 def test_unreadable_validation_annotations_are_one_line(train_tool, tmp_path, tiny_config):
     broken = tmp_path / 'broken.json'
     broken.write_text('{"images": [')
-    message = _refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
                        '--cfg-options', f'data.val.ann_file={broken}')
     assert 'data.val: cannot load the dataset: JSONDecodeError: ' in message

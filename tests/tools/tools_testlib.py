@@ -39,6 +39,18 @@ def load_script(relative_path, module_name):
         sys.path.remove(osp.dirname(path))
     return module
 
+def refused(tool, *args):
+    """The one line ``tool.main(args)`` ends with, ``tools/NAME.py: error: ...`` (``tool`` from
+    load_script), checked to be that one line."""
+    import pytest
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(list(args))
+    message = str(exit_info.value)
+    prog = osp.relpath(tool.__file__, ROOT)
+    assert message.startswith(f'{prog}: error: ') and '\n' not in message, message
+    return message
+
+
 # Smaller than the quick start in every direction (64x64 images, a width-16 backbone, two images
 # a batch, short warm-up, a log line every iteration); everything else is the quick-start config.
 TINY_IMAGE_SIZE = (64, 64)
