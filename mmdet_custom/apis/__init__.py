@@ -1,6 +1,6 @@
 """Training and testing entry points used by tools/: resumable, CPU- and GPU-distributed."""
 from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
-                         load_weights_leniently, read_checkpoint)
+                         load_weights_leniently, read_checkpoint, restore_best_record)
 from .datasets import DatasetError, load_dataset
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
@@ -11,7 +11,8 @@ from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
 
 __all__ = [
     'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint',
-    'load_weights_leniently', 'read_checkpoint', 'DatasetError', 'load_dataset',
+    'load_weights_leniently', 'read_checkpoint', 'restore_best_record', 'DatasetError',
+    'load_dataset',
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
     'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
     'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',

@@ -83,6 +83,34 @@ def load_weights_leniently(model, path, logger=None):
     return checkpoint
 
 
+def restore_best_record(meta, work_dir, epoch, logger=None):
+    """Bring the evaluation hook's record of the best checkpoint (``meta['hook_msgs']``) up to
+    date after resuming from the checkpoint of ``epoch``.
+
+    mmcv's evaluation hook runs after an epoch's checkpoint is written, so ``epoch_N.pth`` holds
+    the best score of epochs before N only; resumed from it, the hook would compare the next
+    scores with that older best and could keep a second best_*.pth beside the real one. The
+    newest ``best_*_epoch_K.pth`` (K <= N) in ``work_dir`` carries the record in its own meta,
+    read here without loading its weights.
+    """
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'best_*_epoch_*.pth')):
+        match = re.fullmatch(r'best_.+_epoch_(\d+)\.pth', osp.basename(path))
+        if match and int(match.group(1)) <= epoch and _is_complete_torch_file(path):
+            found.append((int(match.group(1)), path))
+    if not found:
+        return
+    best_path = max(found)[1]
+    best = torch.load(best_path, map_location='cpu', mmap=True, weights_only=True)
+    record = (best.get('meta') or {}).get('hook_msgs') or {}
+    if 'best_score' in record:
+        # The file found here, not the path in its meta: a work dir copied from elsewhere names
+        # the original's file, which the hook would delete when a better one comes.
+        meta.setdefault('hook_msgs', {}).update(best_score=record['best_score'], best_ckpt=best_path)
+        if logger is not None:
+            logger.info(f'best checkpoint so far: {best_path} (score {record["best_score"]})')
+
+
 def _is_complete_torch_file(path):
     # torch.save writes a zip archive whose directory sits at the very end: a file cut short by a
     # kill mid-save has no readable directory.

@@ -7,7 +7,10 @@ Differences from ``mmdet.apis.train_detector``:
   epochs exactly as an uninterrupted run would;
 - ``auto_resume`` skips a checkpoint left half-written by a killed run, and resuming keeps the
   config's optimizer update implementation (``fused``), which ``load_state_dict`` alone would take
-  from the checkpoint (``configured_update_implementation``);
+  from the checkpoint (``configured_update_implementation``), refuses a checkpoint whose weights
+  do not fit the model, and takes the evaluation hook's best-checkpoint record from the newest
+  ``best_*.pth``, since an epoch's checkpoint is written before that epoch is evaluated
+  (``restore_best_record``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
   from a server that has mmdet and this plugin imported (``start_worker_server``), so that they
@@ -44,7 +47,7 @@ from torch.utils.data import DataLoader
 from ..core.hooks import SyncFreeFp16OptimizerHook
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
-                         load_weights_leniently)
+                         load_weights_leniently, restore_best_record)
 from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
@@ -312,6 +315,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
+        if validate and isinstance(runner, EpochBasedRunner):
+            restore_best_record(runner.meta, cfg.work_dir, runner.epoch, logger)
         if isinstance(runner, EpochBasedRunner) and runner.epoch >= runner.max_epochs:
             logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
                            f'nothing left to train (raise runner.max_epochs to train longer)')

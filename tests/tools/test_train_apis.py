@@ -11,7 +11,8 @@ import torch
 pytest.importorskip('mmdet')
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
-                               load_weights_leniently, read_checkpoint, train_loader_config)
+                               load_weights_leniently, read_checkpoint, restore_best_record,
+                               train_loader_config)
 from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
 from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
 
@@ -116,6 +117,27 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     _save(wrong_shape, {'0.weight': torch.zeros(5, 3), '0.bias': torch.ones(5)})
     with pytest.raises(CheckpointError, match=r'another shape.*\(5, 3\)'):
         load_detector_checkpoint(model, str(wrong_shape))
+
+
+def test_restore_best_record_takes_the_newest_best_checkpoint_up_to_the_resumed_epoch(tmp_path):
+    # Epoch 2 evaluated best after epoch_2.pth was written: that file still names epoch 1's best
+    # (already deleted); best_bbox_mAP_epoch_2.pth has the record. A later best (epoch 4, from a
+    # run resumed further on) does not count when resuming from epoch 3.
+    def best(epoch, score):  # as if written in another folder, then copied here
+        path = str(tmp_path / f'best_bbox_mAP_epoch_{epoch}.pth')
+        _save(path, {'w': torch.ones(1)}, meta=dict(hook_msgs=dict(
+            best_score=score, best_ckpt=f'/elsewhere/best_bbox_mAP_epoch_{epoch}.pth')))
+        return path
+
+    epoch_2 = best(2, 0.31)
+    best(4, 0.4)
+    meta = dict(epoch=3, hook_msgs=dict(best_score=0.2,
+                                        best_ckpt=str(tmp_path / 'best_bbox_mAP_epoch_1.pth')))
+    restore_best_record(meta, str(tmp_path), epoch=3)
+    assert meta['hook_msgs'] == dict(best_score=0.31, best_ckpt=epoch_2)
+    untouched = dict(epoch=1, hook_msgs=dict(best_score=0.2))
+    restore_best_record(untouched, str(tmp_path), epoch=1)  # no best checkpoint up to epoch 1
+    assert untouched['hook_msgs'] == dict(best_score=0.2)
 
 
 def test_fine_tuning_load_skips_weights_of_another_shape_but_not_a_bad_file(tmp_path):
