@@ -32,5 +32,5 @@ def load_dataset(dataset_cfg, name, default_args=None):
         filtered = not getattr(dataset, 'test_mode', True) and getattr(dataset, 'filter_empty_gt', False)
         raise DatasetError(f'{name}: no images in the dataset' + (
             f' that have annotations of the classes {", ".join(dataset.CLASSES)}' if filtered else '')
-            + f' (ann_file {dataset_cfg.get("ann_file")})')
+            + f' (ann_file {getattr(dataset, "ann_file", None)})')  # (wrappers have none)
     return dataset
