@@ -50,12 +50,17 @@ def read_train_log(work_dir):
 
 
 def read_metrics(work_dir):
-    """Metrics of the newest ``eval_*.json`` in ``work_dir``, or None when there is none."""
+    """The box and mask mAPs (METRICS) of the newest ``eval_*.json`` in ``work_dir``; empty when
+    there is none or it has none (e.g. only proposal recall was evaluated)."""
     eval_files = sorted(glob.glob(osp.join(work_dir, 'eval_*.json')))
     if not eval_files:
-        return None
+        return {}
     with open(eval_files[-1]) as f:
-        return json.load(f).get('metric', {})
+        try:
+            metrics = json.load(f).get('metric', {})
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise PlotError(f'{eval_files[-1]}: not the json tools/test.py writes ({error})') from None
+    return {key: metrics[key] for key, _ in METRICS if key in metrics}
 
 
 def epoch_positions(entries):
@@ -89,8 +94,7 @@ def plot(entries, metrics, out_file, title):
     loss_axes.set_title(f'{title}: training losses')
 
     if metrics:
-        shown = [(label, metrics[key]) for key, label in METRICS if key in metrics]
-        labels, values = zip(*shown)
+        labels, values = zip(*[(label, metrics[key]) for key, label in METRICS if key in metrics])
         colours = ['tab:blue' if label.startswith('box') else 'tab:orange' for label in labels]
         bars = map_axes.barh(range(len(values)), values, color=colours)
         map_axes.set_yticks(range(len(values)), labels)
@@ -101,8 +105,8 @@ def plot(entries, metrics, out_file, title):
         map_axes.set_title('final evaluation on the val split')
     else:
         map_axes.axis('off')
-        map_axes.text(0.5, 0.5, 'not evaluated yet\n(tools/test.py ... --eval bbox segm --work-dir)',
-                      ha='center', va='center')
+        map_axes.text(0.5, 0.5, 'no box or mask mAP yet\n(tools/test.py ... --eval bbox segm '
+                      '--work-dir)', ha='center', va='center')
     figure.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
     figure.savefig(out_file, dpi=DPI)
@@ -121,6 +125,10 @@ def main(argv=None):
     args = parse_args(argv)
     out_file = args.out or osp.join(args.work_dir, 'training.png')
     try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        file_type = osp.splitext(out_file)[1][1:].lower()
+        if file_type not in FigureCanvasAgg.get_supported_filetypes():
+            raise PlotError(f'--out {out_file}: name a picture matplotlib writes, e.g. training.png')
         if not osp.isdir(args.work_dir):
             raise PlotError(f'work dir not found: {args.work_dir}')
         entries = read_train_log(args.work_dir)

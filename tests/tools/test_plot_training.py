@@ -88,6 +88,22 @@ def test_bad_work_dirs_get_one_line_errors(tmp_path, setup, message):
         plot_training.main([str(tmp_path / 'missing')])
 
 
+def test_eval_files_without_maps_damaged_ones_and_unknown_picture_types(tmp_path, capsys):
+    write_log(tmp_path / '20260101_000000.log.json')
+    with open(tmp_path / 'eval_20260101_000001.json', 'w') as f:  # proposal recall only
+        json.dump(dict(config='c.py', metric={'AR@100': 0.5}), f)
+    plot_training.main([str(tmp_path)])
+    check_png(tmp_path / 'training.png')
+    assert 'final mAPs' not in capsys.readouterr().out
+    (tmp_path / 'eval_20260101_000002.json').write_text('{"metric": {"bbox_mAP": 0.')
+    with pytest.raises(SystemExit, match=r'^tools/plot_training.py: error: .*eval_20260101_000002'
+                                         r'.json: not the json tools/test.py writes'):
+        plot_training.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match=r'^tools/plot_training.py: error: --out .*plot.xyz: name '
+                                         r'a picture matplotlib writes, e.g. training.png$'):
+        plot_training.main([str(tmp_path), '--out', str(tmp_path / 'plot.xyz')])
+
+
 @pytest.mark.slow
 def test_mmdet_analyze_logs_reads_our_logs(tmp_path):
     # mmdet ships its analysis tools inside the package; plot_curve needs seaborn.
