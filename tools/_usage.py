@@ -13,7 +13,7 @@ from mmdet.core import DistEvalHook
 from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.utils import update_data_root
 
-from mmdet_custom.apis import DatasetError
+from mmdet_custom.apis import DatasetError, init_distributed
 
 
 class UsageError(Exception):
@@ -39,6 +39,15 @@ class ConfigOptions(DictAction):
             if '=' not in pair:
                 parser.error(f'{option_string}: expected KEY=VALUE, got {pair!r}')
         super().__call__(parser, namespace, values, option_string)
+
+
+def join_process_group(launcher, cfg):
+    """``init_distributed`` with the config's backend; a process not started by ``launcher``
+    (its variables missing) is a UsageError. Returns the backend used."""
+    try:
+        return init_distributed(launcher, cfg.get('dist_params', {}).get('backend'))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _has_key(cfg, dotted):

@@ -26,10 +26,10 @@ from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from mmdet_custom.apis import (CheckpointError, init_distributed, load_dataset,  # noqa: E402
-                               load_detector_checkpoint, multi_process_test, wrap_model)
+from mmdet_custom.apis import (CheckpointError, load_dataset, load_detector_checkpoint,  # noqa: E402
+                               multi_process_test, wrap_model)
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    one_line_errors, read_config, registered_dataset)
+                    join_process_group, one_line_errors, read_config, registered_dataset)
 
 
 def parse_args(argv=None):
@@ -123,10 +123,7 @@ def run(args):
 
     distributed = args.launcher != 'none'
     if distributed:
-        try:
-            init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
-        except ValueError as error:  # not started by a launcher
-            raise UsageError(str(error)) from None
+        join_process_group(args.launcher, cfg)
     rank, _ = get_dist_info()
 
     loader_args = dict(samples_per_gpu=1, workers_per_gpu=2, dist=distributed, shuffle=False)

@@ -30,11 +30,11 @@ from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
 from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precision,  # noqa: E402
-                               init_distributed, load_dataset, set_mixed_precision,
-                               start_worker_server, train_detector, train_loader_config)
+                               load_dataset, set_mixed_precision, start_worker_server,
+                               train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    one_line_errors, read_config)
+                    join_process_group, one_line_errors, read_config)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -182,10 +182,7 @@ def train(args):
 
     distributed = args.launcher != 'none'
     if distributed:
-        try:
-            backend = init_distributed(args.launcher, cfg.get('dist_params', {}).get('backend'))
-        except ValueError as error:  # not started by a launcher
-            raise UsageError(str(error)) from None
+        backend = join_process_group(args.launcher, cfg)
         _, world_size = get_dist_info()
         cfg.gpu_ids = list(range(world_size))
     else:
