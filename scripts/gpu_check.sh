@@ -359,7 +359,7 @@ step dist-train 150 env PORT="$PORT" bash tools/dist_train.sh "$CONFIG" 1 --work
   --no-validate --seed 0 --resume-from "$WORK/float32/latest.pth" \
   --cfg-options runner.max_epochs=$((EPOCHS + 1)) \
   && step dist-resumed 30 "${HELPER[@]}" check-resumed --work-dir "$WORK/dist" --from-epoch "$EPOCHS"
-step test-eval 150 "$PY" tools/test.py "$CONFIG" "$WORK/float32/latest.pth" --eval bbox segm \
+step test-eval 150 "$PY" tools/test.py "$CONFIG" "$WORK/float32/latest.pth" --eval bbox segm --gpu-id 0 \
   --work-dir "$WORK/test"
 
 # --- 6. summary ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import os.path as osp
 
+import torch
 from mmcv import Config, DictAction
 from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
@@ -48,6 +49,27 @@ def join_process_group(launcher, cfg):
         return init_distributed(launcher, cfg.get('dist_params', {}).get('backend'))
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def select_gpu(gpu_id, distributed):
+    """``cfg.gpu_ids`` for ``--gpu-id`` (mmdet's flag: the GPU a single-process run uses), made
+    the current device so that ``model.cuda()`` lands there. Distributed ranks each take the GPU
+    of their LOCAL_RANK, so a ``--gpu-id`` there is refused rather than ignored."""
+    if gpu_id is None:
+        return [0]
+    if distributed:
+        raise UsageError('--gpu-id applies to single-process runs; distributed ranks each use '
+                         'the GPU of their LOCAL_RANK (set CUDA_VISIBLE_DEVICES to choose GPUs)')
+    if not torch.cuda.is_available():
+        if gpu_id == 0:
+            return [0]
+        raise UsageError(f'--gpu-id {gpu_id}: no GPU is visible to this process (it runs on the CPU)')
+    count = torch.cuda.device_count()
+    if not 0 <= gpu_id < count:
+        raise UsageError(f'--gpu-id {gpu_id}: {count} GPU{"s" if count > 1 else ""} visible, '
+                         f'numbered 0 to {count - 1}')
+    torch.cuda.set_device(gpu_id)
+    return [gpu_id]
 
 
 def _has_key(cfg, dotted):

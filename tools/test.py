@@ -29,7 +29,8 @@ import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, load_dataset, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    join_process_group, one_line_errors, read_config, registered_dataset)
+                    join_process_group, one_line_errors, read_config, registered_dataset,
+                    select_gpu)
 
 
 def parse_args(argv=None):
@@ -57,6 +58,8 @@ def parse_args(argv=None):
                         help='override config entries, e.g. data.test.ann_file=...')
     parser.add_argument('--eval-options', nargs='+', action=ConfigOptions,
                         help='extra arguments of dataset.evaluate(), e.g. classwise=True')
+    parser.add_argument('--gpu-id', type=int, default=None,
+                        help='the GPU a single-process run tests on (default 0)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -119,9 +122,8 @@ def run(args):
     if cfg.get('cudnn_benchmark', False):
         torch.backends.cudnn.benchmark = True
     cfg.device = get_device()
-    cfg.gpu_ids = [0]
-
     distributed = args.launcher != 'none'
+    cfg.gpu_ids = select_gpu(args.gpu_id, distributed)
     if distributed:
         join_process_group(args.launcher, cfg)
     rank, _ = get_dist_info()

@@ -34,7 +34,7 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precisi
                                train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    join_process_group, one_line_errors, read_config)
+                    join_process_group, one_line_errors, read_config, select_gpu)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -67,6 +67,8 @@ def parse_args(argv=None):
                         'CUDA only) or bfloat16 autocast of backbone and neck (the config\'s bf16; '
                         'CPU, and GPUs that support it); alone, float16 on a GPU and bfloat16 on '
                         'the CPU')
+    parser.add_argument('--gpu-id', type=int, default=None,
+                        help='the GPU a single-process run trains on (default 0)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher: none (single process), pytorch (torchrun) or slurm')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -160,6 +162,8 @@ def train(args):
         if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
             raise UsageError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
+    distributed = args.launcher != 'none'
+    cfg.gpu_ids = select_gpu(args.gpu_id, distributed)
     setup_multiprocessing(cfg)
     # Now, so that a forkserver's imports overlap the model and dataset builds.
     start_worker_server(train_loader_config(cfg), preload=['_bootstrap'])
@@ -180,14 +184,12 @@ def train(args):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    distributed = args.launcher != 'none'
     if distributed:
         backend = join_process_group(args.launcher, cfg)
         _, world_size = get_dist_info()
         cfg.gpu_ids = list(range(world_size))
     else:
         backend = None
-        cfg.gpu_ids = [0]
 
     try:
         mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))

@@ -86,7 +86,9 @@ def test_checkpoint_with_other_class_count(matching_checkpoint, tmp_path):
 @pytest.mark.slow
 def test_matching_checkpoint_evaluates(matching_checkpoint):
     config, checkpoint = matching_checkpoint
-    result = run_tool([PYTHON, TEST_TOOL, config, checkpoint, '--eval', 'bbox', 'segm'], timeout=300)
+    # --gpu-id 0, mmdet's default GPU, is also where a machine without one runs.
+    result = run_tool([PYTHON, TEST_TOOL, config, checkpoint, '--eval', 'bbox', 'segm',
+                       '--gpu-id', '0'], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'bbox_mAP' in result.stdout and 'segm_mAP' in result.stdout
 
@@ -142,3 +144,16 @@ def test_format_only_needs_a_place_for_its_files(test_tool, matching_checkpoint,
     test_tool.main([config, checkpoint, '--format-only',
                     '--eval-options', f'jsonfile_prefix={tmp_path}/val'])
     assert sorted(p.name for p in tmp_path.glob('val.*.json')) == ['val.bbox.json', 'val.segm.json']
+
+
+def test_a_gpu_id_that_is_not_there_is_refused(test_tool, matching_checkpoint, monkeypatch):
+    config, checkpoint = matching_checkpoint
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--gpu-id', '1').endswith(
+        '--gpu-id 1: no GPU is visible to this process (it runs on the CPU)')
+    monkeypatch.setattr('torch.cuda.is_available', lambda: True)
+    monkeypatch.setattr('torch.cuda.device_count', lambda: 2)
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--gpu-id', '2').endswith(
+        '--gpu-id 2: 2 GPUs visible, numbered 0 to 1')
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--gpu-id', '-1').endswith(
+        '--gpu-id -1: 2 GPUs visible, numbered 0 to 1')

@@ -69,6 +69,23 @@ def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     assert f'--resume-from: checkpoint not found: {tmp_path}/epoch_9.pth' in message
 
 
+def test_a_gpu_id_is_checked_before_anything_starts(train_tool, tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    work = tmp_path / 'work'
+    assert refused(train_tool, tiny_config, '--gpu-id', '1', '--work-dir', str(work)).endswith(
+        '--gpu-id 1: no GPU is visible to this process (it runs on the CPU)')
+    monkeypatch.setattr('torch.cuda.is_available', lambda: True)
+    monkeypatch.setattr('torch.cuda.device_count', lambda: 1)
+    assert refused(train_tool, tiny_config, '--gpu-id', '1', '--work-dir', str(work)).endswith(
+        '--gpu-id 1: 1 GPU visible, numbered 0 to 0')
+    # Ranks take the GPU of their LOCAL_RANK; the refusal comes before joining a process group.
+    assert refused(train_tool, tiny_config, '--gpu-id', '0', '--launcher', 'pytorch',
+                   '--work-dir', str(work)).endswith(
+        '--gpu-id applies to single-process runs; distributed ranks each use the GPU of their '
+        'LOCAL_RANK (set CUDA_VISIBLE_DEVICES to choose GPUs)')
+    assert not work.exists()
+
+
 def _save_untrained_checkpoint(config, path, cfg_options=None, meta=None):
     # A checkpoint as training writes one (weights, epoch, iteration), of the model ``config``
     # builds with ``cfg_options``; no optimizer state is needed for what the tests check.
