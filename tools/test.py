@@ -99,8 +99,23 @@ def evaluation_options(args, cfg):
     return dict(evaluation_settings(cfg), **(args.eval_options or {}))
 
 
+def check_window():
+    """--show draws through matplotlib (mmdet's imshow_det_bboxes), whose non-interactive
+    backends (e.g. 'agg', picked on a machine without a display) would show nothing but a
+    warning per image."""
+    import matplotlib.pyplot as plt
+    from matplotlib.backends import BackendFilter, backend_registry
+    backend = plt.get_backend()
+    if backend.lower() in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+        raise UsageError(f'--show needs a window, and matplotlib draws with its non-interactive '
+                         f'{backend!r} backend here (no display or GUI toolkit found, or '
+                         f'MPLBACKEND set); --show-dir DIR saves the pictures instead')
+
+
 def check_request(args, cfg):
     """What --eval or --format-only asks of the test set, checked before hours of inference."""
+    if args.show:
+        check_window()
     if args.eval:
         check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
                          '--eval/--eval-options')

@@ -157,3 +157,16 @@ def test_a_gpu_id_that_is_not_there_is_refused(test_tool, matching_checkpoint, m
         '--gpu-id 2: 2 GPUs visible, numbered 0 to 1')
     assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--gpu-id', '-1').endswith(
         '--gpu-id -1: 2 GPUs visible, numbered 0 to 1')
+
+
+def test_show_without_a_window_is_refused(test_tool, matching_checkpoint, monkeypatch):
+    # Without it each image was "shown" by a warning that the 'agg' backend cannot show.
+    import matplotlib.pyplot as plt
+    config, checkpoint = matching_checkpoint
+    monkeypatch.setattr(plt, 'get_backend', lambda: 'agg')
+    assert refused(test_tool, config, checkpoint, '--show').endswith(
+        "--show needs a window, and matplotlib draws with its non-interactive 'agg' backend here "
+        "(no display or GUI toolkit found, or MPLBACKEND set); --show-dir DIR saves the pictures "
+        "instead")
+    monkeypatch.setattr(plt, 'get_backend', lambda: 'QtAgg')
+    test_tool.check_window()  # an interactive backend passes
