@@ -215,13 +215,14 @@ def test_with_cp_gives_same_outputs_and_gradients():
 
 
 def test_frozen_stages():
+    # As the original: stages 0..k-1, never the stem.
     model = tiny(frozen_stages=1, drop_rate=0.1)
-    frozen_prefixes = ('patch_embed.', 'levels.0.')
     for name, p in model.named_parameters():
-        assert p.requires_grad == (not name.startswith(frozen_prefixes)), name
+        assert p.requires_grad == (not name.startswith('levels.0.')), name
     model.train()
-    assert not model.patch_embed.training and not model.levels[0].training
-    assert model.levels[1].training
+    assert not model.levels[0].training
+    assert model.patch_embed.training and model.levels[1].training
+    assert all(p.requires_grad for p in tiny(frozen_stages=0).parameters())
 
 
 # --- pretrained loading -------------------------------------------------------------------------
@@ -279,6 +280,23 @@ def test_pretrained_reports_missing_backbone_keys(tmp_path, mmdet_log):
     missing, skipped = tiny().load_pretrained(str(path))
     assert missing == ['levels.3.norm.0.weight'] and skipped == []
     assert any('levels.3.norm.0.weight' in r.getMessage() and r.levelno == logging.WARNING
+               for r in mmdet_log)
+
+
+def test_training_from_scratch_draws_every_linear_as_the_original(mmdet_log):
+    # Construction zeroes the DCNv3 offset and mask Linears; init_weights() without init_cfg then
+    # draws every Linear (std 0.02, zero bias) and resets every LayerNorm, as the original does.
+    model = tiny(channels=64)
+    dcn = model.levels[2].blocks[1].dcn
+    assert not dcn.offset.weight.any() and not dcn.mask.weight.any()
+    with torch.no_grad():
+        model.levels[0].blocks[0].norm1[0].weight.fill_(3.0)
+    model.init_weights()
+    for linear in (dcn.offset, dcn.mask, dcn.input_proj, model.levels[3].blocks[0].mlp.fc1):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.2)
+        assert not linear.bias.any()
+    assert (model.levels[0].blocks[0].norm1[0].weight == 1).all()
+    assert any('training starts from scratch' in r.getMessage() and r.levelno == logging.WARNING
                for r in mmdet_log)
 
 

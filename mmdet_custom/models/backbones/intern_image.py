@@ -251,7 +251,8 @@ class InternImage(BaseModule):
         center_feature_scale: DCNv3 centre feature gate (H/G models); also keeps the stage norms.
         use_dcn_v4_op: not supported (DCNv4 is not provided); must be False.
         out_indices: stages whose outputs are returned.
-        frozen_stages: -1 trains everything; 0 freezes the stem; k > 0 also freezes stages 0..k-1.
+        frozen_stages: k > 0 freezes stages 0..k-1 (not the stem, as in the original); -1 and 0
+            freeze nothing.
         init_cfg: mmcv init config; ``dict(type='Pretrained', checkpoint=...)`` loads an ImageNet
             classification or detection checkpoint (head and non-backbone keys are ignored).
     """
@@ -326,7 +327,7 @@ class InternImage(BaseModule):
         self._freeze_stages()
 
     @staticmethod
-    def _init_layer(m: nn.Module) -> None:
+    def _init_linear_and_norm(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
@@ -334,6 +335,10 @@ class InternImage(BaseModule):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    @classmethod
+    def _init_layer(cls, m: nn.Module) -> None:
+        cls._init_linear_and_norm(m)
         if isinstance(m, (DCNv3, DCNv3_pytorch)):
             m.reset_parameters()  # after its Linears were visited: DCN keeps its own init
 
@@ -350,9 +355,8 @@ class InternImage(BaseModule):
     # --- training mode and freezing -----------------------------------------------------------
 
     def _frozen_modules(self) -> List[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.patch_embed] + list(self.levels[:self.frozen_stages])
+        # Stages only: the original never freezes the stem (mmdet's ResNet would, from 0 on).
+        return list(self.levels[:self.frozen_stages]) if self.frozen_stages > 0 else []
 
     def _freeze_stages(self) -> None:
         for module in self._frozen_modules():
@@ -369,6 +373,13 @@ class InternImage(BaseModule):
 
     def init_weights(self) -> None:
         init_cfg = self.init_cfg
+        if init_cfg is None:
+            # Training from scratch starts as the original's does: every Linear drawn again, the
+            # DCNv3 offset and mask ones included (random, where construction zeroes them).
+            get_root_logger().warning('InternImage: no pretrained weights (init_cfg is None), '
+                                      'training starts from scratch')
+            self.apply(self._init_linear_and_norm)
+            return
         if not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'):
             super().init_weights()
             return
