@@ -123,6 +123,7 @@ def test_built_detector_matches_reference_state_dict(size, schedule):
     groups = optimizer.param_groups
     assert sum(len(g['params']) for g in groups) == len(layout)
     assert {g['lr'] for g in groups} == {1e-4}
-    assert {g['layer_id'] for g in groups} == set(range(sum(cfg.model.backbone.depths) + 2))
+    assert {int(g['group_name'].split('_')[1]) for g in groups} == set(
+        range(sum(cfg.model.backbone.depths) + 2))
     for g in groups:
         assert g['weight_decay'] == (0.0 if all(p.ndim == 1 for p in g['params']) else 0.05)

@@ -47,16 +47,16 @@ EXPECTED_IDS = [
     ('backbone.patch_embed.norm2.1.bias', 0),
     ('backbone.levels.0.blocks.0.gamma1', 1),
     ('backbone.levels.0.blocks.0.dcn.offset.weight', 1),
-    ('backbone.levels.0.norm.0.weight', 1),          # stage norm: the stage's last block
-    ('backbone.levels.0.downsample.conv.weight', 2),  # downsample: the next stage's first block
+    ('backbone.levels.0.norm.0.weight', 2),          # stage norm and downsample: the next
+    ('backbone.levels.0.downsample.conv.weight', 2),  # stage's first block
     ('backbone.levels.1.blocks.0.mlp.fc1.weight', 2),
     ('backbone.levels.1.downsample.norm.1.weight', 3),
     ('backbone.levels.2.blocks.0.dcn.input_proj.weight', 3),
     ('backbone.levels.2.blocks.1.norm2.0.weight', 4),
-    ('backbone.levels.2.norm.0.bias', 4),
+    ('backbone.levels.2.norm.0.bias', 5),
     ('backbone.levels.2.downsample.conv.weight', 5),
     ('backbone.levels.3.blocks.0.dcn.dw_conv.0.weight', 5),
-    ('backbone.levels.3.norm.0.weight', 5),
+    ('backbone.levels.3.norm.0.weight', 5),           # the last stage's: its own first block
     ('neck.weight', 6),
     ('head.1.bias', 6),
 ]
@@ -77,36 +77,58 @@ def test_layer_ids_and_lr_scales_per_block():
 
 def test_no_weight_decay_for_norms_biases_and_gammas():
     model = ToyDetector()
+    model.head.append(nn.Module())
+    model.head[2].norm_scale = nn.Parameter(torch.ones(2, 2))  # a matrix named norm: no decay
     groups = group_of(optimizer_for(model), model)
     for name, p in model.named_parameters():
-        no_decay = p.ndim == 1 or name.endswith('.bias')
+        no_decay = p.ndim == 1 or name.endswith('.bias') or 'norm' in name
         assert groups[name]['weight_decay'] == (0.0 if no_decay else WD), name
     assert groups['backbone.levels.0.blocks.0.gamma1']['weight_decay'] == 0.0
     assert groups['backbone.levels.0.blocks.0.norm1.0.weight']['weight_decay'] == 0.0
     assert groups['backbone.levels.0.blocks.0.dcn.mask.weight']['weight_decay'] == WD
     assert groups['neck.weight']['weight_decay'] == WD and groups['neck.bias']['weight_decay'] == 0.0
+    assert groups['head.2.norm_scale']['weight_decay'] == 0.0
+
+
+def test_groups_come_in_the_order_of_their_first_parameter():
+    # As the original orders them, so that optimizer states saved by either load into the other.
+    model = ToyDetector()
+    names = [g['group_name'] for g in optimizer_for(model).param_groups]
+    assert names[:4] == ['layer_0_decay', 'layer_0_no_decay', 'layer_1_no_decay', 'layer_1_decay']
+    assert names[-2:] == ['layer_6_decay', 'layer_6_no_decay']
 
 
 def test_backbone_alone_frozen_params_and_post_norms():
     model = InternImage(**{**TINY_BACKBONE, 'depths': [1, 1, 4, 1], 'post_norm': True,
                            'level2_post_norm': True, 'level2_post_norm_block_ids': [1, 3],
-                           'frozen_stages': 0})
+                           'frozen_stages': 1})
     depths = [1, 1, 4, 1]
     optimizer = optimizer_for(model, num_layers=7, depths=depths)
     groups = group_of(optimizer, model)
-    assert not any(n.startswith('patch_embed.') for n in groups)  # frozen: not optimised
-    # post_norms.k follows block ids[k] of stage 2, whose first block is layer 3
-    assert groups['levels.2.post_norms.0.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 4))
-    assert groups['levels.2.post_norms.1.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 6))
+    assert not any(n.startswith('levels.0.') for n in groups)  # frozen: not optimised
+    assert groups['patch_embed.conv1.weight']['lr'] == pytest.approx(BASE_LR * RATE ** 8)
+    # post_norms.k counts from stage 2's first block (layer 3) by its own index, as the original
+    assert groups['levels.2.post_norms.0.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 3))
+    assert groups['levels.2.post_norms.1.0.weight']['lr'] == pytest.approx(BASE_LR * RATE ** (8 - 4))
     assert groups['levels.3.blocks.0.mlp.fc2.weight']['lr'] == pytest.approx(BASE_LR * RATE)
 
 
-def test_offset_lr_scale():
+def test_the_original_options_for_detr_style_heads():
     model = ToyDetector()
-    groups = group_of(optimizer_for(model, offset_lr_scale=0.1), model)
-    offset = groups['backbone.levels.1.blocks.0.dcn.offset.weight']
-    other = groups['backbone.levels.1.blocks.0.dcn.mask.weight']
-    assert offset['lr'] == pytest.approx(other['lr'] * 0.1)
+    model.head.append(nn.Module())
+    model.head[2].sampling_offsets = nn.Linear(2, 2)
+    groups = group_of(optimizer_for(model, offset_lr_scale=0.3), model)
+    assert groups['head.2.sampling_offsets.weight']['lr'] == pytest.approx(BASE_LR * 0.3)
+    assert groups['head.2.sampling_offsets.weight']['weight_decay'] == 0.0  # by its name
+    # InternImage's own DCNv3 offsets keep their layer's rate, as in the original.
+    assert (groups['backbone.levels.1.blocks.0.dcn.offset.weight']['lr']
+            == groups['backbone.levels.1.blocks.0.dcn.mask.weight']['lr'])
+    groups = group_of(optimizer_for(model, dino_head=True), model)
+    assert groups['head.2.sampling_offsets.weight']['group_name'] == 'layer_6_no_decay_0.1x'
+    assert groups['head.2.sampling_offsets.weight']['lr'] == pytest.approx(BASE_LR * 0.1)
+    groups = group_of(optimizer_for(model, backbone_small_lr=True), model)
+    assert groups['backbone.levels.3.blocks.0.mlp.fc1.weight']['lr'] == pytest.approx(BASE_LR * RATE * 0.1)
+    assert groups['neck.weight']['lr'] == pytest.approx(BASE_LR)
 
 
 def test_group_summary_is_logged():
@@ -130,7 +152,8 @@ def test_invalid_paramwise_cfg():
                                             constructor='CustomLayerDecayOptimizerConstructor',
                                             paramwise_cfg=dict(num_layers=5)))
     with pytest.raises(ValueError, match='cannot assign a layer id'):
-        get_layer_id('backbone.cls_token', DEPTHS)
+        get_layer_id('backbone.levels.0.blocks.gamma', DEPTHS)
+    assert get_layer_id('backbone.cls_token', DEPTHS) == 6  # as the heads, as in the original
 
 
 def test_optimizer_steps():

@@ -1,18 +1,18 @@
-"""Layer-wise learning-rate decay for InternImage detectors.
+"""Layer-wise learning-rate decay for InternImage detectors, grouped as the original
+implementation groups parameters, so that configs and optimizer states carry over.
 
-Each parameter gets a layer id: the stem is 0, the blocks are numbered 1..num_layers in order,
-and everything outside the backbone (neck, heads) is num_layers + 1. Its learning rate is scaled
-by ``layer_decay_rate ** (num_layers + 1 - layer_id)``, so the heads train at the base rate and
-earlier layers progressively slower. Norm layers and downsamples, which have no block number of
-their own, take a neighbouring block's id:
+Each parameter gets a layer id. With ``n = num_layers`` (the number of blocks, ``sum(depths)``):
 
-- ``levels.L.norm`` (the stage's final norm) -> the stage's last block;
-- ``levels.L.post_norms.k`` (norm after block b of stage L) -> block b's id;
-- ``levels.L.downsample`` -> the first block of stage L+1, the only one that consumes it
-  (as in the original InternImage).
+- the stem (``backbone.patch_embed``) is 0;
+- block ``b`` of stage ``L`` (``backbone.levels.L.blocks.b``) is ``1 + sum(depths[:L]) + b``; the
+  stage's other numbered children (``post_norms.k``) count the same way, by their own index;
+- a stage's downsample and final norm (``levels.L.downsample``, ``levels.L.norm``) take the id of
+  the next stage's first block, the last stage's norm that of its own first block;
+- everything else (neck, heads) is ``n + 1``.
 
-One-dimensional parameters (norm weights, biases, the layer-scale gammas) and names ending in
-``.bias`` get no weight decay.
+A parameter's learning rate is scaled by ``layer_decay_rate ** (n + 1 - layer_id)``: the heads
+train at the base rate, earlier layers progressively slower. Vectors, biases and parameters whose
+names contain ``norm`` get no weight decay.
 
 Config::
 
@@ -20,10 +20,12 @@ Config::
                      constructor='CustomLayerDecayOptimizerConstructor',
                      paramwise_cfg=dict(num_layers=30, layer_decay_rate=1.0, depths=[4, 4, 18, 4]))
 
-``paramwise_cfg`` may also set ``offset_lr_scale`` (default 1.0), an extra lr factor for the DCNv3
-sampling-offset Linears (``*.dcn.offset.*``).
+The original's options for DETR-style heads are understood too: ``offset_lr_scale`` scales the lr
+of parameters named ``sampling_offsets``/``reference_points`` (InternImage's own DCNv3 offsets are
+named ``offset`` and are not affected), ``dino_head=True`` gives those parameters of the heads 0.1x,
+and ``backbone_small_lr=True`` gives 0.1x to every group whose decayed scale is below 1.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from mmcv.runner import OPTIMIZER_BUILDERS, DefaultOptimizerConstructor
 from mmdet.utils import get_root_logger
@@ -32,44 +34,50 @@ from ...models.backbones.intern_image import InternImage
 
 __all__ = ['CustomLayerDecayOptimizerConstructor', 'get_layer_id']
 
+# Substrings of names that get no weight decay besides vectors and biases (the last two are Swin's
+# and Deformable DETR's parameters; kept so that any model groups as in the original).
+_NO_DECAY_NAME_PARTS = ('norm', 'relative_position', 'sampling_offsets')
+_OFFSET_NAME_PARTS = ('sampling_offsets', 'reference_points')
 
-def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backbone.',
-                 post_norm_block_ids: Optional[Dict[int, Sequence[int]]] = None) -> int:
-    """Layer id of parameter ``name`` (see the module docstring).
 
-    ``backbone_prefix`` is how backbone parameter names start ('' when the model is the backbone);
-    ``post_norm_block_ids`` maps a stage index to its ``post_norm_block_ids``.
-    """
+def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backbone.') -> int:
+    """Layer id of parameter ``name`` (see the module docstring); ``backbone_prefix`` is how
+    backbone parameter names start ('' when the model is the backbone itself)."""
     num_layers = sum(depths)
     if not name.startswith(backbone_prefix):
         return num_layers + 1
     parts = name[len(backbone_prefix):].split('.')
-    if parts[0] == 'patch_embed':
+    if parts[0] == 'patch_embed' or 'level_embeds' in name:
         return 0
-    if parts[0] == 'levels' and len(parts) > 3:
-        level = int(parts[1])
-        first_block = 1 + sum(depths[:level])
-        kind = parts[2]
-        if kind == 'blocks':
-            return first_block + int(parts[3])
-        if kind == 'norm':
-            return first_block + depths[level] - 1
-        if kind == 'post_norms':
-            block_ids = (post_norm_block_ids or {}).get(level)
-            return first_block + (block_ids[int(parts[3])] if block_ids else depths[level] - 1)
-        if kind == 'downsample':
-            return first_block + depths[level]
-    raise ValueError(f'cannot assign a layer id to backbone parameter {name!r}: not an InternImage '
-                     f'parameter')
+    if parts[0] not in ('levels', 'layers') or len(parts) < 4:  # 'layers': Swin's name
+        return num_layers + 1
+
+    def first_block(stage: int) -> int:
+        return 1 + sum(depths[:stage])
+
+    stage = int(parts[1])
+    if parts[2] in ('downsample', 'norm'):
+        return first_block(min(stage + 1, len(depths) - 1))
+    if not parts[3].isdigit():
+        raise ValueError(f'cannot assign a layer id to backbone parameter {name!r}: expected '
+                         f'levels.STAGE.CHILD.INDEX')
+    return first_block(stage) + int(parts[3])
 
 
-def _is_no_decay(name: str, param) -> bool:
-    return param.ndim <= 1 or name.endswith('.bias')
+def _group_name(name: str, param, layer_id: int, num_layers: int, dino_head: bool) -> str:
+    no_decay = (param.ndim == 1 or name.endswith('.bias')
+                or any(part in name for part in _NO_DECAY_NAME_PARTS))
+    group_name = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+    if any(part in name for part in _OFFSET_NAME_PARTS):
+        heads = layer_id == num_layers + 1
+        group_name += '_0.1x' if dino_head and heads else '_offset_lr_scale'
+    return group_name
 
 
 @OPTIMIZER_BUILDERS.register_module()
 class CustomLayerDecayOptimizerConstructor(DefaultOptimizerConstructor):
-    """Parameter groups per (layer id, decay or not); see the module docstring."""
+    """Parameter groups per (layer id, decay or not), in the order their first parameter comes in
+    ``named_parameters()``; see the module docstring."""
 
     def add_params(self, params: List[dict], module, prefix: str = '', is_dcn_module=None) -> None:
         cfg = self.paramwise_cfg
@@ -83,44 +91,41 @@ class CustomLayerDecayOptimizerConstructor(DefaultOptimizerConstructor):
                              f'({sum(depths)}, depths={depths})')
         decay_rate = cfg.get('layer_decay_rate', 1.0)
         offset_lr_scale = cfg.get('offset_lr_scale', 1.0)
-        base_wd = self.base_wd or 0.0
-
-        if isinstance(module, InternImage):
-            backbone, backbone_prefix = module, ''
-        else:
-            backbone, backbone_prefix = getattr(module, 'backbone', None), 'backbone.'
-        post_norm_block_ids = {}
-        if isinstance(backbone, InternImage):
-            post_norm_block_ids = {i: stage.post_norm_block_ids for i, stage in enumerate(backbone.levels)}
+        backbone_small_lr = cfg.get('backbone_small_lr', False)
+        dino_head = cfg.get('dino_head', False)
+        backbone_prefix = '' if isinstance(module, InternImage) else 'backbone.'
 
         groups: Dict[str, dict] = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            layer_id = get_layer_id(name, depths, backbone_prefix, post_norm_block_ids)
-            no_decay = _is_no_decay(name, param)
-            is_offset = '.dcn.offset.' in name and offset_lr_scale != 1.0
-            group_name = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}" + ('_offset' if is_offset else '')
+            layer_id = get_layer_id(name, depths, backbone_prefix)
+            group_name = _group_name(name, param, layer_id, num_layers, dino_head)
             if group_name not in groups:
-                lr_scale = decay_rate ** (num_layers + 1 - layer_id) * (offset_lr_scale if is_offset else 1.0)
+                lr_scale = decay_rate ** (num_layers + 1 - layer_id)
+                if backbone_small_lr and lr_scale < 1:
+                    lr_scale *= 0.1
+                if group_name.endswith('_0.1x'):
+                    lr_scale *= 0.1
+                elif group_name.endswith('_offset_lr_scale'):
+                    lr_scale *= offset_lr_scale
                 groups[group_name] = dict(
-                    group_name=group_name, layer_id=layer_id, lr_scale=lr_scale,
-                    lr=lr_scale * self.base_lr, weight_decay=0.0 if no_decay else base_wd,
+                    group_name=group_name, lr_scale=lr_scale, lr=lr_scale * self.base_lr,
+                    weight_decay=0.0 if '_no_decay' in group_name else self.base_wd or 0.0,
                     params=[], param_names=[])
             groups[group_name]['params'].append(param)
             groups[group_name]['param_names'].append(name)
 
-        ordered = sorted(groups.values(), key=lambda g: (g['layer_id'], g['group_name']))
-        params.extend(ordered)
-        self._log_groups(ordered, num_layers, decay_rate)
+        params.extend(groups.values())
+        self._log_groups(list(groups.values()), num_layers, decay_rate)
 
     @staticmethod
     def _log_groups(groups: List[dict], num_layers: int, decay_rate: float) -> None:
         lines = [f'layer-wise lr decay: num_layers={num_layers}, layer_decay_rate={decay_rate}, '
                  f'{len(groups)} parameter groups',
-                 f"{'group':<28}{'lr_scale':>12}{'lr':>12}{'weight_decay':>14}{'tensors':>9}{'numel':>12}"]
+                 f"{'group':<34}{'lr_scale':>12}{'lr':>12}{'weight_decay':>14}{'tensors':>9}{'numel':>12}"]
         for g in groups:
             numel = sum(p.numel() for p in g['params'])
-            lines.append(f"{g['group_name']:<28}{g['lr_scale']:>12.4g}{g['lr']:>12.4g}"
+            lines.append(f"{g['group_name']:<34}{g['lr_scale']:>12.4g}{g['lr']:>12.4g}"
                          f"{g['weight_decay']:>14.4g}{len(g['params']):>9}{numel:>12}")
         get_root_logger().info('\n'.join(lines))
