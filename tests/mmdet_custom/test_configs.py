@@ -47,7 +47,7 @@ def test_model_and_optimizer_settings(size, schedule):
     assert cfg.optimizer_config == dict(grad_clip=None)
     assert 'fp16' not in cfg
     assert cfg.data.samples_per_gpu == 2
-    assert cfg.evaluation.metric == ['bbox', 'segm'] and cfg.evaluation.save_best == 'auto'
+    assert cfg.evaluation == dict(metric=['bbox', 'segm'], classwise=True, save_best='auto')
     assert cfg.checkpoint_config.interval == 1 and cfg.checkpoint_config.max_keep_ckpts == 3
 
 

@@ -47,4 +47,5 @@ data = dict(
         ann_file=data_root + 'annotations/instances_val2017.json',
         img_prefix=data_root + 'val2017/',
         pipeline=test_pipeline))
-evaluation = dict(metric=['bbox', 'segm'], save_best='auto')
+# classwise: the per-class AP table too, as the original prints it
+evaluation = dict(metric=['bbox', 'segm'], classwise=True, save_best='auto')
