@@ -239,6 +239,11 @@ def train(args):
         cfg.checkpoint_config.meta = dict(
             mmdet_version=mmdet_version + get_git_hash()[:7], CLASSES=datasets[0].CLASSES)
     model.CLASSES = datasets[0].CLASSES
+    # As the original's train.py: float32 matmuls (the Linears that hold most of InternImage's
+    # work) and convolutions run on TensorFloat-32 where the GPU has it (Ampere and later);
+    # NVIDIA_TF32_OVERRIDE=0 in the environment turns it off.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     train_detector(model, datasets, cfg, distributed=distributed, validate=validate,
                    timestamp=timestamp, meta=meta)
 

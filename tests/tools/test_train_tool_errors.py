@@ -122,7 +122,16 @@ def test_resuming_from_weights_alone_points_to_load_from(train_tool, tmp_path, t
                             f'--cfg-options load_from={released}')
 
 
-def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny_config):
+@pytest.fixture
+def tf32_flag():
+    import torch
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield torch.backends.cuda.matmul
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny_config, tf32_flag):
     work = tmp_path / 'work'
     work.mkdir()
     _save_untrained_checkpoint(tiny_config, work / 'epoch_1.pth')  # the tiny config's last epoch
@@ -139,6 +148,7 @@ def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny
     assert (f'{work}/epoch_1.pth ends epoch 1 of 1: nothing left to train (raise '
             'runner.max_epochs to train longer)') in log
     assert 'has no optimizer state: the optimizer starts afresh' in log
+    assert tf32_flag.allow_tf32  # training uses TF32, as the original's train.py does
 
 
 def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
