@@ -76,7 +76,12 @@ def parse_args(argv=None):
 
 
 def load_config(path, cfg_options):
-    cfg = compat_cfg(read_config(path, cfg_options, required=('model', 'data.test')))
+    cfg = read_config(path, cfg_options, required=('model', 'data.test.pipeline'))
+    try:
+        cfg = compat_cfg(cfg)
+    except (AttributeError, KeyError) as error:  # e.g. no data.val, or neither runner nor total_epochs
+        raise UsageError(f'config {path} lacks a key mmdet reads from every config '
+                         f'({type(error).__name__}: {error})') from None
     # Weights come from the checkpoint: skip downloading pretrained backbones.
     cfg.model.pretrained = None
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
@@ -114,8 +119,6 @@ def check_window():
 
 def check_request(args, cfg):
     """What --eval or --format-only asks of the test set, checked before hours of inference."""
-    if args.show:
-        check_window()
     if args.eval:
         check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
                          '--eval/--eval-options')
@@ -129,6 +132,8 @@ def check_request(args, cfg):
 
 
 def run(args):
+    if args.show:
+        check_window()
     cfg = load_config(args.config, args.cfg_options)
     check_request(args, cfg)
     if args.tmpdir or args.gpu_collect:
