@@ -133,8 +133,9 @@ def dcnv3_forward_symbolic(g, input, offset, mask, kernel_h, kernel_w, stride_h,
 def register_dcnv3_onnx_symbolic(opset_version: int = MIN_OPSET) -> None:
     """Register the translation of ``dcnv3::dcnv3_forward`` for opsets >= ``opset_version``.
 
-    Idempotent. Needs the compiled op (``ops_dcnv3._C``); without it DCNv3 runs on the
-    pure-PyTorch core, which the exporter translates on its own.
+    Idempotent. Needs the compiled op (``ops_dcnv3._C``): without it DCNv3 runs on the
+    pure-PyTorch core, whose export ONNX Runtime refuses (no GridSample kernel fits it), which
+    is why ``export_mask_rcnn`` requires the extension.
     """
     if opset_version < MIN_OPSET:
         raise ValueError(f'the DCNv3 ONNX translation needs opset >= {MIN_OPSET} (GridSample), '

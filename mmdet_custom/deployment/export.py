@@ -13,15 +13,20 @@ import torch
 from mmcv.parallel import collate
 from mmdet.datasets.pipelines import Compose
 
-from .mask_rcnn import OUTPUT_NAMES, MaskRCNNForExport
+from .mask_rcnn import INPUT_NAMES, OUTPUT_NAMES, MaskRCNNForExport
 
-__all__ = ['MIN_OPSET', 'MAX_OPSET', 'pipeline_size_divisor', 'default_input_shape', 'prepare_input',
+__all__ = ['ExportError', 'MIN_OPSET', 'MAX_OPSET', 'pipeline_size_divisor', 'default_input_shape', 'prepare_input',
            'export_mask_rcnn', 'non_standard_ops', 'pytorch_detections', 'compare_detections']
 
 # GridSample (DCNv3) and RoiAlign's coordinate_transformation_mode need 16; the TorchScript-based
 # exporter writes up to 20.
 MIN_OPSET, MAX_OPSET = 16, 20
 STANDARD_DOMAINS = ('', 'ai.onnx')
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written here: the DCNv3 extension is missing, or the graph would hold
+    an operator outside the standard ONNX domain."""
 
 
 def _test_transforms(cfg):
@@ -56,8 +61,9 @@ def prepare_input(cfg, image, shape):
     """Run ``image`` (a path or an RGB/BGR uint8 array as mmcv reads it) through the config's test
     pipeline and zero-pad it to ``shape`` (H, W), as the pipeline's own Pad does.
 
-    Returns the (1, 3, H, W) tensor and its image meta, in which img_shape, pad_shape and
-    ori_shape are all (H, W) and scale_factor is 1, i.e. the coordinates of the tensor itself.
+    Returns the (1, 3, H, W) tensor and its image meta in the coordinates of the tensor itself:
+    img_shape is the image inside the padding (what boxes are clipped to), pad_shape and
+    ori_shape are (H, W) (the canvas masks are pasted on), scale_factor is 1.
     """
     pipeline = [dict(step) for step in cfg.data.test.pipeline]
     if isinstance(image, np.ndarray):
@@ -66,22 +72,26 @@ def prepare_input(cfg, image, shape):
     else:
         data = dict(img_info=dict(filename=image), img_prefix=None)
     # MultiScaleFlipAug yields one (1, 3, h, w) tensor per test scale; the export uses one scale.
-    img = collate([Compose(pipeline)(data)], samples_per_gpu=1)['img'][0]
+    batch = collate([Compose(pipeline)(data)], samples_per_gpu=1)
+    img = batch['img'][0]
+    img_shape = tuple(batch['img_metas'][0].data[0][0]['img_shape'])
     height, width = img.shape[-2:]
     if height > shape[0] or width > shape[1]:
         raise ValueError(f'the test pipeline makes this image {height}x{width}, larger than the '
                          f'export shape {shape[0]}x{shape[1]}')
     img = torch.nn.functional.pad(img, (0, shape[1] - width, 0, shape[0] - height))
     size = (shape[0], shape[1], 3)
-    meta = dict(img_shape=size, pad_shape=size, ori_shape=size, batch_input_shape=tuple(shape),
+    meta = dict(img_shape=img_shape, pad_shape=size, ori_shape=size, batch_input_shape=tuple(shape),
                 scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None)
     return img.float().contiguous(), meta
 
 
-def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False):
-    """Trace ``detector`` on ``img`` and write ``output_file``; returns the loaded ONNX model.
+def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False, img_shape=None):
+    """Trace ``detector`` on ``img`` (whose image fills ``img_shape``, (h, w), of it; default all)
+    and write ``output_file``; returns the loaded ONNX model. Its metadata holds the class count
+    (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's.
 
-    Raises ValueError for an unsupported opset and RuntimeError if the graph would need an
+    Raises ValueError for an unsupported opset and ExportError if the graph would need an
     operator outside the standard ONNX domain.
     """
     import onnx
@@ -92,7 +102,7 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
         raise ValueError(f'unsupported opset {opset_version}: the export needs an opset from '
                          f'{MIN_OPSET} to {MAX_OPSET}')
     if not HAS_COMPILED_OP:
-        raise RuntimeError('ONNX export translates the compiled DCNv3 op; build ops_dcnv3._C '
+        raise ExportError('ONNX export translates the compiled DCNv3 op; build ops_dcnv3._C '
                            '(python setup.py build_ext --inplace) first')
     register_dcnv3_onnx_symbolic(MIN_OPSET)
     dynamic_axes = {'dets': {0: 'num_dets'}, 'labels': {0: 'num_dets'}, 'masks': {0: 'num_dets'}}
@@ -100,18 +110,23 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
         dynamic_axes['input'] = {2: 'height', 3: 'width'}
         dynamic_axes['masks'].update({1: 'height', 2: 'width'})
     wrapper = MaskRCNNForExport(detector).eval()
+    img_shape = torch.tensor(img_shape[:2] if img_shape is not None else img.shape[-2:],
+                             dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings():
         # Tracing warns wherever a tensor becomes a Python bool; in this graph those are shape
         # asserts and empty-input guards of mmcv/mmdet that hold for every input.
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (img,), output_file, dynamo=False, opset_version=opset_version,
-                          input_names=['input'], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(wrapper, (img, img_shape), output_file, dynamo=False,
+                          opset_version=opset_version, input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
     model = onnx.load(output_file)
+    onnx.helper.set_model_props(model, {'num_classes': str(detector.roi_head.bbox_head.num_classes)})
+    onnx.save(model, output_file)
     onnx.checker.check_model(model)
     others = non_standard_ops(model)
     if others:
-        raise RuntimeError(f'{output_file} holds operators outside the standard ONNX domain: {others}')
+        raise ExportError(f'{output_file} holds operators outside the standard ONNX domain: {others}')
     return model
 
 

@@ -1,4 +1,5 @@
-"""Mask R-CNN inference written for ONNX export: one image in, ``dets``, ``labels``, ``masks`` out.
+"""Mask R-CNN inference written for ONNX export: one padded image and the size of the image inside
+it in, ``dets``, ``labels``, ``masks`` out.
 
 mmdet 2.x's own ``onnx_export`` path differs from its PyTorch inference (the RPN runs one NMS
 over all levels instead of one per level) and relies on mmcv's opset-10 RoIAlign workaround.
@@ -6,7 +7,7 @@ This module re-states only the test-time glue of a two-stage detector, calling t
 own modules (backbone, neck, heads, anchor generator, box coders, RoI level mapping), so the
 exported graph computes what ``detector.simple_test(img, metas, rescale=False)`` computes:
 
-- RPN: per level, the ``nms_pre`` best anchors; decode and clip to the input; drop boxes not
+- RPN: per level, the ``nms_pre`` best anchors; decode and clip to the image; drop boxes not
   wider and taller than ``min_bbox_size``; NMS per level (boxes of different levels are moved
   apart, as mmcv's ``batched_nms`` does); the ``max_per_img`` best.
 - box head: softmax scores, class-specific boxes decoded and clipped, boxes scoring above
@@ -14,8 +15,11 @@ exported graph computes what ``detector.simple_test(img, metas, rescale=False)``
 - mask head: the predicted class's 28x28 mask pasted onto the input (bilinear, as mmdet's
   ``_do_paste_mask``), thresholded at ``mask_thr_binary``.
 
-Everything is in the input tensor's coordinates; rescaling to the original image is the
-caller's job, as in mmdet's ONNX convention.
+Boxes are clipped to the image inside the padding (``img_shape``, an input of the graph, as
+mmdet clips to its img_meta's ``img_shape``): clipped to the padded input instead, proposals in the
+padding would survive and become empty boxes with real scores. Everything is in the input
+tensor's coordinates; rescaling to the original image is the caller's job, as in mmdet's ONNX
+convention.
 """
 import torch
 import torch.nn.functional as F
@@ -29,8 +33,9 @@ from torch import nn
 from ..models.roi_heads import SubsampledMaskRoIHead
 from .onnx_ops import onnx_nms, onnx_roi_align
 
-__all__ = ['MaskRCNNForExport', 'OUTPUT_NAMES']
+__all__ = ['MaskRCNNForExport', 'INPUT_NAMES', 'OUTPUT_NAMES']
 
+INPUT_NAMES = ('input', 'img_shape')
 OUTPUT_NAMES = ('dets', 'labels', 'masks')
 # ONNX NonMaxSuppression needs a bound; mmdet's "no limit" (max_per_img <= 0) becomes this.
 _NO_LIMIT = 2 ** 31 - 1
@@ -83,23 +88,24 @@ def _separated_by_group(boxes, groups):
 
 
 class MaskRCNNForExport(nn.Module):
-    """``forward(img)`` with img (1, 3, H, W), already resized, normalised and padded, returns
-    ``dets`` (N, 5: x1, y1, x2, y2, score), ``labels`` (N,) int64 and ``masks`` (N, H, W) bool,
-    sorted by descending score."""
+    """``forward(img, img_shape)`` with img (1, 3, H, W), already resized, normalised and padded,
+    and img_shape (2,) int64, the height and width of the image inside it, returns ``dets`` (N, 5:
+    x1, y1, x2, y2, score), ``labels`` (N,) int64 and ``masks`` (N, H, W) bool, sorted by
+    descending score."""
 
     def __init__(self, detector: TwoStageDetector):
         super().__init__()
         _check_supported(detector)
         self.detector = detector
 
-    def forward(self, img):
+    def forward(self, img, img_shape):
         detector = self.detector
-        # (H, W) as a tensor, so that an export with dynamic H and W clips to the actual size.
-        img_shape = torch._shape_as_tensor(img)[2:]
+        # (H, W) as a tensor, so that an export with dynamic H and W pastes onto the actual size.
+        input_shape = torch._shape_as_tensor(img)[2:]
         feats = detector.extract_feat(img)
         proposals = self._proposals(feats, img_shape)
         dets, labels = self._detections(feats, proposals, img_shape)
-        masks = self._masks(feats, dets[:, :4], labels, img_shape)
+        masks = self._masks(feats, dets[:, :4], labels, input_shape)
         return dets, labels, masks
 
     # --- RPN -----------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class MaskRCNNForExport(nn.Module):
 
     # --- mask head -----------------------------------------------------------------------------
 
-    def _masks(self, feats, boxes, labels, img_shape):
+    def _masks(self, feats, boxes, labels, input_shape):
         roi_head = self.detector.roi_head
         rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
         mask_feats = _extract_roi_features(roi_head.mask_roi_extractor, feats, _with_spare_roi(rois))
@@ -177,7 +183,7 @@ class MaskRCNNForExport(nn.Module):
         size = mask_pred.shape[-2:]
         index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, size[0], size[1])
         probabilities = mask_pred.gather(1, index)[:, 0].sigmoid()
-        masks = _paste_masks(probabilities, boxes, img_shape)
+        masks = _paste_masks(probabilities, boxes, input_shape)
         return masks >= roi_head.test_cfg.mask_thr_binary
 
 
@@ -212,12 +218,12 @@ def _interpolation_matrix(starts, ends, out_size, mask_size):
     return (1 - (position[:, :, None] - cells).abs()).clamp(min=0)
 
 
-def _paste_masks(masks, boxes, img_shape):
+def _paste_masks(masks, boxes, canvas_shape):
     """Paste (N, h, w) mask probabilities into their boxes on an (H, W) canvas: (N, H, W).
 
     Bilinear weights separate into a row and a column factor, so the paste is two batched
     matrix products instead of a GridSample over an (N, H, W, 2) grid.
     """
-    rows = _interpolation_matrix(boxes[:, 1], boxes[:, 3], img_shape[0], masks.shape[1])
-    cols = _interpolation_matrix(boxes[:, 0], boxes[:, 2], img_shape[1], masks.shape[2])
+    rows = _interpolation_matrix(boxes[:, 1], boxes[:, 3], canvas_shape[0], masks.shape[1])
+    cols = _interpolation_matrix(boxes[:, 0], boxes[:, 2], canvas_shape[1], masks.shape[2])
     return rows @ masks @ cols.transpose(1, 2)

@@ -93,3 +93,69 @@ def test_deployment_test_tool_errors(tmp_path):
                                                                         '--backend', 'tensorrt')
     assert 'model file not found' in _deploy_test_error(config, str(tmp_path / 'missing.onnx'))
     assert 'config file not found' in _deploy_test_error(str(tmp_path / 'no.py'), str(model))
+
+
+@pytest.fixture(scope='module')
+def padded_model(tiny_detector, tmp_path_factory):
+    """A dynamic export of the tiny detector and a test set whose images the pipeline pads:
+    48x80 images resized to 38x64 in a 64x64 input (random weights: many boxes, some in the
+    padding before clipping)."""
+    from mmdet_custom.datasets.synthetic_shapes import generate
+    from mmdet_custom.deployment import export_mask_rcnn, prepare_input
+    config, checkpoint, cfg, detector = tiny_detector
+    folder = tmp_path_factory.mktemp('padded')
+    generate(str(folder), num_train=1, num_val=4, size=(48, 80), seed=1)
+    img, meta = prepare_input(cfg, str(folder / 'val' / '000000.png'), (64, 64))
+    assert meta['img_shape'][:2] == (38, 64)
+    model = str(folder / 'tiny.onnx')
+    export_mask_rcnn(detector, img, model, dynamic=True, img_shape=meta['img_shape'])
+    options = ['--cfg-options', f'data.test.ann_file={folder}/annotations/instances_val.json',
+               f'data.test.img_prefix={folder}/val/']
+    return config, checkpoint, model, options
+
+
+def _detections(results):
+    """Per image (dets, labels, masks) sorted by score, from mmdet's per-class results."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+    images = []
+    for bbox_results, segm_results in results:
+        labels = np.concatenate([np.full(len(b), c) for c, b in enumerate(bbox_results)])
+        dets = np.concatenate(bbox_results)
+        masks = np.stack([mask_util.decode(m) for c in segm_results for m in c]).astype(bool)
+        order = np.argsort(-dets[:, 4], kind='stable')
+        images.append((dets[order], labels[order], masks[order]))
+    return images
+
+
+def test_deployment_test_gives_pytorchs_results_on_padded_images(padded_model, tmp_path):
+    import mmcv
+    import numpy as np
+
+    from mmdet_custom.deployment import compare_detections
+    config, checkpoint, model, options = padded_model
+    load_tool('test').main([config, model, '--out', str(tmp_path / 'onnx.pkl'),
+                            '--eval', 'bbox', 'segm', '--work-dir', str(tmp_path), *options])
+    assert _metrics(tmp_path)['bbox_mAP'] >= 0
+    from tools_testlib import load_script
+    load_script('tools/test.py', 'test_tool').main([config, checkpoint, '--out',
+                                                    str(tmp_path / 'pytorch.pkl'), *options])
+    onnx = _detections(mmcv.load(str(tmp_path / 'onnx.pkl')))
+    pytorch = _detections(mmcv.load(str(tmp_path / 'pytorch.pkl')))
+    assert len(onnx) == len(pytorch) == 4
+    for (dets, _, _), reference in zip(onnx, pytorch):
+        assert len(dets) == len(reference[0]) > 0
+        assert (dets[:, 2] > dets[:, 0]).all() and (dets[:, 3] > dets[:, 1]).all()  # none empty
+    for reference, candidate in zip(pytorch, onnx):
+        # Boxes (1 px after rescaling by 1.25), labels and scores; random weights leave masks
+        # near 0.5 everywhere, so thresholding them compares noise (the trained test above does).
+        assert compare_detections(reference, candidate, box_tolerance=1.25, min_mask_iou=0) == []
+    assert np.isfinite(np.concatenate([d for d, _, _ in onnx])).all()
+
+
+def test_test_time_augmentation_is_refused(padded_model):
+    config, _, model, options = padded_model
+    message = _deploy_test_error(config, model, *options, 'data.test.pipeline.1.flip=True')
+    assert message.endswith('the test pipeline asks for test-time augmentation (flip or several '
+                            'scales), which an exported model does not run: set '
+                            "MultiScaleFlipAug's flip=False and one img_scale")

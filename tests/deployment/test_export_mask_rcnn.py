@@ -49,7 +49,7 @@ def test_graph_holds_standard_operators_only(static_export):
     assert non_standard_ops(model) == []
     op_types = {node.op_type for node in model.graph.node}
     assert {'GridSample', 'RoiAlign', 'NonMaxSuppression'} <= op_types
-    assert [i.name for i in model.graph.input] == ['input']
+    assert [i.name for i in model.graph.input] == ['input', 'img_shape']
     assert [o.name for o in model.graph.output] == ['dets', 'labels', 'masks']
 
 
@@ -61,8 +61,12 @@ def test_dynamic_export_runs_at_other_sizes(tiny_detector, tmp_path):
     model = ONNXRuntimeMaskRCNN(path, num_classes=3)
     assert model.input_shape is None
     for index, shape in enumerate(((96, 64), (64, 128))):
+        # The pipeline resizes the image into 64x64 and pads it: boxes are clipped to the image
+        # inside the padding, as mmdet clips them (to the padded input, proposals in the padding
+        # survived as empty boxes with real scores).
         img, meta = _image_input(cfg, shape, index=index + 1)
-        candidate = model.run(img)
+        assert meta['img_shape'][:2] != shape
+        candidate = model.run(img, meta['img_shape'])
         assert candidate[2].shape[1:] == shape
         assert compare_detections(pytorch_detections(detector, img, meta), candidate) == []
 
@@ -147,15 +151,57 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
     (['{config}', '{checkpoint}', '--opset-version', '11'], 'unsupported --opset-version 11'),
     (['{config}', '{checkpoint}', '--shape', '64', '80'], 'multiples of the model\'s size divisor 32'),
     (['{config}', '{checkpoint}', '--input-img', '{missing}'], 'input image not found'),
+    (['{config}', '{checkpoint}', '--input-img', '{config}'], 'not an image mmcv can read: '),
+    (['{config}', '{checkpoint}', '--output-file', '{folder}'], 'is a folder: name the .onnx file'),
+    (['{config}', '{checkpoint}', '--output-file', '{config}/x.onnx'], 'cannot create its folder'),
     (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rcnn.nms.type=soft_nms'],
      'supports plain per-class NMS (type="nms") in test_cfg.rcnn'),
 ])
 def test_export_tool_errors(tiny_detector, tmp_path, args, message):
     config, checkpoint, _, _ = tiny_detector
-    values = dict(config=config, checkpoint=checkpoint, missing=str(tmp_path / 'missing.png'))
-    argv = [arg.format(**values) for arg in args] + ['--output-file', str(tmp_path / 'x.onnx')]
+    values = dict(config=config, checkpoint=checkpoint, missing=str(tmp_path / 'missing.png'),
+                  folder=str(tmp_path))
+    argv = ['--output-file', str(tmp_path / 'x.onnx')] + [arg.format(**values) for arg in args]
     with pytest.raises(SystemExit) as error:
         load_tool('pytorch2onnx').main(argv)
     assert str(error.value).startswith('tools/deployment/pytorch2onnx.py: error: ')
     assert message in str(error.value)
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_export_without_the_compiled_op_is_one_line(tiny_detector, tmp_path, monkeypatch):
+    import ops_dcnv3
+    config, checkpoint, _, _ = tiny_detector
+    monkeypatch.setattr(ops_dcnv3, 'HAS_COMPILED_OP', False)
+    with pytest.raises(SystemExit) as error:
+        load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', str(tmp_path / 'x.onnx')])
+    assert str(error.value) == ('tools/deployment/pytorch2onnx.py: error: ONNX export translates the '
+                                'compiled DCNv3 op; build ops_dcnv3._C (python setup.py build_ext '
+                                '--inplace) first')
+
+
+def test_mmcv_roi_align_with_adaptive_sampling_exports(tiny_detector, tmp_path):
+    # The COCO configs' extractor: mmcv's RoIAlign with sampling_ratio=0 (adaptive), as ONNX
+    # RoiAlign; the tiny config uses GridSampleRoIExtractor with a fixed ratio.
+    from mmdet.models import build_detector
+    _, _, cfg, _ = tiny_detector
+    model_cfg = cfg.model.deepcopy()
+    for name in ('bbox_roi_extractor', 'mask_roi_extractor'):
+        extractor = model_cfg.roi_head[name]
+        extractor.type = 'SingleRoIExtractor'
+        extractor.roi_layer.sampling_ratio = 0
+    torch.manual_seed(0)
+    detector = build_detector(model_cfg).eval()
+    img, meta = _image_input(cfg, (64, 64))
+    path = str(tmp_path / 'roi_align.onnx')
+    export_mask_rcnn(detector, img, path, opset_version=17, img_shape=meta['img_shape'])
+    reference = pytorch_detections(detector, img, meta)
+    assert len(reference[0]) > 0
+    candidate = ONNXRuntimeMaskRCNN(path, num_classes=3).run(img, meta['img_shape'])
+    assert compare_detections(reference, candidate) == []
+
+
+def test_a_model_of_another_class_count_is_refused(static_export):
+    path, _, _, _ = static_export
+    with pytest.raises(ValueError, match='tiny.onnx predicts 3 classes, the dataset has 80'):
+        ONNXRuntimeMaskRCNN(path, num_classes=80)

@@ -19,6 +19,8 @@ from _timing import median_ms  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
 from _usage import one_line_errors  # noqa: E402
+from tools.deployment.pytorch2onnx import input_image  # noqa: E402
+from tools.deployment.test import open_onnx_model  # noqa: E402
 from tools.test import UsageError, build_model, load_config  # noqa: E402
 
 PROG = 'tools/deployment/benchmark_onnx.py'
@@ -33,28 +35,26 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3, help='timed runs of each (default 3)')
     parser.add_argument('--threads', type=int, default=2, help='threads of both (default 2)')
     parser.add_argument('--shape', type=int, nargs=2, help='input H W of a dynamic model')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error('--repeats and --threads must be at least 1')
+    return args
 
 
 def run(args):
-    from mmdet_custom.deployment import ONNXRuntimeMaskRCNN, prepare_input
+    from mmdet_custom.deployment import prepare_input
     cfg = load_config(args.config, None)
     detector = build_model(cfg, args.config)
     load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
-    if not osp.isfile(args.model):
-        raise UsageError(f'model file not found: {args.model}')
-    onnx_model = ONNXRuntimeMaskRCNN(args.model, detector.roi_head.bbox_head.num_classes,
-                                     num_threads=args.threads)
+    onnx_model = open_onnx_model(args.model, detector.roi_head.bbox_head.num_classes, args.threads)
     shape = onnx_model.input_shape or (tuple(args.shape) if args.shape else None)
     if shape is None:
         raise UsageError(f'{args.model} has a dynamic input size: give --shape H W')
-    if args.input_img is None:
-        from mmdet_custom.datasets.synthetic_shapes import render_image
-        image = render_image(seed=0, split='val', index=0, size=shape)[0][:, :, ::-1].copy()
-    else:
-        image = args.input_img
-    img, meta = prepare_input(cfg, image, shape)
+    try:
+        img, meta = prepare_input(cfg, input_image(args.input_img, shape), shape)
+    except ValueError as error:
+        raise UsageError(f'{error}; give a larger --shape') from None
     torch.set_num_threads(args.threads)
 
     def pytorch():
@@ -62,10 +62,13 @@ def run(args):
             return detector.simple_test(img, [meta], rescale=False)
 
     # One warm-up run each (allocations, ONNX Runtime's first-run planning), then turns.
-    times_ms = median_ms(dict(pytorch=pytorch, onnxruntime=lambda: onnx_model.run(img)), 'cpu',
-                         warmup=1, repeats=args.repeats)
+    def onnxruntime():
+        return onnx_model.run(img, meta['img_shape'])
+
+    times_ms = median_ms(dict(pytorch=pytorch, onnxruntime=onnxruntime), 'cpu', warmup=1,
+                         repeats=args.repeats)
     torch_s, ort_s = times_ms['pytorch'] / 1000, times_ms['onnxruntime'] / 1000
-    detections = len(onnx_model.run(img)[0])
+    detections = len(onnxruntime()[0])
     print(f'input 1x3x{shape[0]}x{shape[1]}, {detections} detections, {args.threads} threads, '
           f'median of {args.repeats}:')
     print(f'  PyTorch (simple_test)  {torch_s * 1000:9.0f} ms')

@@ -56,18 +56,34 @@ def check_backend(args):
         raise UsageError(f'unsupported --backend {args.backend!r}: this tool runs '
                          f'{", ".join(BACKENDS)} (TensorRT engines are built from the .onnx file '
                          'with trtexec)')
-    if not osp.isfile(args.model):
+    if not osp.isfile(args.model):  # before the dataset is read
         raise UsageError(f'model file not found: {args.model}')
 
 
-def build_backend(args, num_classes):
+def open_onnx_model(path, num_classes, threads):
+    """An ONNXRuntimeMaskRCNN, or a UsageError saying why ``path`` is not one."""
     from mmdet_custom.deployment import ONNXRuntimeMaskRCNN
+    if not osp.isfile(path):
+        raise UsageError(f'model file not found: {path}')
     try:
-        return ONNXRuntimeMaskRCNN(args.model, num_classes, num_threads=args.threads)
+        return ONNXRuntimeMaskRCNN(path, num_classes, num_threads=threads)
     except ValueError as error:
         raise UsageError(str(error)) from None
     except Exception as error:  # onnxruntime raises its own types for unreadable files
-        raise UsageError(f'cannot load {args.model} in ONNX Runtime: {error}') from None
+        raise UsageError(f'cannot load {path} in ONNX Runtime: {error}') from None
+
+
+def check_single_scale(cfg):
+    """The exported model runs the test pipeline's one scale, unflipped: refuse test-time
+    augmentation rather than evaluate without it."""
+    for step in cfg.data.test.pipeline:
+        if step['type'] != 'MultiScaleFlipAug':
+            continue
+        scales = step.get('img_scale') or step.get('scale_factor')
+        if step.get('flip') or (isinstance(scales, list) and len(scales) > 1):
+            raise UsageError('the test pipeline asks for test-time augmentation (flip or several '
+                             'scales), which an exported model does not run: set '
+                             'MultiScaleFlipAug\'s flip=False and one img_scale')
 
 
 def infer(model, data_loader):
@@ -89,9 +105,10 @@ def run(args):
     check_backend(args)
     cfg = load_config(args.config, args.cfg_options)
     check_request(args, cfg)
+    check_single_scale(cfg)
     cfg.data.test.test_mode = True
     dataset = load_dataset(cfg.data.test, 'data.test')
-    model = build_backend(args, len(dataset.CLASSES))
+    model = open_onnx_model(args.model, len(dataset.CLASSES), args.threads)
     data_loader = build_dataloader(dataset, samples_per_gpu=1,
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
                                    dist=False, shuffle=False)
