@@ -29,9 +29,9 @@ from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
-from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, check_mixed_precision,  # noqa: E402
-                               load_dataset, set_mixed_precision, start_worker_server,
-                               train_detector, train_loader_config)
+from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  # noqa: E402
+                               check_mixed_precision, load_dataset, set_mixed_precision,
+                               start_worker_server, train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
                     join_process_group, one_line_errors, read_config, select_gpu)
@@ -141,7 +141,7 @@ def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
-        with one_line_errors('tools/train.py', CheckpointError):
+        with one_line_errors('tools/train.py', CheckpointError, TrainingStopped):
             train(args)
     finally:
         if dist.is_available() and dist.is_initialized():
@@ -192,10 +192,12 @@ def train(args):
         backend = None
 
     try:
+        if osp.exists(cfg.work_dir) and not osp.isdir(cfg.work_dir):
+            raise UsageError(f'the work dir {cfg.work_dir} is a file, not a folder')
         mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
-    except OSError as error:  # e.g. a file where a folder should be
-        raise UsageError(f'cannot create the work dir {cfg.work_dir}: {error.strerror}') from None
-    cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
+        cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
+    except OSError as error:  # e.g. a folder this user cannot write to
+        raise UsageError(f'cannot write to the work dir {cfg.work_dir}: {error.strerror}') from None
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     log_file = osp.join(cfg.work_dir, f'{timestamp}.log')
     logger = get_root_logger(log_file=log_file, log_level=cfg.log_level)

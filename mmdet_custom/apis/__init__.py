@@ -7,7 +7,7 @@ from .seeding import EpochSeedHook, derive_seed, seed_everything
 from .test import DistEvalHookAnyDevice, multi_process_test
 from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
                     set_mixed_precision, start_worker_server, train_detector,
-                    train_loader_config)
+                    TrainingStopped, train_loader_config)
 
 __all__ = [
     'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint',
@@ -16,5 +16,5 @@ __all__ = [
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
     'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
     'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',
-    'set_mixed_precision', 'start_worker_server', 'train_loader_config'
+    'set_mixed_precision', 'start_worker_server', 'train_loader_config', 'TrainingStopped'
 ]

@@ -8,9 +8,15 @@ Differences from ``mmdet.apis.train_detector``:
 - ``auto_resume`` skips a checkpoint left half-written by a killed run, and resuming keeps the
   config's optimizer update implementation (``fused``), which ``load_state_dict`` alone would take
   from the checkpoint (``configured_update_implementation``), refuses a checkpoint whose weights
-  do not fit the model, and takes the evaluation hook's best-checkpoint record from the newest
-  ``best_*.pth``, since an epoch's checkpoint is written before that epoch is evaluated
-  (``restore_best_record``);
+  do not fit the model or an optimizer state of another optimizer type, recounts the iterations
+  for the current batch size and number of processes (the lr schedule reads them), warns when
+  the checkpoint's lr or weight decay differ from the config's or its epoch was never evaluated,
+  and takes the evaluation hook's best-checkpoint record from the newest ``best_*.pth``, since an
+  epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
+- training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at the
+  first non-finite loss, before its weights are saved (``FiniteLossHook``), and when a checkpoint
+  cannot be written (a full disk, no permission); checkpoints are written whole or not at all
+  (``mmcv_compat``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
   from a server that has mmdet and this plugin imported (``start_worker_server``), so that they
@@ -25,9 +31,14 @@ Differences from ``mmdet.apis.train_detector``:
   ``tools/train.py --amp`` sets one of them.
 """
 import contextlib
+import errno
 import functools
+import glob
+import json
+import math
 import multiprocessing
 import multiprocessing.forkserver
+import os.path as osp
 import types
 from functools import partial
 from typing import Sequence
@@ -44,7 +55,7 @@ from mmdet.datasets.samplers import DistributedGroupSampler
 from mmdet.utils import compat_cfg, get_root_logger
 from torch.utils.data import DataLoader
 
-from ..core.hooks import SyncFreeFp16OptimizerHook
+from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
                          load_weights_leniently, restore_best_record)
@@ -241,16 +252,82 @@ def _build_eval_hook(cfg, distributed):
     return hook_type(val_loader, **eval_cfg)
 
 
-def _load_training_state(detector, path, map_location='cpu', logger=None, **_):
-    """runner.resume's read of ``path``: the weights only if they fit, and the training state
-    (epoch and iteration) required, since a checkpoint of weights alone is for load_from."""
+# Optimizer hyper-parameters that tell optimizer types apart (not ones torch versions add).
+_OPTIMIZER_DEFINING_KEYS = {'betas', 'eps', 'amsgrad', 'momentum', 'dampening', 'nesterov',
+                            'alpha', 'centered', 'rho', 'lr_decay', 'momentum_decay', 'etas',
+                            'step_sizes', 'lambd'}
+
+
+def _load_training_state(detector, optimizer, path, map_location='cpu', logger=None, **_):
+    """runner.resume's read of ``path``: the weights only if they fit, the training state
+    (epoch and iteration) required, since a checkpoint of weights alone is for load_from, and an
+    optimizer state of another optimizer type refused.
+
+    The stored config is left out of what mmcv gets: it re-parses it only to rescale the iteration
+    count for another number of processes (``train_detector`` recounts it instead), and parsing
+    imports the config's ``custom_imports``, which need not exist any more.
+    """
     checkpoint = load_detector_checkpoint(detector, path, map_location, logger)
-    if not {'epoch', 'iter'} <= set(checkpoint.get('meta') or {}):
+    meta = checkpoint.get('meta') or {}
+    if not {'epoch', 'iter'} <= set(meta):
         raise CheckpointError(f'{path} holds weights but no training state (epoch, iteration): to '
                               f'start from its weights, use --cfg-options load_from={path}')
-    if 'optimizer' not in checkpoint and logger is not None:
-        logger.warning(f'{path} has no optimizer state: the optimizer starts afresh')
-    return checkpoint
+    if 'optimizer' not in checkpoint:
+        if logger is not None:
+            logger.warning(f'{path} has no optimizer state: the optimizer starts afresh')
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        saved = set().union(*(group.keys() for group in checkpoint['optimizer']['param_groups']))
+        lacking = sorted((set(optimizer.defaults) & _OPTIMIZER_DEFINING_KEYS) - saved)
+        if lacking:
+            raise CheckpointError(f'its optimizer state lacks {", ".join(lacking)}, which the '
+                                  f'config\'s {type(optimizer).__name__} needs: it was saved by '
+                                  f'another optimizer (start from its weights with --cfg-options '
+                                  f'load_from={path})')
+    return dict(checkpoint, meta={key: value for key, value in meta.items() if key != 'config'})
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on: a non-finite loss, or a file that cannot be written. The message
+    names the newest complete checkpoint to go on from."""
+
+
+# Why a write fails where waiting or freeing space is the remedy, not a bug to trace.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _where_to_resume(work_dir):
+    checkpoint = find_resumable_checkpoint(work_dir)
+    if checkpoint is None:
+        return 'no checkpoint was written before'
+    return f'the newest complete checkpoint is {checkpoint} (--auto-resume goes on from it)'
+
+
+def _check_resumed_optimizer(optimizer, configured, path, logger):
+    """Warn when the resumed optimizer state keeps learning rates or weight decays other than
+    the config's (``configured``: each group's (lr, weight_decay) as built)."""
+    for group, (lr, weight_decay) in zip(optimizer.param_groups, configured):
+        saved_lr = group.get('initial_lr', group['lr'])
+        if not (math.isclose(saved_lr, lr) and math.isclose(group['weight_decay'], weight_decay)):
+            logger.warning(f'{path} resumes its own optimizer settings (base lr {saved_lr:g}, '
+                           f'weight decay {group["weight_decay"]:g}; the config says {lr:g} and '
+                           f'{weight_decay:g}): to train on with the config\'s, start from its '
+                           f'weights with --cfg-options load_from={path}')
+            return
+
+
+def _evaluated_epochs(work_dir):
+    """The epochs the json logs in ``work_dir`` hold an evaluation of."""
+    epochs = set()
+    for log in glob.glob(osp.join(work_dir, '*.log.json')):
+        with open(log) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a killed run
+                    continue
+                if record.get('mode') == 'val' and 'epoch' in record:
+                    epochs.add(record['epoch'])
+    return epochs
 
 
 def train_detector(model, dataset, cfg, distributed=False, validate=False, timestamp=None, meta=None):
@@ -288,6 +365,9 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         cfg.log_config,
         cfg.get('momentum_config', None),
         custom_hooks_config=cfg.get('custom_hooks', None))
+    # After the optimizer hook (ABOVE_NORMAL too, registered before) and before the checkpoint
+    # hook (NORMAL): diverged weights are never saved.
+    runner.register_hook(FiniteLossHook(), priority='ABOVE_NORMAL')
     if isinstance(runner, EpochBasedRunner):
         runner.register_hook(EpochSeedHook(cfg.seed), priority='VERY_HIGH')
     else:
@@ -305,7 +385,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         # mmcv's resume reads the weights leniently (one of another shape is only a warning) and
         # then loads the optimizer state, whose moments of the old shapes crash the fused update:
         # _load_training_state refuses such a file (and one of weights alone) instead.
-        runner.load_checkpoint = functools.partial(_load_training_state, detector, logger=logger)
+        runner.load_checkpoint = functools.partial(_load_training_state, detector, runner.optimizer,
+                                                   logger=logger)
+        configured = [(group['lr'], group['weight_decay'])
+                      for group in getattr(runner.optimizer, 'param_groups', ())]
         try:
             with configured_update_implementation(runner.optimizer):
                 runner.resume(cfg.resume_from)
@@ -315,16 +398,48 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
-        if validate and isinstance(runner, EpochBasedRunner):
-            restore_best_record(runner.meta, cfg.work_dir, runner.epoch, logger)
-        if isinstance(runner, EpochBasedRunner) and runner.epoch >= runner.max_epochs:
-            logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
-                           f'nothing left to train (raise runner.max_epochs to train longer)')
+        if configured:
+            _check_resumed_optimizer(runner.optimizer, configured, cfg.resume_from, logger)
+        if isinstance(runner, EpochBasedRunner):
+            _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger)
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
             runner.load_checkpoint(cfg.load_from)
         else:
             load_weights_leniently(detector, cfg.load_from, logger)
     # Distributed runs keep mmcv's sleeps: the deadlock they dodge was seen there.
-    with contextlib.nullcontext() if distributed else without_epoch_transition_sleeps():
-        runner.run(data_loaders, cfg.workflow)
+    try:
+        with contextlib.nullcontext() if distributed else without_epoch_transition_sleeps():
+            runner.run(data_loaders, cfg.workflow)
+    except NonFiniteLossError as error:
+        raise TrainingStopped(f'training stopped: {error}, before a checkpoint of those weights '
+                              f'was saved; {_where_to_resume(cfg.work_dir)}, with a lower '
+                              f'optimizer.lr or gradient clipping (optimizer_config.grad_clip)') from None
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        raise TrainingStopped(f'training stopped: cannot write {error.filename}: {error.strerror}; '
+                              f'{_where_to_resume(cfg.work_dir)}') from None
+
+
+def _resume_epoch_based(runner, train_loader, cfg, validate, logger):
+    """After ``runner.resume`` of an epoch checkpoint: the iteration count, the best-checkpoint
+    record, and what is left to do."""
+    # Epoch checkpoints end an epoch, so the iterations done are epochs * this loader's length;
+    # the stored count was made with the checkpoint's batch size and number of processes, and
+    # the lr schedule reads runner.iter.
+    iterations = runner.epoch * len(train_loader)
+    if runner.iter != iterations:
+        logger.info(f'{cfg.resume_from}: {runner.iter} iterations were counted with another batch '
+                    f'size or number of processes; going on from {iterations} '
+                    f'({runner.epoch} epochs of {len(train_loader)})')
+        runner._iter = iterations
+    if validate:
+        restore_best_record(runner.meta, cfg.work_dir, runner.epoch, logger)
+        interval = cfg.get('evaluation', {}).get('interval', 1)
+        if runner.epoch % interval == 0 and runner.epoch not in _evaluated_epochs(cfg.work_dir):
+            logger.warning(f'epoch {runner.epoch} was saved but not evaluated (the run stopped in '
+                           f'between): tools/test.py with {cfg.resume_from} evaluates it')
+    if runner.epoch >= runner.max_epochs:
+        logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
+                       f'nothing left to train (raise runner.max_epochs to train longer)')

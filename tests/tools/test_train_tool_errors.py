@@ -169,7 +169,9 @@ def test_launcher_without_its_variables_work_dir_on_a_file_and_bad_seed(train_to
     (tmp_path / 'file').write_text('')
     message = refused(train_tool, tiny_config, '--no-validate',
                        '--work-dir', str(tmp_path / 'file' / 'work'))
-    assert message.endswith(f'cannot create the work dir {tmp_path}/file/work: Not a directory')
+    assert message.endswith(f'cannot write to the work dir {tmp_path}/file/work: Not a directory')
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path / 'file'))
+    assert message.endswith(f'the work dir {tmp_path}/file is a file, not a folder')
     with pytest.raises(SystemExit) as exit_info:
         train_tool.main([tiny_config, '--seed', '-1'])
     assert exit_info.value.code == 2

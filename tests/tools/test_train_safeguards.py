@@ -1,0 +1,129 @@
+"""What tools/train.py does when training cannot simply go on: a diverged loss, a disk that
+refuses the checkpoint, and resuming under changed settings (batch size, optimizer, lr)."""
+import errno
+import logging
+import os
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+from mmcv.runner import HOOKS, Hook  # noqa: E402
+from tools_testlib import load_script, refused, write_tiny_config  # noqa: E402
+
+from mmdet_custom.apis import read_checkpoint  # noqa: E402
+
+
+@HOOKS.register_module()
+class PoisonWeightsAtEpochTwoHook(Hook):
+    """Makes one weight infinite before the second epoch's first step: the loss diverges."""
+
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == 0:
+            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            with torch.no_grad():
+                model.roi_head.bbox_head.fc_cls.weight[0, 0] = float('inf')
+
+
+@pytest.fixture(scope='module')
+def train_tool():
+    return load_script('tools/train.py', 'train_tool_safeguards')
+
+
+@pytest.fixture
+def mmdet_log():
+    """The mmdet logger's messages (in process an earlier test may have set its handlers)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger('mmdet').addHandler(handler)
+    yield records
+    logging.getLogger('mmdet').removeHandler(handler)
+
+
+def _text(records):
+    return '\n'.join(record.getMessage() for record in records)
+
+
+def test_a_diverged_loss_stops_training_before_its_weights_are_saved(train_tool, tmp_path,
+                                                                      tiny_shapes):
+    config = write_tiny_config(tmp_path / 'diverging.py', tiny_shapes, epochs=3,
+                               extra="custom_hooks = [dict(type='PoisonWeightsAtEpochTwoHook')]")
+    work = tmp_path / 'work'
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
+    assert message.endswith(
+        'training stopped: the loss is nan at epoch 2, iteration 1 (iteration 5 overall), before '
+        f'a checkpoint of those weights was saved; the newest complete checkpoint is {work}/'
+        'epoch_1.pth (--auto-resume goes on from it), with a lower optimizer.lr or gradient '
+        'clipping (optimizer_config.grad_clip)')
+    assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(train_tool, tmp_path,
+                                                                   tiny_config, monkeypatch):
+    from mmdet_custom import mmcv_compat
+    written = []
+
+    def fsync_until_the_disk_fills(fd):
+        written.append(fd)
+        if len(written) == 2:  # the second checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mmcv_compat.os, 'fsync', fsync_until_the_disk_fills)
+    work = tmp_path / 'work'
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work),
+                      '--cfg-options', 'runner.max_epochs=2')
+    assert message.endswith(
+        f'training stopped: cannot write {work}/epoch_2.pth: No space left on device; the newest '
+        f'complete checkpoint is {work}/epoch_1.pth (--auto-resume goes on from it)')
+    assert sorted(p.name for p in work.iterdir() if 'pth' in p.name) == ['epoch_1.pth', 'latest.pth']
+
+
+def _train_one_epoch(train_tool, config, work, *options):
+    train_tool.main([config, '--no-validate', '--seed', '0', '--work-dir', str(work)]
+                    + (['--cfg-options', *options] if options else []))
+
+
+def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tmp_path,
+                                                                   tiny_config, mmdet_log):
+    # 8 images: 4 iterations an epoch at batch 2, 2 at batch 4. mmcv kept the stored 4 and the lr
+    # schedule (which reads the iteration) ran past its end.
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work, 'data.samples_per_gpu=2')
+    train_tool.main([tiny_config, '--no-validate', '--auto-resume', '--work-dir', str(work),
+                     '--cfg-options', 'data.samples_per_gpu=4', 'runner.max_epochs=2'])
+    assert (f'{work}/epoch_1.pth: 4 iterations were counted with another batch size or number of '
+            'processes; going on from 2 (1 epochs of 2)') in _text(mmdet_log)
+    assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
+
+
+def test_resuming_under_another_optimizer_or_lr(train_tool, tmp_path, tiny_shapes, tiny_config,
+                                                mmdet_log):
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work)
+    # Another optimizer type: its first step failed on a missing 'momentum' (a traceback).
+    sgd = write_tiny_config(tmp_path / 'sgd.py', tiny_shapes, epochs=2,
+                            extra="optimizer = dict(type='SGD', lr=0.01, momentum=0.9)")
+    message = refused(train_tool, sgd, '--no-validate', '--auto-resume', '--work-dir', str(work))
+    assert message.endswith(
+        f"cannot resume from {work}/epoch_1.pth: its optimizer state lacks dampening, momentum, "
+        "nesterov, which the config's SGD needs: it was saved by another optimizer (start from "
+        f"its weights with --cfg-options load_from={work}/epoch_1.pth)")
+    # Another lr: the checkpoint's state wins, as in mmdet, and now says so.
+    train_tool.main([tiny_config, '--no-validate', '--auto-resume', '--work-dir', str(work),
+                     '--cfg-options', 'runner.max_epochs=2', 'optimizer.lr=0.01'])
+    assert (f'{work}/epoch_1.pth resumes its own optimizer settings (base lr 0.0014, weight decay '
+            '0.05; the config says 0.01 and 0.05): to train on with the config\'s, start from its '
+            f'weights with --cfg-options load_from={work}/epoch_1.pth') in _text(mmdet_log)
+    groups = read_checkpoint(str(work / 'epoch_2.pth'))['optimizer']['param_groups']
+    assert groups[0]['initial_lr'] == pytest.approx(1.4e-3)
+
+
+def test_an_epoch_saved_but_not_evaluated_is_named_on_resume(train_tool, tmp_path, tiny_config,
+                                                             mmdet_log):
+    # A run stopped between writing epoch 1 and evaluating it (here: trained without validation).
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work)
+    train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(work)])
+    assert (f'epoch 1 was saved but not evaluated (the run stopped in between): tools/test.py '
+            f'with {work}/epoch_1.pth evaluates it') in _text(mmdet_log)
