@@ -1,12 +1,81 @@
-"""Building a dataset from its config with one clear error per failure."""
+"""Building a dataset from its config with one clear error per failure, at building time and
+when an image fails in the pipeline later."""
+import os.path as osp
+
 from mmdet.datasets import build_dataset
+from mmdet.utils import get_root_logger
 
 from ..utils import error_summary
 
 
 class DatasetError(ValueError):
     """A dataset cannot be built (unreadable or incomplete annotations, settings its type does not
-    take) or has no images; the message names the config entry (e.g. 'data.val')."""
+    take) or has no images, the message naming the config entry (e.g. 'data.val'); or one of its
+    images fails in the pipeline, the message naming the image."""
+
+    def __str__(self):
+        text = super().__str__()
+        # Raised in a DataLoader worker, it comes back as torch re-raises it: "Caught DatasetError
+        # in DataLoader worker process 0." and the worker's traceback, ending in the message.
+        if text.startswith('Caught DatasetError'):
+            return text.rstrip().rsplit('DatasetError: ', 1)[-1]
+        return text
+
+
+class _PipelineNamingItsImage:
+    """A dataset's pipeline whose failures raise DatasetError naming the image: a corrupt or
+    missing image, or a malformed annotation, ended training hours in with a traceback from deep
+    inside a transform, and no file named."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def __call__(self, results):
+        try:
+            return self.pipeline(results)
+        except DatasetError:
+            raise
+        except Exception as error:
+            info = results.get('img_info') or {}
+            image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
+            raise DatasetError(f'{image} (image id {info.get("id")}): {type(error).__name__}: '
+                               f'{error_summary(error)}') from error
+
+    def __getattr__(self, name):  # the Compose's own attributes (e.g. transforms)
+        if name == 'pipeline' or name.startswith('__'):  # not set yet while unpickling
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
+
+    def __repr__(self):
+        return repr(self.pipeline)
+
+
+def _base_datasets(dataset):
+    """The datasets holding images under mmdet's wrappers (Repeat, ClassBalanced, Concat)."""
+    if hasattr(dataset, 'datasets'):
+        return [base for inner in dataset.datasets for base in _base_datasets(inner)]
+    if hasattr(dataset, 'dataset'):
+        return _base_datasets(dataset.dataset)
+    return [dataset]
+
+
+def _check_boxes(dataset, name):
+    """Training annotations mmdet ignores for an empty box (under 1 px wide or high, or area 0):
+    a warning with their count, or a DatasetError when no other annotation is left."""
+    coco = getattr(dataset, 'coco', None)
+    if coco is None or getattr(dataset, 'test_mode', True):
+        return
+    annotations = [ann for ann in coco.anns.values() if ann.get('category_id') in dataset.cat_ids]
+    empty = sum(1 for ann in annotations
+                if ann.get('area', 1) <= 0 or ann['bbox'][2] < 1 or ann['bbox'][3] < 1)
+    if empty and empty == len(annotations):
+        raise DatasetError(f'{name}: every annotation has an empty box (under 1 px wide or high, '
+                           f'or area 0), which mmdet ignores: nothing to train on '
+                           f'(ann_file {dataset.ann_file})')
+    if empty:
+        get_root_logger().warning(f'{name}: {empty} of {len(annotations)} annotations have an '
+                                  f'empty box (under 1 px wide or high, or area 0) and are '
+                                  f'ignored, as mmdet ignores them (ann_file {dataset.ann_file})')
 
 
 def _builder_error(error):
@@ -33,4 +102,8 @@ def load_dataset(dataset_cfg, name, default_args=None):
         raise DatasetError(f'{name}: no images in the dataset' + (
             f' that have annotations of the classes {", ".join(dataset.CLASSES)}' if filtered else '')
             + f' (ann_file {getattr(dataset, "ann_file", None)})')  # (wrappers have none)
+    for base in _base_datasets(dataset):
+        _check_boxes(base, name)
+        if callable(getattr(base, 'pipeline', None)):
+            base.pipeline = _PipelineNamingItsImage(base.pipeline)
     return dataset

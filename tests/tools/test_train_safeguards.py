@@ -127,3 +127,65 @@ def test_an_epoch_saved_but_not_evaluated_is_named_on_resume(train_tool, tmp_pat
     train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(work)])
     assert (f'epoch 1 was saved but not evaluated (the run stopped in between): tools/test.py '
             f'with {work}/epoch_1.pth evaluates it') in _text(mmdet_log)
+
+
+def _copy_of(tiny_shapes, tmp_path):
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_shapes, data)
+    return data
+
+
+def _edit_annotations(data, edit):
+    import json
+    path = data / 'annotations' / 'instances_train.json'
+    annotations = json.loads(path.read_text())
+    edit(annotations)
+    path.write_text(json.dumps(annotations))
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_a_corrupt_image_met_in_training_is_named(train_tool, tmp_path, tiny_shapes, workers):
+    # It ended in "'NoneType' object has no attribute 'shape'" deep in a transform (wrapped in a
+    # DataLoader worker's traceback), no file named.
+    data = _copy_of(tiny_shapes, tmp_path)
+    image = sorted((data / 'train').iterdir())[3]
+    image.write_bytes(image.read_bytes()[:40])  # truncated
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data), workers=workers)
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert f'{image} (image id ' in message
+    assert message.endswith("AttributeError: 'NoneType' object has no attribute 'shape'")
+
+
+def test_a_malformed_polygon_is_named(train_tool, tmp_path, tiny_shapes):
+    data = _copy_of(tiny_shapes, tmp_path)
+
+    def empty_polygon(annotations):
+        annotations['annotations'][0]['segmentation'] = [[]]
+
+    _edit_annotations(data, empty_polygon)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert f'{data}/train/' in message and '(image id ' in message
+
+
+def test_empty_boxes_are_counted_or_refused(train_tool, tmp_path, tiny_shapes, mmdet_log):
+    from mmdet_custom.apis import DatasetError, load_dataset
+    from mmcv import Config
+    data = _copy_of(tiny_shapes, tmp_path)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+
+    def flatten(count):
+        def edit(annotations):
+            for annotation in annotations['annotations'][:count]:
+                annotation['bbox'][3] = 0.5
+        return edit
+
+    _edit_annotations(data, flatten(2))
+    load_dataset(Config.fromfile(config).data.train, 'data.train')
+    assert 'data.train: 2 of ' in _text(mmdet_log)
+    assert 'annotations have an empty box (under 1 px wide or high, or area 0) and are ignored, ' \
+        'as mmdet ignores them' in _text(mmdet_log)
+    _edit_annotations(data, flatten(None))
+    with pytest.raises(DatasetError, match='data.train: every annotation has an empty box'):
+        load_dataset(Config.fromfile(config).data.train, 'data.train')
