@@ -205,3 +205,21 @@ def test_a_model_of_another_class_count_is_refused(static_export):
     path, _, _, _ = static_export
     with pytest.raises(ValueError, match='tiny.onnx predicts 3 classes, the dataset has 80'):
         ONNXRuntimeMaskRCNN(path, num_classes=80)
+
+
+def test_benchmark_onnx_runs_and_refuses_bad_input(tiny_detector, static_export, tmp_path, capsys):
+    config, checkpoint, _, _ = tiny_detector
+    path, _, _, _ = static_export
+    tool = load_tool('benchmark_onnx')
+    tool.main([config, checkpoint, path, '--repeats', '1', '--threads', '1'])
+    assert 'input 1x3x64x64' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as error:
+        tool.main([config, checkpoint, path, '--repeats', '0'])
+    assert error.value.code == 2 and '--repeats and --threads must be at least 1' in capsys.readouterr().err
+    for args, message in (([str(tmp_path / 'none.onnx')], 'model file not found'),
+                          ([path, '--input-img', str(tmp_path / 'none.png')], 'input image not found'),
+                          ([config], 'cannot load')):
+        with pytest.raises(SystemExit) as error:
+            tool.main([config, checkpoint, *args])
+        assert str(error.value).startswith('tools/deployment/benchmark_onnx.py: error: ')
+        assert message in str(error.value)
