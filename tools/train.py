@@ -12,6 +12,7 @@ import argparse
 import copy
 import os
 import os.path as osp
+import sys
 import time
 
 import _bootstrap  # (first: repository on sys.path, quiet imports)
@@ -74,6 +75,9 @@ def parse_args(argv=None):
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help='set by old torch.distributed.launch; torchrun sets LOCAL_RANK instead')
     args = parser.parse_args(argv)
+    if args.resume_from and args.auto_resume:
+        parser.error('give --resume-from or --auto-resume, not both (--auto-resume resumes from '
+                     'the newest checkpoint in the work dir)')
     if args.seed is not None and not 0 <= args.seed < 2**32:
         parser.error(f'--seed must lie in [0, 2^32) (numpy\'s seed range), got {args.seed}')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -143,6 +147,10 @@ def main(argv=None):
     try:
         with one_line_errors('tools/train.py', CheckpointError, TrainingStopped):
             train(args)
+    except KeyboardInterrupt as interrupt:
+        print('tools/train.py: interrupted' + (f'; {interrupt}' if str(interrupt) else ''),
+              file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -18,6 +18,7 @@ def read_checkpoint(path, map_location='cpu'):
     """Load a checkpoint file into a dict, raising CheckpointError with a readable reason."""
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
+    _check_stored_checksums(path)
     try:
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -27,6 +28,23 @@ def read_checkpoint(path, map_location='cpu'):
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights')
     return checkpoint
+
+
+def _check_stored_checksums(path):
+    """torch.save writes a zip archive with a CRC-32 per entry, which torch.load does not check:
+    bytes damaged inside a weight (a disk or copy error) load as silently wrong weights. Reading
+    the file once more costs about a second for the largest checkpoints here."""
+    if not zipfile.is_zipfile(path):
+        return  # an old-style (pickle) file, or no archive at all: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(f'cannot read checkpoint {path} (truncated or damaged?): '
+                              f'{error_summary(error)}') from None
+    if damaged is not None:
+        raise CheckpointError(f'checkpoint {path} is damaged: its entry {damaged} fails its '
+                              f'checksum (a disk or copy error?)')
 
 
 def _strip_prefix(state_dict, prefix='module.'):
@@ -121,17 +139,22 @@ def _is_complete_torch_file(path):
         return False
 
 
-def find_resumable_checkpoint(work_dir, logger=None):
-    """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, or None.
+def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
+    """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` (older than the
+    checkpoint ``older_than``, if given), or None.
 
     Unlike mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
     half-written by a killed run is skipped in favour of the one before it.
     """
+    def number(path):
+        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
+        return int(match.group(1)) if match else None
+
+    below = number(older_than) if older_than is not None else None
     numbered = []
     for path in glob.glob(osp.join(work_dir, '*.pth')):
-        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
-        if match:
-            numbered.append((int(match.group(1)), path))
+        if number(path) is not None and (below is None or number(path) < below):
+            numbered.append((number(path), path))
     for _, path in sorted(numbered, reverse=True):
         if _is_complete_torch_file(path):
             return path

@@ -393,7 +393,11 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
             with configured_update_implementation(runner.optimizer):
                 runner.resume(cfg.resume_from)
         except CheckpointError as error:  # unreadable, of another model, or weights alone
-            raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}') from None
+            hint = ''
+            if osp.samefile(osp.dirname(osp.abspath(cfg.resume_from)), cfg.work_dir):
+                previous = find_resumable_checkpoint(cfg.work_dir, older_than=cfg.resume_from)
+                hint = f' (the one before it: --resume-from {previous})' if previous else ''
+            raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}{hint}') from None
         # Of another optimizer (parameter groups), or a training state mmcv cannot read.
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
@@ -411,6 +415,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     try:
         with contextlib.nullcontext() if distributed else without_epoch_transition_sleeps():
             runner.run(data_loaders, cfg.workflow)
+    except KeyboardInterrupt:  # Ctrl-C: where to go on from, instead of a traceback
+        raise KeyboardInterrupt(_where_to_resume(cfg.work_dir)) from None
     except NonFiniteLossError as error:
         raise TrainingStopped(f'training stopped: {error}, before a checkpoint of those weights '
                               f'was saved; {_where_to_resume(cfg.work_dir)}, with a lower '

@@ -74,7 +74,8 @@ def test_launchers_prefer_the_checkouts_venv_to_python(tmp_path, script, args):
     names the plain interpreter that scripts/setup_env.sh built the .venv from."""
     checkout = tmp_path / 'checkout'
     (checkout / 'tools').mkdir(parents=True)
-    shutil.copy(osp.join(ROOT, 'tools', script), checkout / 'tools' / script)
+    for name in (script, '_torchrun.sh'):
+        shutil.copy(osp.join(ROOT, 'tools', name), checkout / 'tools' / name)
     named = _stand_in_interpreter(tmp_path / 'python3.12')
     venv = _stand_in_interpreter(checkout / '.venv' / 'bin' / 'python')
 
@@ -88,3 +89,19 @@ def test_launchers_prefer_the_checkouts_venv_to_python(tmp_path, script, args):
     assert launched_by() == str(venv)
     venv.unlink()
     assert launched_by() == str(named)
+
+
+@pytest.mark.parametrize('script, args', [('dist_train.sh', ['config.py', '2']),
+                                          ('dist_test.sh', ['config.py', 'model.pth', '2'])])
+def test_launchers_refuse_a_port_in_use(script, args):
+    # torchrun's own failure was a long traceback ending in EADDRINUSE.
+    import socket
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_tool(['bash', osp.join(ROOT, 'tools', script), *args],
+                          env={'PORT': str(port)})
+    assert result.returncode == 1
+    assert result.stderr == (f'{script}: error: port {port} of 127.0.0.1 is in use (another run?): '
+                             'set PORT to a free one\n')

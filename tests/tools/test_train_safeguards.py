@@ -25,6 +25,13 @@ class PoisonWeightsAtEpochTwoHook(Hook):
                 model.roi_head.bbox_head.fc_cls.weight[0, 0] = float('inf')
 
 
+@HOOKS.register_module()
+class CtrlCAtEpochTwoHook(Hook):
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == 1:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(scope='module')
 def train_tool():
     return load_script('tools/train.py', 'train_tool_safeguards')
@@ -189,3 +196,35 @@ def test_empty_boxes_are_counted_or_refused(train_tool, tmp_path, tiny_shapes, m
     _edit_annotations(data, flatten(None))
     with pytest.raises(DatasetError, match='data.train: every annotation has an empty box'):
         load_dataset(Config.fromfile(config).data.train, 'data.train')
+
+
+def test_ctrl_c_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, capsys):
+    config = write_tiny_config(tmp_path / 'interrupted.py', tiny_shapes, epochs=2,
+                               extra="custom_hooks = [dict(type='CtrlCAtEpochTwoHook')]")
+    work = tmp_path / 'work'
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main([config, '--no-validate', '--work-dir', str(work)])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.endswith(
+        f'tools/train.py: interrupted; the newest complete checkpoint is {work}/epoch_1.pth '
+        '(--auto-resume goes on from it)\n')
+
+
+def test_a_damaged_newest_checkpoint_points_to_the_one_before(train_tool, tmp_path, tiny_config,
+                                                              capsys):
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work, 'runner.max_epochs=2')
+    newest = work / 'epoch_2.pth'
+    data = bytearray(newest.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)  # damaged inside; the zip directory at the end intact
+    newest.write_bytes(bytes(data))
+    message = refused(train_tool, tiny_config, '--no-validate', '--auto-resume', '--work-dir',
+                      str(work), '--cfg-options', 'runner.max_epochs=3')
+    assert message.startswith(f'tools/train.py: error: cannot resume from {newest}: ')
+    assert 'is damaged: its entry ' in message and 'fails its checksum' in message
+    assert message.endswith(f' (the one before it: --resume-from {work}/epoch_1.pth)')
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main([tiny_config, '--auto-resume', '--resume-from', str(newest)])
+    assert exit_info.value.code == 2
+    assert 'give --resume-from or --auto-resume, not both' in capsys.readouterr().err

@@ -1,0 +1,31 @@
+# Sourced by dist_train.sh and dist_test.sh: start a tool in NUM_PROCESSES processes per node
+# with torchrun, on the checkout's .venv.
+#   torchrun_tool NUM_PROCESSES TOOL.py [ARGS...]
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT, set on every node.
+torchrun_tool() {
+  local nproc=$1 tool=$2
+  shift 2
+  local root nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} port=${PORT:-29500}
+  local master_addr=${MASTER_ADDR:-127.0.0.1}
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  # The checkout's .venv first: PYTHON may name the interpreter scripts/setup_env.sh built it from.
+  local python=${PYTHON:-python}
+  [ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"
+  # The first node hosts the rendezvous on PORT: one taken (e.g. by a run still going) ended in
+  # torchrun's traceback. Only "in use" counts (SO_REUSEADDR, as torch binds: a port a finished
+  # run left in TIME_WAIT is free).
+  if [ "$node_rank" = 0 ] && ! "$python" -c '
+import errno, socket, sys
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    sock.bind((sys.argv[1], int(sys.argv[2])))
+except OSError as error:
+    sys.exit(error.errno == errno.EADDRINUSE)' "$master_addr" "$port" >/dev/null; then
+    echo "$(basename "$0"): error: port $port of $master_addr is in use (another run?): set PORT to a free one" >&2
+    exit 1
+  fi
+  PYTHONPATH="$root:${PYTHONPATH:-}" exec "$python" -m torch.distributed.run \
+    --nnodes="$nnodes" --node_rank="$node_rank" --master_addr="$master_addr" --master_port="$port" \
+    --nproc_per_node="$nproc" "$root/tools/$tool" "$@"
+}
