@@ -132,8 +132,15 @@ def test_an_epoch_saved_but_not_evaluated_is_named_on_resume(train_tool, tmp_pat
     work = tmp_path / 'work'
     _train_one_epoch(train_tool, tiny_config, work)
     train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(work)])
-    assert (f'epoch 1 was saved but not evaluated (the run stopped in between): tools/test.py '
-            f'with {work}/epoch_1.pth evaluates it') in _text(mmdet_log)
+    missed = 'was saved but not evaluated'
+    assert (f'epoch 1 {missed} (the run stopped in between): tools/test.py with '
+            f'{work}/epoch_1.pth evaluates it') in _text(mmdet_log)
+    # An epoch that was evaluated (its record in the json log) is not named.
+    evaluated = tmp_path / 'evaluated'
+    train_tool.main([tiny_config, '--seed', '0', '--work-dir', str(evaluated)])
+    mmdet_log.clear()
+    train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(evaluated)])
+    assert 'nothing left to train' in _text(mmdet_log) and missed not in _text(mmdet_log)
 
 
 def _copy_of(tiny_shapes, tmp_path):
