@@ -14,7 +14,8 @@
 #      (tools/benchmark_dcnv3_variants.py), and reads the hardware counters of the stage-1 float32
 #      kernels, ours and the original's, with Nsight Compute where it is there;
 #   4. trains InternImage-T Mask R-CNN (configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py, 2
-#      images per GPU) through tools/train.py: float32, mixed precision (--amp: float16 with
+#      images per GPU) through tools/train.py: float32 (TF32 matmuls, as tools/train.py sets
+#      them), mixed precision (--amp: float16 with
 #      mmcv's loss scaling, SyncFreeFp16OptimizerHook), and float32 with the original kernel
 #      (core_op DCNv3_original, tools/original_dcnv3_core.py), reporting steady-state s/iter and peak GPU memory
 #      (targets: ours >= 1.3x faster than the original kernel, mixed precision >= 1.5x faster

@@ -1,8 +1,8 @@
 """What the command-line tools share to report bad input in one line: ``UsageError``, which their
 ``main`` turns into ``tools/NAME.py: error: ...`` and exit status 1 (``one_line_errors``), the
-``--cfg-options`` parser, reading a config file and checking what a dataset's evaluation is
-asked for. (Datasets are built by mmdet_custom.apis.load_dataset, whose DatasetError ends a tool
-the same way.)"""
+``--cfg-options`` parser, reading a config file, checking what a dataset's evaluation is asked
+for, joining the process group and choosing the GPU (``--gpu-id``). (Datasets are built by
+mmdet_custom.apis.load_dataset, whose DatasetError ends a tool the same way.)"""
 import contextlib
 import inspect
 import os.path as osp

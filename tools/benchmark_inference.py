@@ -109,7 +109,7 @@ def build_model(name, device, seed, r50_frozen_stages=1):
     cfg.model.backbone.init_cfg = None  # random weights, no download
     cfg.model.test_cfg.rcnn.score_thr = 0.0  # 100 detections with random weights (module doc)
     torch.manual_seed(seed)
-    model = build_detector(cfg.model)  # constructors' random init (init_weights() would only log)
+    model = build_detector(cfg.model)  # constructors' random init (init_weights() not called)
     for module in model.modules():
         if isinstance(module, _DCNv3Base):  # offsets of about a pixel, non-uniform masks
             for layer in (module.offset, module.mask):

@@ -91,8 +91,8 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
     and write ``output_file``; returns the loaded ONNX model. Its metadata holds the class count
     (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's.
 
-    Raises ValueError for an unsupported opset and ExportError if the graph would need an
-    operator outside the standard ONNX domain.
+    Raises ValueError for an unsupported opset, and ExportError when the DCNv3 extension is
+    missing or the graph would need an operator outside the standard ONNX domain.
     """
     import onnx
 

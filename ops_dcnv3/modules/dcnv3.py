@@ -158,6 +158,7 @@ class _DCNv3Base(nn.Module):
 
     def reset_parameters(self) -> None:
         # Zero offsets and uniform masks at start: the layer begins as a regular (averaging) kernel.
+        # (InternImage.init_weights draws them again when training from scratch, as the original.)
         for layer in (self.offset, self.mask):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

@@ -1,6 +1,7 @@
 """Latency of an exported Mask R-CNN in ONNX Runtime beside the PyTorch model it came from (CPU).
 
     python tools/deployment/benchmark_onnx.py CONFIG CHECKPOINT MODEL.onnx [--repeats 3] [--threads 2]
+        [--input-img IMG] [--shape H W]   (--shape: required for a dynamic export)
 
 Both run the same preprocessed image of the model's input size (a generated synthetic-shapes
 image unless --input-img is given), one image at a time: PyTorch as mmdet's ``simple_test``

@@ -3,7 +3,9 @@
     python tools/deployment/test.py CONFIG MODEL.onnx --backend onnxruntime --eval bbox segm
 
 The images go through the config's test pipeline as in tools/test.py; a model exported with a
-static input size takes smaller images zero-padded up to it.
+static input size takes smaller images zero-padded up to it. A model exported for another class
+count than the dataset's, and a pipeline asking for test-time augmentation (flip, several scales),
+which an exported model does not run, are refused.
 """
 import argparse
 import os.path as osp

@@ -3,7 +3,7 @@ implementation groups parameters, so that configs and optimizer states carry ove
 
 Each parameter gets a layer id. With ``n = num_layers`` (the number of blocks, ``sum(depths)``):
 
-- the stem (``backbone.patch_embed``) is 0;
+- the stem (``backbone.patch_embed``, and CBNet's ``level_embeds``) is 0;
 - block ``b`` of stage ``L`` (``backbone.levels.L.blocks.b``) is ``1 + sum(depths[:L]) + b``; the
   stage's other numbered children (``post_norms.k``) count the same way, by their own index;
 - a stage's downsample and final norm (``levels.L.downsample``, ``levels.L.norm``) take the id of
@@ -11,8 +11,9 @@ Each parameter gets a layer id. With ``n = num_layers`` (the number of blocks, `
 - everything else (neck, heads) is ``n + 1``.
 
 A parameter's learning rate is scaled by ``layer_decay_rate ** (n + 1 - layer_id)``: the heads
-train at the base rate, earlier layers progressively slower. Vectors, biases and parameters whose
-names contain ``norm`` get no weight decay.
+train at the base rate, earlier layers progressively slower. One-dimensional parameters, biases
+and parameters whose names contain ``norm`` (or Swin's ``relative_position`` and Deformable
+DETR's ``sampling_offsets``) get no weight decay.
 
 Config::
 

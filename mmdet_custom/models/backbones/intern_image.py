@@ -254,7 +254,9 @@ class InternImage(BaseModule):
         frozen_stages: k > 0 freezes stages 0..k-1 (not the stem, as in the original); -1 and 0
             freeze nothing.
         init_cfg: mmcv init config; ``dict(type='Pretrained', checkpoint=...)`` loads an ImageNet
-            classification or detection checkpoint (head and non-backbone keys are ignored).
+            classification or detection checkpoint (head and non-backbone keys are ignored);
+            None trains from scratch as the original does: ``init_weights()`` draws every Linear
+            again (the DCNv3 offset and mask ones too) and resets the LayerNorms, with a warning.
     """
 
     def __init__(self,
