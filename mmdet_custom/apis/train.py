@@ -367,7 +367,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         custom_hooks_config=cfg.get('custom_hooks', None))
     # After the optimizer hook (ABOVE_NORMAL too, registered before) and before the checkpoint
     # hook (NORMAL): diverged weights are never saved.
-    runner.register_hook(FiniteLossHook(), priority='ABOVE_NORMAL')
+    runner.register_hook(FiniteLossHook(patience=10 if precision == 'float16' else 1),
+                         priority='ABOVE_NORMAL')
     if isinstance(runner, EpochBasedRunner):
         runner.register_hook(EpochSeedHook(cfg.seed), priority='VERY_HIGH')
     else:
