@@ -11,7 +11,8 @@
 # on PATH; the setup fails if CMD fails.
 #
 # Environment variables:
-#   PYTHON                the interpreter to build the venv from (default python3.11, else python3)
+#   PYTHON                the interpreter to build the venv from (default python3.11, else python3);
+#                         an existing .venv of another Python version is refused, not rebuilt
 #   MMCV_WITH_CUDA=1      build mmcv-full's CUDA ops even without a visible GPU (default: only with a GPU)
 #   DCNV3_WITH_CUDA=0     build the DCNv3 extension without its CUDA kernels
 #   INTERNIMAGE_CACHE     where built wheels and the mmcv source are cached (default: ~/.cache/internimage-mmdet)
@@ -39,23 +40,53 @@ if [ $# -gt 0 ]; then
 fi
 
 # --- Python ---------------------------------------------------------------------------------
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-command -v "$PYTHON" >/dev/null 2>&1 || die "no python3 found on PATH; install Python 3.11 and rerun"
-PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-case "$PYVER" in
-  3.10|3.11|3.12) ;;
-  *) die "Python $PYVER at $(command -v "$PYTHON") is not supported: torch 2.14 needs Python 3.10 or newer, and mmcv-full 1.7.2 and mmdet 2.28.2 are checked up to 3.12 (set PYTHON=/path/to/python3.11)";;
-esac
+python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+check_supported() {  # check_supported VERSION WHERE HINT
+  case "$1" in
+    3.10|3.11|3.12) ;;
+    *) die "Python $1 at $2 is not supported: torch 2.14 needs Python 3.10 or newer, and mmcv-full 1.7.2 and mmdet 2.28.2 are checked up to 3.12 ($3)";;
+  esac
+}
+if [ -n "${PYTHON:-}" ]; then
+  python_named=1
+  command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON: no such interpreter"
+else
+  python_named=0
+  PYTHON=python3.11
+  command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+  command -v "$PYTHON" >/dev/null 2>&1 || die "no python3 found on PATH; install Python 3.11 and rerun"
+fi
+PYVER="$(python_version "$PYTHON")" || die "$PYTHON does not run (try '$PYTHON --version'); set PYTHON=/path/to/python3.11"
+check_supported "$PYVER" "$(command -v "$PYTHON")" "set PYTHON=/path/to/python3.11"
 command -v g++ >/dev/null 2>&1 || die "no C++ compiler: install g++ (e.g. 'apt-get install g++') to build mmcv-full and the DCNv3 extension"
 # shellcheck source=scripts/_build_common.sh
 source "$ROOT/scripts/_build_common.sh"
 
-if [ ! -x "$VENV/bin/python" ]; then
+# One setup at a time in a checkout: two would install into one venv and build into one build/.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$ROOT/.venv.lock"
+  if ! flock -n 9; then
+    say "another setup is running in this checkout; waiting for it to finish"
+    flock 9
+  fi
+fi
+
+PY="$VENV/bin/python"
+if [ -e "$PY" ] || [ -L "$PY" ]; then
+  if ! venv_version="$(python_version "$PY")" || ! "$PY" -m pip --version >/dev/null 2>&1; then
+    # A setup killed while creating it, or the interpreter it was made from has gone.
+    say "recreating $VENV: its Python does not run or has no pip"
+    "$PYTHON" -m venv --clear "$VENV" || die "'$PYTHON -m venv' failed; install the venv module (e.g. 'apt-get install python3-venv')"
+  elif [ "$venv_version" != "$PYVER" ]; then
+    [ "$python_named" = 0 ] || die "$VENV is Python $venv_version, PYTHON is Python $PYVER: delete $VENV to build it again with PYTHON"
+    PYVER="$venv_version"  # the venv's Python decides (the wheel cache is keyed by it)
+    check_supported "$PYVER" "$PY" "delete $VENV and rerun"
+  fi
+else
   say "creating $VENV with $PYTHON ($PYVER)"
   "$PYTHON" -m venv "$VENV" || die "'$PYTHON -m venv' failed; install the venv module (e.g. 'apt-get install python3-venv')"
 fi
-PY="$VENV/bin/python"
+"$PY" -m pip --version >/dev/null 2>&1 || die "$VENV has no working pip (the venv module of $PYTHON installs none: e.g. 'apt-get install python3-venv'); delete $VENV and rerun"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
 # requirement_lines [NAME...]: requirements.txt's requirement lines (all, or those of the named
@@ -114,7 +145,7 @@ trap 'exit 130' INT TERM
 mapfile -t TORCH_REQUIREMENTS < <(requirement_lines torch torchvision setuptools wheel ninja)
 if ! satisfied "${TORCH_REQUIREMENTS[@]}"; then
   say "installing ${TORCH_REQUIREMENTS[*]}"
-  "${PIP[@]}" "${TORCH_REQUIREMENTS[@]}"
+  "${PIP[@]}" "${TORCH_REQUIREMENTS[@]}" || die "pip could not install ${TORCH_REQUIREMENTS[*]} (its message is above; check network access and pip's index or proxy settings, e.g. PIP_INDEX_URL)"
 fi
 TORCH_VERSION="$("$PY" -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
 
@@ -122,16 +153,27 @@ TORCH_VERSION="$("$PY" -c 'from importlib.metadata import version; print(version
 mmcv_wheel_dir=
 mmcv_build_pid=
 mmcv_log="$VENV/mmcv-build.log"
-if ! satisfied "mmcv-full==$MMCV_VERSION"; then
-  with_cuda=0
-  if [ "${MMCV_WITH_CUDA:-}" = 1 ] || { [ "${MMCV_WITH_CUDA:-}" != 0 ] && "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
-    with_cuda=1
-  fi
-  flavour=cpu; [ "$with_cuda" = 1 ] && flavour=cuda
-  mmcv_wheel_dir="$CACHE/mmcv-full-$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
+with_cuda=0
+if [ "${MMCV_WITH_CUDA:-}" = 1 ] || { [ "${MMCV_WITH_CUDA:-}" != 0 ] && "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
+  with_cuda=1
+fi
+flavour=cpu; [ "$with_cuda" = 1 ] && flavour=cuda
+# What the installed mmcv-full was built for: its compiled ops fit one torch (and flavour) only.
+mmcv_build="$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
+mmcv_stamp="$VENV/.mmcv-build-stamp"
+if satisfied "mmcv-full==$MMCV_VERSION" && [ ! -f "$mmcv_stamp" ]; then
+  echo "$mmcv_build" >"$mmcv_stamp"  # a venv from before the stamp: what it has is taken as fitting
+fi
+if ! satisfied "mmcv-full==$MMCV_VERSION" || [ "$(cat "$mmcv_stamp" 2>/dev/null)" != "$mmcv_build" ]; then
+  mmcv_wheel_dir="$CACHE/mmcv-full-$mmcv_build"
   if ls "$mmcv_wheel_dir"/mmcv_full-*.whl >/dev/null 2>&1; then
     say "using cached mmcv-full wheel from $mmcv_wheel_dir"
   else
+    { mkdir -p "$CACHE" 2>/dev/null && [ -w "$CACHE" ]; } \
+      || die "cannot write the wheel cache $CACHE: set INTERNIMAGE_CACHE to a writable folder"
+    if [ "$with_cuda" = 1 ] && ! (cuda_build_env "$PY" "$ROOT"); then
+      die "mmcv-full's CUDA ops need a CUDA toolkit (nvcc), and none was found (a GPU is visible, or MMCV_WITH_CUDA=1): set CUDA_HOME to one matching torch's CUDA, or MMCV_WITH_CUDA=0 for CPU ops only"
+    fi
     say "building mmcv-full $MMCV_VERSION ($flavour ops) from source in the background; about 10 minutes on 2 cores (log: $mmcv_log)"
     build_args=(--python "$PY" --wheel-dir "$mmcv_wheel_dir")
     [ "$with_cuda" = 1 ] && build_args+=(--cuda)
@@ -144,7 +186,7 @@ fi
 mapfile -t ALL_REQUIREMENTS < <(requirement_lines)
 if ! satisfied "${ALL_REQUIREMENTS[@]}"; then
   say "installing requirements.txt"
-  "${PIP[@]}" -r "$REQUIREMENTS"
+  "${PIP[@]}" -r "$REQUIREMENTS" || die "pip could not install requirements.txt (its message is above; check network access and pip's index or proxy settings, e.g. PIP_INDEX_URL)"
 fi
 
 beside_pid=
@@ -160,7 +202,10 @@ fi
 site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$ROOT" >"$site_packages/internimage_mmdet.pth"
 stamp="$VENV/.dcnv3-build-stamp"
-sources_hash="$(cd "$ROOT" && cat setup.py $(find ops_dcnv3/csrc -type f | sort) | sha256sum | cut -c1-16)"
+# The sources and the choices the build depends on: a CPU-only build is redone once nvcc is there.
+sources_hash="$(cd "$ROOT" && { cat setup.py $(find ops_dcnv3/csrc -type f | sort)
+  echo "DCNV3_WITH_CUDA=${DCNV3_WITH_CUDA:-1} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} CUDA_HOME=${CUDA_HOME:-} nvcc=$(command -v nvcc || true)"
+} | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c 'import ops_dcnv3._C' 2>/dev/null; then
   with_kernels="CPU kernels"
   if [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && cuda_build_env "$PY" "$ROOT"; then
@@ -168,6 +213,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c '
   fi
   say "building the DCNv3 extension ($with_kernels)"
   if ! (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace >"$VENV/dcnv3-build.log" 2>&1); then
+    if grep -q 'mismatches the version that was used to compile' "$VENV/dcnv3-build.log"; then
+      toolkit="$("$CUDA_HOME/bin/nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*' | cut -d' ' -f2 || true)"
+      die "the CUDA toolkit at $CUDA_HOME (CUDA ${toolkit:-?}) does not match torch's CUDA $("$PY" -c 'import torch; print(torch.version.cuda)'): set CUDA_HOME to a matching toolkit, or DCNV3_WITH_CUDA=0 for CPU kernels only (log: $VENV/dcnv3-build.log)"
+    fi
     first_compiler_error "$VENV/dcnv3-build.log" >&2
     die "building the DCNv3 extension failed (first compiler error above; full log: $VENV/dcnv3-build.log)"
   fi
@@ -178,6 +227,8 @@ fi
 if [ -n "$mmcv_build_pid" ]; then
   say "waiting for the mmcv-full build (log: $mmcv_log)"
   if ! wait_job "$mmcv_build_pid"; then
+    reason="$(grep -m1 '^\[build_mmcv\] ERROR: ' "$mmcv_log" | sed 's/^\[build_mmcv\] ERROR: //' || true)"
+    [ -z "$reason" ] || die "building mmcv-full failed: $reason (log: $mmcv_log)"
     first_compiler_error "$mmcv_log" >&2
     die "building mmcv-full failed (first compiler error above; full log: $mmcv_log). Check that g++ supports -std=c++20 (gcc >= 10) and, for CUDA ops, that CUDA_HOME points at a toolkit matching torch."
   fi
@@ -185,7 +236,10 @@ fi
 if [ -n "$mmcv_wheel_dir" ]; then
   # --no-deps: mmcv's runtime deps come from requirements.txt (opencv-python-headless instead of
   # the GUI opencv-python mmcv names).
-  "${PIP[@]}" --no-deps "$mmcv_wheel_dir"/mmcv_full-*.whl
+  # --force-reinstall: the same version built for another torch or flavour is replaced.
+  "${PIP[@]}" --no-deps --force-reinstall "$mmcv_wheel_dir"/mmcv_full-*.whl \
+    || die "installing the cached mmcv-full wheel failed (message above): delete $mmcv_wheel_dir and rerun to build it again"
+  echo "$mmcv_build" >"$mmcv_stamp"
 fi
 if [ -n "$beside_pid" ]; then
   wait_job "$beside_pid" || die "the command run beside the setup failed (exit status $?): ${BESIDE[*]}"

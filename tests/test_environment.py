@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_setup_rejects_unsupported_python(tmp_path, version):
 
 def test_setup_py_and_setup_env_agree_on_the_oldest_python():
     """pip's python_requires and the setup's accepted versions name the same oldest Python."""
-    accepted = re.search(r'^  (3\.\d+(?:\|3\.\d+)*)\) ;;$', SETUP.read_text(), re.M).group(1).split('|')
+    accepted = re.search(r'^ +(3\.\d+(?:\|3\.\d+)*)\) ;;$', SETUP.read_text(), re.M).group(1).split('|')
     oldest = min(accepted, key=lambda v: tuple(map(int, v.split('.'))))
     assert f"python_requires='>={oldest}'" in (ROOT / 'setup.py').read_text()
 
@@ -109,6 +110,47 @@ def test_setup_names_missing_compiler(tmp_path, version):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert 'no C++ compiler' in result.stderr and 'g++' in result.stderr
+
+
+def test_setup_names_a_python_that_is_not_there_or_does_not_run(tmp_path):
+    for python, message in (
+            ('/nonexistent/python3.11', 'PYTHON=/nonexistent/python3.11: no such interpreter'),
+            ('false', "false does not run (try 'false --version'); set PYTHON=/path/to/python3.11")):
+        result = subprocess.run(['bash', str(SETUP)], env={**os.environ, 'PYTHON': python},
+                                capture_output=True, text=True)
+        assert result.returncode == 1
+        assert result.stderr == f'[setup] ERROR: {message}\n'
+
+
+def test_setup_refuses_a_venv_of_another_python_than_the_one_named():
+    # It took the wheel cache key from PYTHON and installed a wheel the venv could not use.
+    venv_version = '%d.%d' % sys.version_info[:2]  # the tests run in the venv's Python
+    other = next(v for v in ('3.10', '3.11', '3.12') if v != venv_version)
+    with tempfile.TemporaryDirectory() as folder:
+        fake = _fake_python(Path(folder), other)
+        result = subprocess.run(['bash', str(SETUP)], env={**os.environ, 'PYTHON': str(fake)},
+                                capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f'[setup] ERROR: {ROOT}/.venv is Python {venv_version}, PYTHON '
+                                     f'is Python {other}: delete {ROOT}/.venv to build it again '
+                                     'with PYTHON')
+
+
+def test_setup_recreates_a_venv_whose_python_is_gone(tmp_path):
+    # The interpreter a venv was made from removed (or a setup killed mid-way): every rerun failed
+    # the same way, naming the venv module.
+    checkout = tmp_path / 'checkout'
+    (checkout / 'scripts').mkdir(parents=True)
+    for name in ('setup_env.sh', '_build_common.sh'):
+        shutil.copy(ROOT / 'scripts' / name, checkout / 'scripts' / name)
+    (checkout / '.venv' / 'bin').mkdir(parents=True)
+    (checkout / '.venv' / 'bin' / 'python').symlink_to(tmp_path / 'removed' / 'python3.11')
+    fake = _fake_python(tmp_path, '3.11')  # its "venv" creates nothing
+    result = subprocess.run(['bash', str(checkout / 'scripts' / 'setup_env.sh')],
+                            env={**os.environ, 'PYTHON': str(fake)}, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f'[setup] recreating {checkout}/.venv: its Python does not run or has no pip' in result.stderr
+    assert f'{checkout}/.venv has no working pip' in result.stderr
 
 
 def test_setup_beside_needs_a_command():
