@@ -14,6 +14,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message says which."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file is there but cannot be read whole (truncated, or failing its checksums)."""
+
+
 def read_checkpoint(path, map_location='cpu'):
     """Load a checkpoint file into a dict, raising CheckpointError with a readable reason."""
     if not osp.isfile(path):
@@ -23,7 +27,7 @@ def read_checkpoint(path, map_location='cpu'):
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
-        raise CheckpointError(f'cannot read checkpoint {path} (truncated or not a PyTorch '
+        raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or not a PyTorch '
                               f'checkpoint?): {error_summary(error)}') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights')
@@ -40,10 +44,10 @@ def _check_stored_checksums(path):
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise CheckpointError(f'cannot read checkpoint {path} (truncated or damaged?): '
+        raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or damaged?): '
                               f'{error_summary(error)}') from None
     if damaged is not None:
-        raise CheckpointError(f'checkpoint {path} is damaged: its entry {damaged} fails its '
+        raise DamagedCheckpointError(f'checkpoint {path} is damaged: its entry {damaged} fails its '
                               f'checksum (a disk or copy error?)')
 
 

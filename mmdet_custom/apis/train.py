@@ -57,8 +57,8 @@ from torch.utils.data import DataLoader
 
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..utils import error_summary
-from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
-                         load_weights_leniently, restore_best_record)
+from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable_checkpoint,
+                         load_detector_checkpoint, load_weights_leniently, restore_best_record)
 from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
@@ -395,7 +395,9 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
                 runner.resume(cfg.resume_from)
         except CheckpointError as error:  # unreadable, of another model, or weights alone
             hint = ''
-            if osp.samefile(osp.dirname(osp.abspath(cfg.resume_from)), cfg.work_dir):
+            in_work_dir = (osp.realpath(osp.dirname(osp.abspath(cfg.resume_from)))
+                           == osp.realpath(cfg.work_dir))
+            if isinstance(error, DamagedCheckpointError) and in_work_dir:
                 previous = find_resumable_checkpoint(cfg.work_dir, older_than=cfg.resume_from)
                 hint = f' (the one before it: --resume-from {previous})' if previous else ''
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}{hint}') from None
