@@ -23,7 +23,7 @@ class ONNXRuntimeMaskRCNN:
     def __init__(self, onnx_file: str, num_classes: int, num_threads: int = 0):
         import onnxruntime as ort
         if not osp.isfile(onnx_file):
-            raise FileNotFoundError(f'ONNX model not found: {onnx_file}')
+            raise FileNotFoundError(f'model file not found: {onnx_file}')
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads  # 0: ONNX Runtime's default (all cores)
         self.session = ort.InferenceSession(onnx_file, options, providers=['CPUExecutionProvider'])

@@ -65,11 +65,9 @@ def check_backend(args):
 def open_onnx_model(path, num_classes, threads):
     """An ONNXRuntimeMaskRCNN, or a UsageError saying why ``path`` is not one."""
     from mmdet_custom.deployment import ONNXRuntimeMaskRCNN
-    if not osp.isfile(path):
-        raise UsageError(f'model file not found: {path}')
     try:
         return ONNXRuntimeMaskRCNN(path, num_classes, num_threads=threads)
-    except ValueError as error:
+    except (FileNotFoundError, ValueError) as error:  # missing, or not an exported Mask R-CNN
         raise UsageError(str(error)) from None
     except Exception as error:  # onnxruntime raises its own types for unreadable files
         raise UsageError(f'cannot load {path} in ONNX Runtime: {error}') from None
