@@ -72,11 +72,15 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 PY="$VENV/bin/python"
+make_venv() {  # make_venv [--clear]: the venv from $PYTHON, with a working pip
+  "$PYTHON" -m venv "$@" "$VENV" || die "'$PYTHON -m venv' failed; install the venv module (e.g. 'apt-get install python3-venv')"
+  "$PY" -m pip --version >/dev/null 2>&1 || die "$VENV has no working pip (the venv module of $PYTHON installs none: e.g. 'apt-get install python3-venv'); delete $VENV and rerun"
+}
 if [ -e "$PY" ] || [ -L "$PY" ]; then
   if ! venv_version="$(python_version "$PY")" || ! "$PY" -m pip --version >/dev/null 2>&1; then
     # A setup killed while creating it, or the interpreter it was made from has gone.
     say "recreating $VENV: its Python does not run or has no pip"
-    "$PYTHON" -m venv --clear "$VENV" || die "'$PYTHON -m venv' failed; install the venv module (e.g. 'apt-get install python3-venv')"
+    make_venv --clear
   elif [ "$venv_version" != "$PYVER" ]; then
     [ "$python_named" = 0 ] || die "$VENV is Python $venv_version, PYTHON is Python $PYVER: delete $VENV to build it again with PYTHON"
     PYVER="$venv_version"  # the venv's Python decides (the wheel cache is keyed by it)
@@ -84,9 +88,8 @@ if [ -e "$PY" ] || [ -L "$PY" ]; then
   fi
 else
   say "creating $VENV with $PYTHON ($PYVER)"
-  "$PYTHON" -m venv "$VENV" || die "'$PYTHON -m venv' failed; install the venv module (e.g. 'apt-get install python3-venv')"
+  make_venv
 fi
-"$PY" -m pip --version >/dev/null 2>&1 || die "$VENV has no working pip (the venv module of $PYTHON installs none: e.g. 'apt-get install python3-venv'); delete $VENV and rerun"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
 # requirement_lines [NAME...]: requirements.txt's requirement lines (all, or those of the named
@@ -161,10 +164,12 @@ flavour=cpu; [ "$with_cuda" = 1 ] && flavour=cuda
 # What the installed mmcv-full was built for: its compiled ops fit one torch (and flavour) only.
 mmcv_build="$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
 mmcv_stamp="$VENV/.mmcv-build-stamp"
-if satisfied "mmcv-full==$MMCV_VERSION" && [ ! -f "$mmcv_stamp" ]; then
+mmcv_installed=0
+satisfied "mmcv-full==$MMCV_VERSION" && mmcv_installed=1
+if [ "$mmcv_installed" = 1 ] && [ ! -f "$mmcv_stamp" ]; then
   echo "$mmcv_build" >"$mmcv_stamp"  # a venv from before the stamp: what it has is taken as fitting
 fi
-if ! satisfied "mmcv-full==$MMCV_VERSION" || [ "$(cat "$mmcv_stamp" 2>/dev/null)" != "$mmcv_build" ]; then
+if [ "$mmcv_installed" = 0 ] || [ "$(cat "$mmcv_stamp" 2>/dev/null)" != "$mmcv_build" ]; then
   mmcv_wheel_dir="$CACHE/mmcv-full-$mmcv_build"
   if ls "$mmcv_wheel_dir"/mmcv_full-*.whl >/dev/null 2>&1; then
     say "using cached mmcv-full wheel from $mmcv_wheel_dir"
