@@ -1,11 +1,13 @@
 """StepPhaseTimerHook: each training iteration's phases in tools/train.py's log."""
 import json
 import os.path as osp
+from types import SimpleNamespace
 
 import pytest
+from torch import nn
 
 pytest.importorskip('mmdet')
-from mmdet_custom.core.hooks import PHASES  # noqa: E402
+from mmdet_custom.core.hooks import PHASES, StepPhaseTimerHook  # noqa: E402
 from tools_testlib import PYTHON, ROOT, run_tool, write_tiny_config  # noqa: E402
 
 TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
@@ -62,3 +64,32 @@ def test_every_phase_is_logged_each_iteration_and_fits_in_its_step(tmp_path, tin
         assert 0 < step <= entry['time'] + slack, (times, entry['time'])
         assert times['t_backward'] > 0 and times['t_optimizer_step'] > 0, times
     assert json.loads((work / 'left_wrapped.json').read_text()) == []
+
+
+class _Detector(nn.Module):
+    def train_step(self, data, optimizer):
+        return self.extract_feat(data)
+
+    def extract_feat(self, img):
+        return img
+
+
+def test_unwrapping_puts_back_the_instance_attribute_a_wrapper_shadowed():
+    # train.py wraps extract_feat in bfloat16 autocast (an instance attribute) before the hooks
+    # run: after_run used to delete the timer's wrapper and that one with it.
+    detector = _Detector()
+    autocast_wrapper = detector.extract_feat
+    detector.extract_feat = autocast_wrapper
+    logged = {}
+    runner = SimpleNamespace(model=detector, hooks=[], optimizer=None,
+                             log_buffer=SimpleNamespace(update=logged.update))
+    hook = StepPhaseTimerHook()
+    hook.before_run(runner)
+    assert detector.extract_feat is not autocast_wrapper
+    hook.before_train_iter(runner)
+    assert detector.train_step(3, None) == 3
+    hook.after_train_iter(runner)
+    assert set(logged) == {'t_forward', 't_backbone_neck'}
+    hook.after_run(runner)
+    assert vars(detector)['extract_feat'] is autocast_wrapper
+    assert 'train_step' not in vars(detector)  # a class method: no instance attribute left

@@ -9,7 +9,7 @@ Enable it in a config: ``custom_hooks = [..., dict(type='StepPhaseTimerHook')]``
 """
 import functools
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmcv.parallel import is_module_wrapper
@@ -35,16 +35,19 @@ class StepPhaseTimerHook(Hook):
     is how long the CPU took to issue its work, plus any wait for the GPU inside it (a ``.item()``
     or a ``nonzero`` waits for all the work issued before it). ``t_to_device`` and ``t_backward``
     are differences of two timed calls, the rest are timed calls. The timed methods are wrapped on
-    their objects in ``before_run`` and unwrapped in ``after_run``; a phase the model does not
-    have (no RPN) is not logged.
+    their objects in ``before_run`` and unwrapped in ``after_run``, which puts back any instance
+    attribute a wrapper shadowed (train.py's bfloat16 autocast of ``extract_feat``); a phase the
+    model does not have (no RPN) is not logged.
     """
 
     def __init__(self) -> None:
         self._elapsed: Dict[str, float] = {}
-        self._wrapped: List[Tuple[object, str]] = []
+        # (object, method name, the instance attribute it had before, or None)
+        self._wrapped: List[Tuple[object, str, Optional[Callable]]] = []
 
     def _time(self, obj, method: str, key: str) -> None:
         original: Callable = getattr(obj, method)
+        shadowed = vars(obj).get(method)
 
         @functools.wraps(original)
         def timed(*args, **kwargs):
@@ -55,7 +58,7 @@ class StepPhaseTimerHook(Hook):
                 self._elapsed[key] = self._elapsed.get(key, 0.0) + time.perf_counter() - start
 
         setattr(obj, method, timed)  # an instance attribute: shadows the method until removed
-        self._wrapped.append((obj, method))
+        self._wrapped.append((obj, method, shadowed))
 
     def before_run(self, runner) -> None:
         detector = runner.model.module if is_module_wrapper(runner.model) else runner.model
@@ -74,8 +77,11 @@ class StepPhaseTimerHook(Hook):
             self._time(runner.optimizer, 'step', 't_optimizer_step')
 
     def after_run(self, runner) -> None:
-        for obj, method in reversed(self._wrapped):
-            del obj.__dict__[method]
+        for obj, method, shadowed in reversed(self._wrapped):
+            if shadowed is None:
+                del obj.__dict__[method]
+            else:
+                setattr(obj, method, shadowed)
         self._wrapped.clear()
 
     def before_train_iter(self, runner) -> None:
