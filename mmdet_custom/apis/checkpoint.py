@@ -18,14 +18,17 @@ class DamagedCheckpointError(CheckpointError):
     """A checkpoint file is there but cannot be read whole (truncated, or failing its checksums)."""
 
 
-def read_checkpoint(path, map_location='cpu'):
-    """Load a checkpoint file into a dict, raising CheckpointError with a readable reason."""
+def read_checkpoint(path):
+    """Load a checkpoint file into a dict in CPU memory, raising CheckpointError with a readable
+    reason. Its tensors are copied to the model's device where they are used (load_state_dict, the
+    optimizer's load_state_dict), so reading a file never touches a GPU, and a GPU's failure
+    (out of memory, a busy device) cannot pass for a damaged file."""
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     _check_stored_checksums(path)
     try:
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
         raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or not a PyTorch '
                               f'checkpoint?): {error_summary(error)}') from None
@@ -58,14 +61,14 @@ def _strip_prefix(state_dict, prefix='module.'):
     return state_dict
 
 
-def load_detector_checkpoint(model, path, map_location='cpu', logger=None):
+def load_detector_checkpoint(model, path, logger=None):
     """Load weights into ``model`` only if they fit it; returns the checkpoint dict.
 
     Unlike mmcv's lenient loader, a checkpoint of another architecture (weights missing or of the
     wrong shape) is an error rather than a warning followed by a randomly initialised model.
     Extra weights the model has no use for are tolerated and reported.
     """
-    checkpoint = read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path)
     state_dict = checkpoint.get('state_dict', checkpoint)
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError(f'checkpoint {path} has no state_dict of tensors')

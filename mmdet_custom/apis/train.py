@@ -258,16 +258,20 @@ _OPTIMIZER_DEFINING_KEYS = {'betas', 'eps', 'amsgrad', 'momentum', 'dampening', 
                             'step_sizes', 'lambd'}
 
 
-def _load_training_state(detector, optimizer, path, map_location='cpu', logger=None, **_):
+def _load_training_state(detector, optimizer, path, logger=None, **_):
     """runner.resume's read of ``path``: the weights only if they fit, the training state
     (epoch and iteration) required, since a checkpoint of weights alone is for load_from, and an
     optimizer state of another optimizer type refused.
+
+    The file is read into CPU memory whatever ``map_location`` mmcv passes (on a GPU, a function
+    copying every tensor to it): the weights and the optimizer state are copied to their
+    parameters' device when loaded, and a GPU error while reading would look like a damaged file.
 
     The stored config is left out of what mmcv gets: it re-parses it only to rescale the iteration
     count for another number of processes (``train_detector`` recounts it instead), and parsing
     imports the config's ``custom_imports``, which need not exist any more.
     """
-    checkpoint = load_detector_checkpoint(detector, path, map_location, logger)
+    checkpoint = load_detector_checkpoint(detector, path, logger)
     meta = checkpoint.get('meta') or {}
     if not {'epoch', 'iter'} <= set(meta):
         raise CheckpointError(f'{path} holds weights but no training state (epoch, iteration): to '

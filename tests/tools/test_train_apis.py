@@ -13,7 +13,8 @@ from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_datal
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, restore_best_record,
                                train_loader_config)
-from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
+from mmdet_custom.apis.train import (_load_training_state,  # noqa: E402
+                                    without_epoch_transition_sleeps)
 from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
 
 
@@ -117,6 +118,26 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     _save(wrong_shape, {'0.weight': torch.zeros(5, 3), '0.bias': torch.ones(5)})
     with pytest.raises(CheckpointError, match=r'another shape.*\(5, 3\)'):
         load_detector_checkpoint(model, str(wrong_shape))
+
+
+def test_resuming_reads_the_file_into_cpu_memory_whatever_map_location_mmcv_passes(tmp_path):
+    # On a GPU, mmcv's resume passes a map_location that copies every tensor to the GPU; an error
+    # there (out of memory, a busy device) was reported as a damaged checkpoint.
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                    meta=dict(epoch=1, iter=4)), path)
+
+    def failing_gpu_copy(storage, location):
+        raise RuntimeError('CUDA error: out of memory')
+
+    checkpoint = _load_training_state(model, optimizer, str(path), map_location=failing_gpu_copy)
+    assert checkpoint['meta'] == {'epoch': 1, 'iter': 4}
+    state = checkpoint['optimizer']['state'][0]
+    assert state['exp_avg'].device.type == 'cpu' and state['exp_avg'].shape == (2, 3)
 
 
 def test_restore_best_record_takes_the_newest_best_checkpoint_up_to_the_resumed_epoch(tmp_path):
