@@ -180,6 +180,16 @@ skip() {  # skip NAME REASON
   log "=== $1: SKIPPED ($2)"
   printf '%s\tskipped (%s)\t0\n' "$1" "$2" >>"$STEPS"
 }
+step_cancel() {  # step_cancel NAME REASON: stop a background step whose result is not needed any more
+  local pid=${STEP_PID[$1]:-}
+  [ -n "$pid" ] || return 0
+  # timeout passes the signal on to its process group: the command and what it started (nvcc).
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  unset "STEP_PID[$1]"
+  cat "$WORK/logs/$1.log" >>"$LOG"
+  skip "$1" "$2"
+}
 finish() {
   "${HELPER[@]}" summary --steps "$STEPS" --results "$RESULTS" --logs "$WORK/logs" --mode "$MODE" \
     --elapsed "$SECONDS" 2>&1 | tee "$OUT_DIR/summary.txt" | tee -a "$LOG"
@@ -259,6 +269,7 @@ if [ "$DRY" = 0 ]; then
   # a build killed at its time limit would hang every later load. Nothing holds it now.
   rm -f "$ORIGINAL_DCNV3_BUILD/lock"
   if ! step_wait build-dcnv3; then
+    step_cancel build-candidates "stopped: the DCNv3 build failed"
     step_wait dataset
     log "gpu_check: the DCNv3 build failed; nothing else was run"
     finish
@@ -286,10 +297,16 @@ if [ "$DRY" = 0 ]; then
   step benchmark-bfloat16 90 "${BENCH[@]}" --device cuda --dtype bfloat16 --batch 2 --image-size "${IMAGE_HW[@]}"
   # The candidates against our kernel: outputs and gradients must agree (the backward's atomics
   # add in varying order), the times are GPU times of CUDA-graph replays, as above.
-  if [ ${#CANDIDATES[@]} -gt 0 ] && step_wait build-candidates; then
+  if [ ${#CANDIDATES[@]} -gt 0 ]; then
+    built=0
+    step_wait build-candidates && built=1
     for dtype_diff in float32:1e-4 float16:5e-3; do
-      step "candidates-${dtype_diff%%:*}" 60 "${VARIANTS[@]}" --dtype "${dtype_diff%%:*}" --batch 2 \
-        --image-size "${IMAGE_HW[@]}" --max-diff "${dtype_diff#*:}"
+      if [ "$built" = 1 ]; then
+        step "candidates-${dtype_diff%%:*}" 60 "${VARIANTS[@]}" --dtype "${dtype_diff%%:*}" --batch 2 \
+          --image-size "${IMAGE_HW[@]}" --max-diff "${dtype_diff#*:}"
+      else
+        skip "candidates-${dtype_diff%%:*}" "build-candidates did not pass"
+      fi
     done
   fi
   # Hardware counters of the stage-1 float32 kernels, ours and the original's (first launches of
