@@ -504,18 +504,20 @@ int pick_vec(int64_t group_channels, std::initializer_list<const void*> ptrs,
   return 1;
 }
 
-// Calls f(std::integral_constant<int, VEC>{}) for the runtime vec (only widths <= 16 bytes).
-template <typename scalar_t, typename F>
+// Calls f(std::integral_constant<int, VEC>{}) for the runtime vec. Only widths of at most 16
+// bytes of lane_t are compiled: the forward's scalar_t, the backward's opmath accumulators (whose
+// pick_vec caps half/bfloat16 at 4 channels, so no 8-channel backward is built for them).
+template <typename lane_t, typename F>
 void dispatch_vec(int vec, F&& f) {
   switch (vec) {
     case 8:
-      if constexpr (sizeof(scalar_t) * 8 <= 16) {
+      if constexpr (sizeof(lane_t) * 8 <= 16) {
         f(std::integral_constant<int, 8>{});
         return;
       }
       break;
     case 4:
-      if constexpr (sizeof(scalar_t) * 4 <= 16) {
+      if constexpr (sizeof(lane_t) * 4 <= 16) {
         f(std::integral_constant<int, 4>{});
         return;
       }
@@ -663,7 +665,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
         const int vec = pick_vec<scalar_t>(group_channels,
                                            {in.const_data_ptr(), gout.const_data_ptr()},
                                            static_cast<int>(16 / sizeof(acc_t)));
-        dispatch_vec<scalar_t>(vec, [&](auto vec_constant) {
+        dispatch_vec<acc_t>(vec, [&](auto vec_constant) {
           constexpr int VEC = decltype(vec_constant)::value;
           const int64_t chunks = group_channels / VEC;
           int lanes_log2 = 0;
