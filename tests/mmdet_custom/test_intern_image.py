@@ -200,10 +200,16 @@ def test_with_cp_gives_same_outputs_and_gradients():
     results = []
     for model in (plain, checkpointed):
         model.train()
+        blocks = [block for stage in model.levels for block in stage.blocks]
+        dcn_calls = []
+        for block in blocks:
+            block.dcn.register_forward_hook(lambda *_: dcn_calls.append(1))
         inp = x.clone().requires_grad_(True)
         outs = model(inp)
         sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
         results.append((outs, inp.grad, {n: p.grad for n, p in model.named_parameters()}))
+        # Checkpointed blocks run their forward again in the backward; plain ones once.
+        assert len(dcn_calls) == len(blocks) * (2 if model is checkpointed else 1)
     (outs_a, gx_a, grads_a), (outs_b, gx_b, grads_b) = results
     for a, b in zip(outs_a, outs_b):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -88,3 +88,43 @@ def test_cap_must_be_positive(cap):
 def test_cap_needs_its_own_mask_extractor():
     with pytest.raises(ValueError, match='mask_roi_extractor of its own'):
         _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=4, mask_roi_extractor=None)
+
+
+def _sampling_result(num_pos=10, num_neg=5, num_gts=4):
+    from mmdet.core.bbox import AssignResult, SamplingResult
+    torch.manual_seed(0)
+    num = num_pos + num_neg
+    bboxes = torch.rand(num, 4) * 50
+    bboxes[:, 2:] += bboxes[:, :2] + 1
+    gt_bboxes = bboxes[:num_gts] + 0.5
+    gt_inds = torch.zeros(num, dtype=torch.long)
+    gt_inds[:num_pos] = torch.arange(num_pos) % num_gts + 1  # 1-based, 0: background
+    labels = torch.full((num,), -1, dtype=torch.long)
+    labels[:num_pos] = torch.arange(num_pos) % 3
+    gt_flags = torch.zeros(num, dtype=torch.uint8)
+    gt_flags[:2] = 1
+    assign = AssignResult(num_gts, gt_inds, torch.rand(num), labels=labels)
+    return SamplingResult(torch.arange(num_pos), torch.arange(num_pos, num), bboxes, gt_bboxes,
+                          assign, gt_flags)
+
+
+def test_subset_keeps_each_positives_fields_together_and_is_random():
+    head = _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=3).roi_head
+    result = _sampling_result()
+    # Every per-positive field of the sampling result, found here rather than taken from the head.
+    fields = [name for name, value in vars(result).items()
+              if name.startswith('pos_') and torch.is_tensor(value) and len(value) == 10]
+    assert {'pos_bboxes', 'pos_assigned_gt_inds', 'pos_gt_bboxes', 'pos_gt_labels'} <= set(fields)
+    kept_sets = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        subset = head._subsample_positives(result)
+        rows = [result.pos_inds.tolist().index(i) for i in subset.pos_inds.tolist()]
+        assert len(rows) == 3
+        for name in fields:  # the mask target of a kept RoI comes from its own ground truth
+            assert torch.equal(getattr(subset, name), getattr(result, name)[rows]), name
+        assert torch.equal(subset.neg_inds, result.neg_inds)
+        kept_sets.add(tuple(sorted(rows)))
+    # A random subset each step, every positive in some of them (not always the first three).
+    assert len(kept_sets) > 10
+    assert set().union(*kept_sets) == set(range(10))
