@@ -1,6 +1,8 @@
 """tools/browse_dataset.py draws the ground truth that the training pipeline produces."""
+import json
 import os.path as osp
 import sys
+from collections import Counter
 
 import pytest
 
@@ -11,10 +13,35 @@ sys.path.insert(0, osp.join(ROOT, 'tools'))
 import browse_dataset  # noqa: E402
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """What each drawing was given: its file name and its boxes, labels and masks."""
+    calls = []
+    draw = browse_dataset.imshow_det_bboxes
+
+    def recording_draw(img, bboxes, labels, segms=None, **kwargs):
+        calls.append((osp.basename(kwargs['out_file']), bboxes, labels, segms))
+        return draw(img, bboxes, labels, segms=segms, **kwargs)
+
+    monkeypatch.setattr(browse_dataset, 'imshow_det_bboxes', recording_draw)
+    return calls
+
+
+def _check_every_instance_drawn(drawn, annotation_file):
+    with open(annotation_file) as f:
+        coco = json.load(f)
+    names = {image['id']: image['file_name'] for image in coco['images']}
+    instances = Counter(names[ann['image_id']] for ann in coco['annotations'])
+    for name, bboxes, labels, segms in drawn:
+        assert len(bboxes) == len(labels) == len(segms) == instances[name] > 0, name
+        assert segms.any(axis=(1, 2)).all(), name  # every mask has pixels
+
+
 @pytest.mark.parametrize('split', ['train', 'val'])
-def test_draws_the_requested_number_of_images(tmp_path, tiny_config, split):
+def test_draws_the_requested_number_of_images(tmp_path, tiny_config, tiny_shapes, split, drawn):
     browse_dataset.main([tiny_config, '--output-dir', str(tmp_path), '--num', '2', '--split', split])
     assert sorted(p.name for p in tmp_path.glob('*.png')) == ['000000.png', '000001.png']
+    _check_every_instance_drawn(drawn, osp.join(tiny_shapes, 'annotations', f'instances_{split}.json'))
 
 
 def test_a_missing_config_or_annotation_file_is_one_line(tmp_path, tiny_config):
@@ -28,7 +55,7 @@ def test_a_missing_config_or_annotation_file_is_one_line(tmp_path, tiny_config):
                              '--cfg-options', f'data.train.ann_file={missing}'])
 
 
-def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config):
+def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config, tiny_shapes, drawn):
     # RepeatDataset (as in mmdet's configs) has no pipeline of its own: the wrapped one is drawn.
     from mmcv import Config
     cfg = Config.fromfile(tiny_config)
@@ -37,6 +64,7 @@ def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config):
     browse_dataset.main([str(tmp_path / 'repeat.py'), '--output-dir', str(tmp_path / 'out'),
                          '--num', '2', '--split', 'val'])
     assert sorted(p.name for p in (tmp_path / 'out').glob('*.png')) == ['000000.png', '000001.png']
+    _check_every_instance_drawn(drawn, osp.join(tiny_shapes, 'annotations', 'instances_val.json'))
 
 
 def test_a_count_below_one_is_an_argparse_error(tmp_path, tiny_config, capsys):
