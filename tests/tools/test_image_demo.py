@@ -55,19 +55,29 @@ def test_val_image_gets_ground_truth_beside_the_prediction(tmp_path, random_chec
     assert 0.1 < changed.mean() < 0.9
     tints = {tuple(pixel) for pixel in truth[changed][::97]}
     assert len(tints) > 20  # colours, not one flat overlay
-    assert 'drawn beside the ground truth' in capsys.readouterr().out
+    # Random weights at score threshold 0: the test config's 30 detections, drawn beside it.
+    assert capsys.readouterr().out.startswith('30 detections with score >= 0 drawn beside the '
+                                              'ground truth')
+    prediction = _panel(picture, 1, panel_width)
+    assert (np.abs(prediction.astype(int) - plain).max(-1) > 10).mean() > 0.5  # they cover it
 
 
-def test_image_outside_the_test_set_gets_the_prediction_alone(tmp_path, random_checkpoint, tiny_shapes):
+def test_image_outside_the_test_set_gets_the_prediction_alone(tmp_path, random_checkpoint, tiny_shapes,
+                                                             capsys):
     import mmcv
     config, checkpoint = random_checkpoint
     image_path = str(tmp_path / 'elsewhere.png')
     shutil.copy(osp.join(tiny_shapes, 'val', '000001.png'), image_path)
     out_file = tmp_path / 'alone.png'
-    image_demo.main([image_path, config, checkpoint, '--out-file', str(out_file), '--device', 'cpu'])
-    picture = mmcv.imread(str(out_file))
+    image_demo.main([image_path, config, checkpoint, '--out-file', str(out_file), '--device', 'cpu',
+                     '--score-thr', '0.0'])
+    picture = mmcv.imread(str(out_file), channel_order='rgb')
     assert picture.shape == (image_demo.HEADER_HEIGHT + 768, 768, 3)
-    assert picture[image_demo.HEADER_HEIGHT:].std() > 5  # the image, not a blank canvas
+    assert capsys.readouterr().out.startswith('30 detections with score >= 0 drawn ')
+    image = mmcv.imread(image_path, channel_order='rgb')
+    plain = np.kron(image, np.ones((12, 12, 1), np.uint8))  # the enlarged image, undrawn
+    changed = np.abs(picture[image_demo.HEADER_HEIGHT:].astype(int) - plain).max(-1) > 10
+    assert changed.mean() > 0.5  # the detections drawn over the image
 
 
 def test_labels_do_not_overlap_even_for_stacked_boxes():
