@@ -116,6 +116,10 @@ def test_compare_detections_names_each_difference():
     moved = dets.copy()
     moved[0, 2] += 1.5
     assert any('no match' in p and 'class 0' in p for p in compare_detections(reference, (moved, labels, masks)))
+    rescored = dets.copy()
+    rescored[1, 4] += 0.01  # same box, a score beyond the tolerance (1e-3)
+    assert any('no match' in p and 'score 0.8100' in p
+               for p in compare_detections(reference, (rescored, labels, masks)))
     relabelled = labels.copy()
     relabelled[1] = 0
     assert compare_detections(reference, (dets, relabelled, masks))
