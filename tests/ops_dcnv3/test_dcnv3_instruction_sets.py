@@ -3,6 +3,7 @@ AVX2 and AVX-512) and pick the one ATen runs with, which ATEN_CPU_CAPABILITY ove
 variant the machine can run must equal the pure-PyTorch core, forward and backward."""
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,21 @@ for dtype in (torch.float32, torch.float64):
             key = f'{dtype} channels={group_channels} softmax={softmax}'
             errors[key] = max(((a - e).abs().max() / e.abs().max().clamp_min(1)).item()
                               for a, e in zip(actual, expected))
-print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(), 'errors': errors}))
+print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(),
+                  'variant': torch.ops.dcnv3.cpu_kernel_variant(), 'errors': errors}))
 '''
+# The kernel variant each capability runs where the build has the x86-64 variants.
+VARIANTS = {'DEFAULT': 'baseline', 'AVX2': 'avx2', 'AVX512': 'avx512'}
+
+
+def _builds_x86_variants():
+    """Whether the extension's compiler (torch's choice: $CXX, else c++) compiles the AVX2 and
+    AVX-512 variants: GCC on x86-64, as dcnv3_kernel.cpp's preprocessor test."""
+    if platform.machine() not in ('x86_64', 'AMD64'):
+        return False
+    macros = subprocess.run([os.environ.get('CXX', 'c++'), '-dM', '-E', '-x', 'c++', os.devnull],
+                            capture_output=True, text=True).stdout
+    return '#define __GNUC__' in macros and '#define __clang__' not in macros
 
 
 @pytest.mark.parametrize('capability', ['DEFAULT', 'AVX2', 'AVX512'])
@@ -63,6 +77,7 @@ def test_instruction_set_variant_matches_core(capability):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     if report['capability'] != capability:  # ATen ignores a capability the CPU lacks
         pytest.skip(f'this CPU cannot run {capability} (ATen runs {report["capability"]})')
+    assert report['variant'] == (VARIANTS[capability] if _builds_x86_variants() else 'baseline')
     for case, error in report['errors'].items():
         tolerance = 1e-5 if 'float32' in case else 1e-12
         assert error < tolerance, f'{capability}, {case}: relative error {error:.3g}'

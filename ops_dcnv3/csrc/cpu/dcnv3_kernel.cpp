@@ -246,7 +246,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cpu(
   return {grad_input, grad_offset, grad_mask};
 }
 
+// Which of the compiled variants the CPU kernels run: what ATen's capability picked, as far as
+// this build has a variant for it (tests check the pick, benchmarks report it).
+std::string cpu_kernel_variant() {
+  switch (kernel_instruction_set()) {
+    case InstructionSet::kAvx512:
+      return "avx512";
+    case InstructionSet::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
+  }
+}
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dcnv3, m) {
+  m.def("cpu_kernel_variant() -> str", &cpu_kernel_variant);
+}
 
 TORCH_LIBRARY_IMPL(dcnv3, CPU, m) {
   m.impl("dcnv3_forward", &dcnv3_forward_cpu);
