@@ -31,7 +31,7 @@ class _Regressor(nn.Module):
         return dict(loss=loss, log_vars=dict(loss=float(loss.detach())), num_samples=len(inputs))
 
 
-def _train(hook_type, work_dir, epochs=2, resume_from=None, by_epoch=True):
+def _train(hook_type, work_dir, epochs=2, resume_from=None, by_epoch=True, grad_clip=None):
     """Train _Regressor under ``hook_type`` with an enabled CPU GradScaler that doubles its scale
     every step; returns (runner, hook, number of scaler state reads)."""
     torch.manual_seed(1)
@@ -41,7 +41,7 @@ def _train(hook_type, work_dir, epochs=2, resume_from=None, by_epoch=True):
     runner = EpochBasedRunner(model, optimizer=optimizer, work_dir=str(work_dir),
                               logger=logging.getLogger('fp16-hook-test'), meta=dict(),
                               max_epochs=epochs)
-    hook = hook_type(loss_scale=dict(init_scale=256.0, growth_interval=1))
+    hook = hook_type(grad_clip=grad_clip, loss_scale=dict(init_scale=256.0, growth_interval=1))
     # mmcv builds torch.cuda.amp.GradScaler, which is off without CUDA: an enabled CPU one.
     hook.loss_scaler = torch.amp.GradScaler('cpu', init_scale=256.0, growth_interval=1)
     reads = []
@@ -77,12 +77,17 @@ def test_iteration_checkpoints_get_the_current_state_too(tmp_path):
     assert saved['scale'] == 256.0 * 2 ** ITERS_PER_EPOCH
 
 
-def test_same_update_and_checkpoint_as_mmcvs_hook(tmp_path):
-    ours, _, _ = _train(SyncFreeFp16OptimizerHook, tmp_path / 'ours')
-    mmcvs, _, mmcv_reads = _train(Fp16OptimizerHook, tmp_path / 'mmcv')
+@pytest.mark.parametrize('grad_clip', [None, dict(max_norm=0.05)])
+def test_same_update_and_checkpoint_as_mmcvs_hook(tmp_path, grad_clip):
+    ours, _, _ = _train(SyncFreeFp16OptimizerHook, tmp_path / 'ours', grad_clip=grad_clip)
+    mmcvs, _, mmcv_reads = _train(Fp16OptimizerHook, tmp_path / 'mmcv', grad_clip=grad_clip)
     assert mmcv_reads == 2 * ITERS_PER_EPOCH  # every iteration
     for name, value in mmcvs.model.state_dict().items():
         assert torch.equal(ours.model.state_dict()[name], value), name
+    if grad_clip is not None:  # the norm is clipped, and so the update differs from unclipped
+        unclipped, _, _ = _train(SyncFreeFp16OptimizerHook, tmp_path / 'unclipped')
+        assert 'grad_norm' in ours.log_buffer.output or 'grad_norm' in ours.log_buffer.val_history
+        assert not torch.equal(unclipped.model.layer.weight, ours.model.layer.weight)
     for epoch in (1, 2):
         assert (_saved(tmp_path / 'ours' / f'epoch_{epoch}.pth')['meta']['fp16']
                 == _saved(tmp_path / 'mmcv' / f'epoch_{epoch}.pth')['meta']['fp16'])
