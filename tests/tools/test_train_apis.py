@@ -3,6 +3,7 @@ and of the epoch-transition sleeps single-process training skips."""
 import logging
 import os.path as osp
 import time
+import unittest.mock
 
 import numpy as np
 import pytest
@@ -106,6 +107,15 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     _save(good, {'module.0.weight': torch.zeros(2, 3), 'module.0.bias': torch.ones(2)})
     load_detector_checkpoint(model, str(good))  # 'module.' prefixes of DDP checkpoints are fine
     assert torch.equal(model[0].bias, torch.ones(2))
+    extra = tmp_path / 'extra.pth'
+    _save(extra, {'0.weight': torch.zeros(2, 3), '0.bias': torch.full((2,), 2.0),
+                  'aux_head.weight': torch.zeros(1), 'aux_head.bias': torch.zeros(1)})
+    logger = logging.getLogger('checkpoint-test')
+    with unittest.mock.patch.object(logger, 'warning') as warning:
+        load_detector_checkpoint(model, str(extra), logger=logger)  # loaded, the rest reported
+    assert torch.equal(model[0].bias, torch.full((2,), 2.0))
+    warning.assert_called_once_with('2 checkpoint weights are not used by the model '
+                                    '(first: aux_head.weight)')
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(CheckpointError, match='cannot read checkpoint'):
