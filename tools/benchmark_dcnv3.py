@@ -211,7 +211,8 @@ def main(argv=None):
             print(f'note: the original op has no {args.dtype} kernels; timing ours only')
 
     device_name = (torch.cuda.get_device_name() if args.device == 'cuda'
-                   else f'cpu, {torch.get_num_threads()} threads')
+                   else f'cpu, {torch.get_num_threads()} threads, '
+                        f'{torch.ops.dcnv3.cpu_kernel_variant()} kernels')
     print(f'DCNv3 op (fused softmax) vs dcnv3_core_pytorch (+ softmax): {device_name}, {args.dtype}, '
           f'torch {torch.__version__}, image {args.image_size[0]}x{args.image_size[1]}, '
           f'median of {args.repeats} after {args.warmup} warm-up')

@@ -38,6 +38,7 @@ def test_cpu_run_on_small_shapes():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert 'image 40x72' in lines[0]
+    assert f'1 threads, {torch.ops.dcnv3.cpu_kernel_variant()} kernels' in lines[0]
     rows = [line.split() for line in lines if line.split() and line.split()[0] in ('1', '4')]
     # Stage sizes are ceil(H / stride) x ceil(W / stride): 40x72 -> 10x18 and 2x3.
     assert [row[1] for row in rows] == ['1x10x18x64/g4', '1x2x3x512/g32']
