@@ -32,8 +32,8 @@ def _write_train_log(work_dir, times, memory=None, epoch=1, losses=None):
     for i, t in enumerate(times):
         entry = dict(mode='train', epoch=epoch, iter=i + 1, time=t, data_time=0.01,
                      loss=1.0 if losses is None else losses[i])
-        if memory is not None:
-            entry['memory'] = memory + i
+        if memory is not None:  # the peak in the middle of the run, not at its end
+            entry['memory'] = memory + min(i, len(times) - 1 - i)
         # StepPhaseTimerHook's keys: the forward a third of the step, the backward half.
         entry.update(t_forward=t / 3, t_backward=t / 2)
         lines.append(json.dumps(entry))
@@ -46,7 +46,7 @@ def test_train_speed_is_the_median_after_the_warm_up(tmp_path):
     helper.train_speed('float32', str(tmp_path / 'run'), skip=2, results=str(results))
     result = json.loads(results.read_text())
     assert result['s_per_iter'] == pytest.approx(0.4)  # median of the last five
-    assert result['iters'] == 5 and result['peak_memory_mb'] == 1006
+    assert result['iters'] == 5 and result['peak_memory_mb'] == 1003
 
 
 def test_train_speed_takes_each_phase_median_in_step_order(tmp_path, capsys):
@@ -67,6 +67,12 @@ def test_check_resumed_wants_the_epochs_after_the_checkpoint_and_finite_losses(t
     assert 'epochs [6] after epoch 5, 2 iterations, losses 1.5000 .. 1.2500' in out
     _write_train_log(tmp_path / 'restarted', [0.3, 0.3], epoch=1)
     with pytest.raises(SystemExit, match=r'trained epochs \[1\], expected the ones after epoch 5'):
+        helper.check_resumed(str(tmp_path / 'restarted'), from_epoch=5)
+    # A run that started over and trained on past the checkpoint's epoch logs that one too.
+    log = tmp_path / 'restarted' / '20260101_000000.log.json'
+    log.write_text(''.join(json.dumps(dict(mode='train', epoch=epoch, iter=1, time=0.3, loss=1.0))
+                           + '\n' for epoch in range(1, 7)))
+    with pytest.raises(SystemExit, match=r'trained epochs \[1, 2, 3, 4, 5, 6\], expected'):
         helper.check_resumed(str(tmp_path / 'restarted'), from_epoch=5)
     _write_train_log(tmp_path / 'diverged', [0.3, 0.3], epoch=6, losses=[1.0, float('nan')])
     with pytest.raises(SystemExit, match='losses not all finite'):
@@ -127,6 +133,17 @@ def test_summary_fails_on_a_missed_target_on_the_gpu_only(tmp_path, capsys):
     assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'gpu') == 1
     assert 'targets missed: mixed precision vs float32' in capsys.readouterr().out
     assert _summary(tmp_path, [('train-amp', 'passed')], runs, 'dry-run') == 0
+
+
+def test_summary_fails_on_a_target_not_measured_on_the_gpu_only(tmp_path, capsys):
+    # e.g. the original kernel's run left out with GPU_CHECK_SKIP: its target was not checked.
+    runs = dict(float32=0.30, amp=0.18)
+    steps = [('train-original', 'skipped (GPU_CHECK_SKIP)')]
+    assert _summary(tmp_path, steps, runs, 'gpu') == 1
+    out = capsys.readouterr().out
+    assert 'not measured' in out
+    assert out.rstrip().endswith('targets missed: float32 with our op vs with the original kernel')
+    assert _summary(tmp_path, steps, runs, 'dry-run') == 0
 
 
 def test_summary_fails_on_a_run_whose_loss_is_not_finite(tmp_path, capsys):
@@ -336,3 +353,14 @@ def test_training_config_is_the_t_config_on_the_generated_data(tmp_path, tiny):
         plain = mmcv.Config.fromfile(config, import_custom_modules=False)
         plain.pop('custom_hooks')
         assert profiled.pretty_text == plain.pretty_text
+
+
+def test_check_core_op_names_a_config_that_builds_another_core(tmp_path, capsys):
+    # The original kernel's run must not time our op against itself.
+    pytest.importorskip('mmdet')
+    config = tmp_path / 'config.py'
+    helper.write_config(str(tmp_path / 'shapes'), 1, str(config), (160, 96))
+    helper.check_core_op(str(config), 'DCNv3')
+    assert 'all 5 DCNv3 cores are DCNv3 (DCNv3)' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"builds \['DCNv3'\] DCNv3 cores, not DCNv3_pytorch"):
+        helper.check_core_op(str(config), 'DCNv3_pytorch')
