@@ -95,8 +95,26 @@ def test_original_code_path_with_a_stand_in(benchmark):
     assert {'forward', 'backward'} == {name for name, _ in stand_in.calls}
     assert {step for _, step in stand_in.calls} == {2}  # im2col_step = batch
     assert row['original_max_abs_diff'] < 1e-5
+    assert row['fwd_speedup'] == pytest.approx(row['fwd_core'] / row['fwd_op'])  # core / op
+    assert row['bwd_speedup'] == pytest.approx(row['bwd_core'] / row['bwd_op'])
     assert row['fwd_vs_original'] == pytest.approx(row['fwd_original'] / row['fwd_op'])
     assert row['bwd_vs_original'] == pytest.approx(row['bwd_original'] / row['bwd_op'])
+
+
+@requires_compiled_cpu
+@pytest.mark.parametrize('target, met', [(0.0, True), (1e9, False)])
+def test_check_fails_on_a_missed_cpu_target_only(benchmark, monkeypatch, capsys, target, met):
+    monkeypatch.setattr(benchmark, 'CPU_TARGETS', dict(forward=target, backward=target))
+    argv = ['--device', 'cpu', '--threads', '1', '--repeats', '1', '--warmup', '0',
+            '--image-size', '24', '40', '--stages', '1']
+    benchmark.main(argv)  # without --check a missed target is only reported
+    assert f'x): {"met" if met else "NOT met"}' in capsys.readouterr().out
+    if met:
+        benchmark.main(argv + ['--check'])
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv + ['--check'])
+        assert exit_info.value.code == 1
 
 
 def test_original_failures_lists_slow_stages(benchmark):
