@@ -27,7 +27,11 @@ def test_times_all_parts_on_a_small_image():
     out = result.stdout
     assert 'image 64x96, training batch 2' in out
     for title in ('backbone+neck', 'full inference', 'training step (2 img)'):
-        assert re.search(rf'^{re.escape(title)}\s+\d+ms\s+\d+ms\s+\d+\.\d\dx$', out, re.M), out
+        timed = re.search(rf'^{re.escape(title)}\s+(\d+)ms\s+(\d+)ms\s+(\d+\.\d\d)x$', out, re.M)
+        assert timed, out
+        r50_ms, t_ms, ratio = (float(value) for value in timed.groups())
+        # T / R50 from the unrounded times: within the rounding of the printed milliseconds.
+        assert abs(ratio - t_ms / r50_ms) <= ratio * (0.5 / t_ms + 0.5 / r50_ms) + 0.005, out
         # --breakdown: total = dense + rest (to rounding) per model, a floor for T only
         r50 = re.search(rf'^{re.escape(title)}\s+R50\s+(\d+)\s+(\d+)\s+(\d+)$', out, re.M)
         t = re.search(rf'^{re.escape(title)}\s+T\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x$', out, re.M)
@@ -35,6 +39,20 @@ def test_times_all_parts_on_a_small_image():
         for total, dense, rest in (r50.groups(), t.groups()[:3]):
             assert abs(int(total) - int(dense) - int(rest)) <= 1 and int(dense) > 0, out
     assert 'T/R50 targets: backbone+neck <= 1.15' in out
+
+
+@pytest.mark.parametrize('target, met', [(100.0, True), (0.01, False)])
+def test_check_fails_on_a_missed_target_only(benchmark, monkeypatch, capsys, target, met):
+    monkeypatch.setattr(benchmark, 'TARGETS', dict.fromkeys(benchmark.TARGETS, target))
+    argv = ['--parts', 'backbone', '--image-size', '64', '96', '--repeats', '1', '--warmup', '0',
+            '--threads', '1', '--check']
+    if met:
+        benchmark.main(argv)
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv)
+        assert exit_info.value.code == 1
+    assert f'backbone+neck <= {target:g} {"met" if met else "NOT met"}' in capsys.readouterr().out
 
 
 def test_breakdown_separates_dense_operators(benchmark):
