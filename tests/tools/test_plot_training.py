@@ -47,12 +47,27 @@ def check_png(path):
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # several colours
 
 
-def test_plots_losses_and_final_maps(tmp_path, capsys):
+def test_plots_losses_and_final_maps(tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
     write_log(tmp_path / '20260101_000000.log.json')
-    write_metrics(tmp_path / 'eval_20260101_001000.json')
+    write_metrics(tmp_path / 'eval_20260101_001000.json', box=0.71, mask=0.73)
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, 'close', figures.append)  # kept open, to read what was drawn
     plot_training.main([str(tmp_path)])
     check_png(tmp_path / 'training.png')
     assert '12 log entries and the final mAPs' in capsys.readouterr().out
+
+    loss_axes, map_axes = figures[0].axes[:2]
+    with open(tmp_path / '20260101_000000.log.json') as f:
+        logged = [json.loads(line) for line in f][1:]
+    curves = {line.get_label(): line.get_ydata() for line in loss_axes.get_lines()}
+    assert set(curves) == {'loss', *LOSS_KEYS}
+    for key, values in curves.items():
+        np.testing.assert_allclose(values, [entry[key] for entry in logged], err_msg=key)
+    bars = [bar.get_width() for bar in map_axes.patches]
+    assert bars == pytest.approx([0.71, 0.95, 0.8, 0.73, 0.96, 0.85])  # write_metrics, in order
+    close(figures[0])
 
 
 def test_resumed_run_entries_replace_earlier_ones(tmp_path):
