@@ -25,10 +25,15 @@ def test_missing_config(train_tool):
 def test_missing_annotation_file_and_image_folder_are_named(train_tool, tmp_path, tiny_shapes):
     data = tmp_path / 'data'
     shutil.copytree(tiny_shapes, data)
-    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    # Pretrained weights that cannot be had either: the data is named first, before the model is
+    # built (and the weights fetched) or the work dir made.
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data), extra=(
+        "model['backbone']['init_cfg'] = dict(type='Pretrained', "
+        f"checkpoint='{tmp_path}/no/in1k.pth')\n"))
     (data / 'annotations' / 'instances_val.json').unlink()
     message = refused(train_tool, config, '--work-dir', str(tmp_path / 'work'))
     assert f'data.val: annotation file not found: {data}/annotations/instances_val.json' in message
+    assert not (tmp_path / 'work').exists()
     assert '--cfg-options data.val.ann_file=FILE' in message
     assert 'MMDET_DATASETS=FOLDER/' in message
     # Without validation the validation data is not needed; the training images are.
