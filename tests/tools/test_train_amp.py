@@ -72,6 +72,13 @@ def test_amp_auto_is_bfloat16_on_cpu():
     assert cfg.bf16 == {} and 'fp16' not in cfg
 
 
+def test_amp_auto_is_float16_with_dynamic_loss_scaling_on_a_gpu():
+    # Decided from the config's device, so it is checked without a GPU.
+    cfg = _cfg('cuda')
+    assert set_mixed_precision(cfg) == 'float16'
+    assert cfg.fp16 == dict(loss_scale='dynamic') and 'bf16' not in cfg
+
+
 def test_amp_float16_keeps_the_configs_loss_scale_and_drops_bf16(monkeypatch):
     cfg = _cfg('cuda', fp16=dict(loss_scale=dict(init_scale=512)), bf16=dict())
     assert set_mixed_precision(cfg, 'float16') == 'float16'
