@@ -102,6 +102,23 @@ def test_ort_detector_rescales_to_the_original_image(static_export):
     assert all(mask.shape == (48, 32) for masks in segm_results for mask in masks)
 
 
+@pytest.mark.parametrize('ori_shape', [(48, 32, 3), (96, 64, 3)])
+def test_ort_detector_crops_masks_to_the_image_inside_the_padding(static_export, monkeypatch,
+                                                                  ori_shape):
+    # A static model's masks cover its whole 64x64 input; the image is its top-left 48x32 (then
+    # resized to ori_shape): mask pixels in the padding belong to no pixel of the image.
+    path, _, img, _ = static_export
+    model = ONNXRuntimeMaskRCNN(path, num_classes=3)
+    masks = np.zeros((1, 64, 64), bool)
+    masks[:, 48:, :] = masks[:, :, 32:] = True  # the padding only
+    dets = np.array([[1, 1, 30, 40, 0.9]], np.float32)
+    monkeypatch.setattr(model, 'run', lambda img, img_shape: (dets, np.array([1]), masks))
+    meta = dict(img_shape=(48, 32, 3), ori_shape=ori_shape, scale_factor=np.ones(4, np.float32))
+    _, segm_results = model(img, meta)
+    (mask,) = segm_results[1]
+    assert mask.shape == ori_shape[:2] and not mask.any()
+
+
 def test_static_model_rejects_a_larger_image(static_export):
     path, _, _, _ = static_export
     with pytest.raises(ValueError, match='does not fit the model.s static input 64x64'):
