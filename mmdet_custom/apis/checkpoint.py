@@ -30,8 +30,8 @@ def read_checkpoint(path):
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
-        raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or not a PyTorch '
-                              f'checkpoint?): {error_summary(error)}') from None
+        raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or not a '
+                                     f'PyTorch checkpoint?): {error_summary(error)}') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a dict of weights')
     return checkpoint
@@ -48,10 +48,10 @@ def _check_stored_checksums(path):
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or damaged?): '
-                              f'{error_summary(error)}') from None
+                                     f'{error_summary(error)}') from None
     if damaged is not None:
-        raise DamagedCheckpointError(f'checkpoint {path} is damaged: its entry {damaged} fails its '
-                              f'checksum (a disk or copy error?)')
+        raise DamagedCheckpointError(f'checkpoint {path} is damaged: its entry {damaged} fails '
+                                     f'its checksum (a disk or copy error?)')
 
 
 def _strip_prefix(state_dict, prefix='module.'):
@@ -160,8 +160,9 @@ def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
     below = number(older_than) if older_than is not None else None
     numbered = []
     for path in glob.glob(osp.join(work_dir, '*.pth')):
-        if number(path) is not None and (below is None or number(path) < below):
-            numbered.append((number(path), path))
+        n = number(path)
+        if n is not None and (below is None or n < below):
+            numbered.append((n, path))
     for _, path in sorted(numbered, reverse=True):
         if _is_complete_torch_file(path):
             return path
