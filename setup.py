@@ -5,7 +5,8 @@ is found, with or without a GPU on the build machine.
 
 Environment variables:
     DCNV3_WITH_CUDA=0       build the CPU kernels only
-    TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0": A100 and H100)
+    TORCH_CUDA_ARCH_LIST    CUDA architectures (default: those of the visible GPUs; with none
+                            visible, "8.0;9.0+PTX": A100 and H100, and PTX for newer GPUs)
     CUDA_HOME               toolkit folder (detected from nvcc when unset)
 """
 import glob
@@ -58,12 +59,44 @@ def _nvidia_wheel_includes():
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
+# What a build with no GPU visible targets: A100 and H100 machine code, plus H100's PTX, which the
+# driver compiles for newer GPUs (Blackwell) on first use.
+DEFAULT_CUDA_ARCH_LIST = '8.0;9.0+PTX'
+
+
+def _capability(arch_name):
+    """(major, minor) of a torch arch name such as 'sm_90', 'sm_90a' or 'sm_120'."""
+    number = int(''.join(ch for ch in arch_name.split('_', 1)[1] if ch.isdigit()))
+    return number // 10, number % 10
+
+
+def cuda_arch_list():
+    """The CUDA architectures to build for, spelled as TORCH_CUDA_ARCH_LIST spells them.
+
+    TORCH_CUDA_ARCH_LIST when set (``native`` counts as unset). Otherwise those of the visible
+    GPUs, each capped at the newest torch itself was built for, the newest also as PTX: torch's
+    ``native``, resolved here so the build stamps and the mmcv-full wheel cache can name it. A T4
+    (7.5) or an RTX 5090 (12.0) cannot run A100/H100 machine code. With no GPU visible,
+    DEFAULT_CUDA_ARCH_LIST.
+    """
+    chosen = os.environ.get('TORCH_CUDA_ARCH_LIST', '').strip()
+    if chosen and chosen != 'native':
+        return chosen
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    built = [_capability(name) for name in torch.cuda.get_arch_list() if name.startswith('sm_')]
+    if gpus == 0 or not built:
+        return DEFAULT_CUDA_ARCH_LIST
+    archs = sorted({min(torch.cuda.get_device_capability(i), max(built)) for i in range(gpus)})
+    return ';'.join(f'{major}.{minor}' for major, minor in archs) + '+PTX'
+
+
 def get_extensions():
     with_cuda = os.environ.get('DCNV3_WITH_CUDA', '1') != '0'
     cuda_home = find_cuda_home() if with_cuda else None
     if cuda_home:
         os.environ['CUDA_HOME'] = cuda_home  # must be set before torch.utils.cpp_extension is imported
-        os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+        os.environ['TORCH_CUDA_ARCH_LIST'] = cuda_arch_list()
 
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension

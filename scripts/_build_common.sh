@@ -1,8 +1,10 @@
 # Shell functions shared by setup_env.sh and build_mmcv.sh (sourced, not run).
 # Both need the same CUDA toolkit and header folders, and the same way of naming a failed build.
 
-# cuda_build_env PY ROOT: export CUDA_HOME (unless set) and put the header folders of torch's
-# nvidia-* wheels on CPATH, exactly as the DCNv3 build (setup.py) adds them to its include path.
+# cuda_build_env PY ROOT: export CUDA_HOME (unless set), put the header folders of torch's
+# nvidia-* wheels on CPATH, exactly as the DCNv3 build (setup.py) adds them to its include path,
+# and export TORCH_CUDA_ARCH_LIST as setup.py's cuda_arch_list() resolves it (the visible GPUs'
+# architectures unless set), so mmcv-full and DCNv3 are built for the same GPUs.
 # A toolkit without cuSPARSE headers needs them: every source that includes torch's
 # ATen/cuda/CUDAContextLight.h includes cusparse.h. CPATH comes after -I folders, so the toolkit's
 # own headers still win where both have one. Prints nothing; returns 1 when no toolkit is found.
@@ -19,6 +21,8 @@ cuda_build_env() {
   if [ -n "$includes" ]; then
     export CPATH="$includes${CPATH:+:$CPATH}"
   fi
+  TORCH_CUDA_ARCH_LIST="$(cd "$root" && "$py" -c 'from setup import cuda_arch_list; print(cuda_arch_list())')" || return 1
+  export TORCH_CUDA_ARCH_LIST
 }
 
 # first_compiler_error LOG: the first compiler error in a build log, with a few lines around it

@@ -13,7 +13,8 @@
 # mirror and proxy settings apply) into $INTERNIMAGE_CACHE/sdist (default
 # ~/.cache/internimage-mmdet/sdist) and checked against its sha256. CUDA builds take the
 # toolkit from CUDA_HOME (else from nvcc), the header folders of torch's nvidia-* wheels (as the
-# DCNv3 build does) and the architectures from TORCH_CUDA_ARCH_LIST (default 8.0;9.0, as setup.py).
+# DCNv3 build does) and the architectures from TORCH_CUDA_ARCH_LIST (unset: the visible GPUs', or
+# 8.0;9.0+PTX with none visible, as setup.py).
 # The build's output goes to stdout; a failed build ends with the compiler's first error.
 set -euo pipefail
 
@@ -74,7 +75,6 @@ sed -i -e 's/c++14/c++20/g' -e 's/c++17/c++20/g' "$src/setup.py"
 export MMCV_WITH_OPS=1 FORCE_CUDA="$WITH_CUDA" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 if [ "$WITH_CUDA" = 1 ]; then
   cuda_build_env "$PY" "$ROOT" || die "no CUDA toolkit found (no nvcc on PATH); set CUDA_HOME or build without CUDA"
-  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
   echo "[build_mmcv] CUDA ops: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST CPATH=${CPATH:-}"
 fi
 

@@ -5,7 +5,7 @@
 #   bash scripts/setup_env.sh [--beside CMD [ARGS...]]
 #
 # On a first run the slow parts overlap: once torch is in, mmcv-full builds in the background
-# (scripts/build_mmcv.sh, about 10 minutes on 2 cores) while requirements.txt installs and the
+# (scripts/build_mmcv.sh, about 10 minutes on 2 cores for CPU ops) while requirements.txt installs and the
 # DCNv3 extension builds. --beside runs CMD ARGS alongside them as soon as torch and
 # requirements.txt are installed (mmcv-full may still be building), with the venv's bin/ first
 # on PATH; the setup fails if CMD fails.
@@ -15,6 +15,7 @@
 #                         an existing .venv of another Python version is refused, not rebuilt
 #   MMCV_WITH_CUDA=1      build mmcv-full's CUDA ops even without a visible GPU (default: only with a GPU)
 #   DCNV3_WITH_CUDA=0     build the DCNv3 extension without its CUDA kernels
+#   TORCH_CUDA_ARCH_LIST  CUDA architectures of both builds (default: the visible GPUs'; with none, 8.0;9.0+PTX)
 #   INTERNIMAGE_CACHE     where built wheels and the mmcv source are cached (default: ~/.cache/internimage-mmdet)
 set -euo pipefail
 
@@ -34,7 +35,7 @@ if [ $# -gt 0 ]; then
       shift
       [ $# -gt 0 ] || die "--beside needs a command to run, e.g. --beside python mmdet_custom/datasets/synthetic_shapes.py --out data/shapes (by file path: mmcv may still be building)"
       BESIDE=("$@");;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
     *) die "unknown argument '$1' (usage: bash scripts/setup_env.sh [--beside CMD [ARGS...]])";;
   esac
 fi
@@ -160,7 +161,13 @@ with_cuda=0
 if [ "${MMCV_WITH_CUDA:-}" = 1 ] || { [ "${MMCV_WITH_CUDA:-}" != 0 ] && "$PY" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }; then
   with_cuda=1
 fi
-flavour=cpu; [ "$with_cuda" = 1 ] && flavour=cuda
+flavour=cpu
+if [ "$with_cuda" = 1 ]; then
+  # The architectures name the build too: kernels built for other GPUs do not run on these.
+  cuda_archs="$(cd "$ROOT" && "$PY" -c 'from setup import cuda_arch_list; print(cuda_arch_list())')" \
+    || die "could not work out which CUDA architectures to build for (message above); set TORCH_CUDA_ARCH_LIST, e.g. 8.0"
+  flavour="cuda-$(printf '%s' "$cuda_archs" | tr ';' '_')"
+fi
 # What the installed mmcv-full was built for: its compiled ops fit one torch (and flavour) only.
 mmcv_build="$MMCV_VERSION-torch$TORCH_VERSION-py$PYVER-$flavour"
 mmcv_stamp="$VENV/.mmcv-build-stamp"
@@ -179,7 +186,12 @@ if [ "$mmcv_installed" = 0 ] || [ "$(cat "$mmcv_stamp" 2>/dev/null)" != "$mmcv_b
     if [ "$with_cuda" = 1 ] && ! (cuda_build_env "$PY" "$ROOT"); then
       die "mmcv-full's CUDA ops need a CUDA toolkit (nvcc), and none was found (a GPU is visible, or MMCV_WITH_CUDA=1): set CUDA_HOME to one matching torch's CUDA, or MMCV_WITH_CUDA=0 for CPU ops only"
     fi
-    say "building mmcv-full $MMCV_VERSION ($flavour ops) from source in the background; about 10 minutes on 2 cores (log: $mmcv_log)"
+    if [ "$with_cuda" = 1 ]; then
+      what="CPU and CUDA ops for architectures $cuda_archs; about 30 minutes on 2 cores for one architecture, longer for more"
+    else
+      what="CPU ops; about 10 minutes on 2 cores"
+    fi
+    say "building mmcv-full $MMCV_VERSION ($what) from source in the background (log: $mmcv_log)"
     build_args=(--python "$PY" --wheel-dir "$mmcv_wheel_dir")
     [ "$with_cuda" = 1 ] && build_args+=(--cuda)
     start_job "$mmcv_log" bash "$ROOT/scripts/build_mmcv.sh" "${build_args[@]}"
@@ -207,15 +219,16 @@ fi
 site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$ROOT" >"$site_packages/internimage_mmdet.pth"
 stamp="$VENV/.dcnv3-build-stamp"
-# The sources and the choices the build depends on: a CPU-only build is redone once nvcc is there.
+with_kernels="CPU kernels"
+if [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && cuda_build_env "$PY" "$ROOT"; then
+  with_kernels="CPU and CUDA kernels; CUDA toolkit $CUDA_HOME, architectures $TORCH_CUDA_ARCH_LIST"
+fi
+# The sources and the choices the build depends on: a CPU-only build is redone once nvcc is there,
+# and a CUDA build once the GPUs it is for change.
 sources_hash="$(cd "$ROOT" && { cat setup.py $(find ops_dcnv3/csrc -type f | sort)
   echo "DCNV3_WITH_CUDA=${DCNV3_WITH_CUDA:-1} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} CUDA_HOME=${CUDA_HOME:-} nvcc=$(command -v nvcc || true)"
 } | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c 'import ops_dcnv3._C' 2>/dev/null; then
-  with_kernels="CPU kernels"
-  if [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && cuda_build_env "$PY" "$ROOT"; then
-    with_kernels="CPU and CUDA kernels; CUDA toolkit $CUDA_HOME"
-  fi
   say "building the DCNv3 extension ($with_kernels)"
   if ! (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace >"$VENV/dcnv3-build.log" 2>&1); then
     if grep -q 'mismatches the version that was used to compile' "$VENV/dcnv3-build.log"; then

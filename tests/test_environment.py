@@ -65,6 +65,16 @@ def test_dcnv3_extension_compiled_cuda_kernels_when_nvcc_found():
     assert torch._C._dispatch_has_kernel_for_dispatch_key('dcnv3::dcnv3_backward', 'CUDA')
 
 
+def _setup_module():
+    """The repository's setup.py as a module (its helpers are what the setup scripts call)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import setup
+    finally:
+        sys.path.remove(str(ROOT))
+    return setup
+
+
 def test_find_cuda_home_follows_nvcc_wrapper(tmp_path, monkeypatch):
     """A wrapper script named nvcc must lead to the toolkit, not to the wrapper's folder."""
     real = shutil.which('nvcc')
@@ -76,14 +86,58 @@ def test_find_cuda_home_follows_nvcc_wrapper(tmp_path, monkeypatch):
     wrapper.chmod(0o755)
     monkeypatch.setenv('PATH', f'{wrapper.parent}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.delenv('CUDA_HOME', raising=False)
-    sys.path.insert(0, str(ROOT))
-    try:
-        from setup import find_cuda_home
-    finally:
-        sys.path.remove(str(ROOT))
-    home = find_cuda_home()
+    home = _setup_module().find_cuda_home()
     assert home is not None and (Path(home) / 'include' / 'cuda_runtime.h').is_file()
     assert Path(home) != tmp_path
+
+
+def _visible_gpus(monkeypatch, capabilities, torch_archs=('sm_75', 'sm_80', 'sm_86', 'sm_90', 'sm_100', 'sm_120')):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: bool(capabilities))
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i=0: capabilities[i])
+    monkeypatch.setattr(torch.cuda, 'get_arch_list', lambda: list(torch_archs))
+
+
+@pytest.mark.parametrize('capabilities, expected', [
+    ([(7, 5)], '7.5+PTX'),  # a T4 runs no A100/H100 machine code
+    ([(9, 0), (8, 6), (9, 0)], '8.6;9.0+PTX'),  # every visible GPU, once each
+    ([(12, 1)], '12.0+PTX'),  # newer than torch's newest (sm_120): capped there, as torch does
+    ([], '8.0;9.0+PTX'),  # none visible
+])
+def test_cuda_arch_list_follows_the_visible_gpus(monkeypatch, capabilities, expected):
+    """Unset TORCH_CUDA_ARCH_LIST builds for the GPUs that are there, not only for A100/H100."""
+    setup = _setup_module()
+    _visible_gpus(monkeypatch, capabilities)
+    for unset in (None, 'native'):
+        if unset is None:
+            monkeypatch.delenv('TORCH_CUDA_ARCH_LIST', raising=False)
+        else:
+            monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', unset)
+        assert setup.cuda_arch_list() == expected
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '7.5;8.0')  # a list the user sets is kept as it is
+    assert setup.cuda_arch_list() == '7.5;8.0'
+
+
+def test_cuda_arch_list_reads_torchs_arch_names():
+    setup = _setup_module()
+    assert [setup._capability(name) for name in ('sm_75', 'sm_90a', 'sm_100', 'sm_120')] == \
+        [(7, 5), (9, 0), (10, 0), (12, 0)]
+
+
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc on PATH')
+def test_cuda_build_env_exports_the_arch_list(monkeypatch):
+    """scripts/build_mmcv.sh and the DCNv3 build take their architectures from the same place."""
+    common = ROOT / 'scripts' / '_build_common.sh'
+    monkeypatch.delenv('TORCH_CUDA_ARCH_LIST', raising=False)
+    env = dict(os.environ)
+    script = f'source {common} && cuda_build_env {sys.executable} {ROOT} && echo "$TORCH_CUDA_ARCH_LIST"'
+    resolved = subprocess.run(['bash', '-c', script], env=env, capture_output=True, text=True)
+    assert resolved.returncode == 0, resolved.stderr
+    expected = _setup_module().cuda_arch_list()
+    assert resolved.stdout.strip() == expected
+    kept = subprocess.run(['bash', '-c', script], env={**env, 'TORCH_CUDA_ARCH_LIST': '7.5'},
+                          capture_output=True, text=True)
+    assert kept.stdout.strip() == '7.5'
 
 
 def _fake_python(tmp_path, version):
