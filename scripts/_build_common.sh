@@ -1,5 +1,6 @@
 # Shell functions shared by setup_env.sh and build_mmcv.sh (sourced, not run).
-# Both need the same CUDA toolkit and header folders, and the same way of naming a failed build.
+# Both need the same CUDA toolkit, header folders and architectures, and the same way of naming a
+# failed build.
 
 # cuda_build_env PY ROOT: export CUDA_HOME (unless set), put the header folders of torch's
 # nvidia-* wheels on CPATH, exactly as the DCNv3 build (setup.py) adds them to its include path,
@@ -21,8 +22,14 @@ cuda_build_env() {
   if [ -n "$includes" ]; then
     export CPATH="$includes${CPATH:+:$CPATH}"
   fi
-  TORCH_CUDA_ARCH_LIST="$(cd "$root" && "$py" -c 'from setup import cuda_arch_list; print(cuda_arch_list())')" || return 1
+  TORCH_CUDA_ARCH_LIST="$(cuda_arch_list "$py" "$root")" || return 1
   export TORCH_CUDA_ARCH_LIST
+}
+
+# cuda_arch_list PY ROOT: print the CUDA architectures to build for (setup.py's cuda_arch_list():
+# TORCH_CUDA_ARCH_LIST when set, else the visible GPUs', else 8.0;9.0+PTX).
+cuda_arch_list() {
+  (cd "$2" && "$1" -c 'from setup import cuda_arch_list; print(cuda_arch_list())')
 }
 
 # first_compiler_error LOG: the first compiler error in a build log, with a few lines around it

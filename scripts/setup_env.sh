@@ -164,7 +164,7 @@ fi
 flavour=cpu
 if [ "$with_cuda" = 1 ]; then
   # The architectures name the build too: kernels built for other GPUs do not run on these.
-  cuda_archs="$(cd "$ROOT" && "$PY" -c 'from setup import cuda_arch_list; print(cuda_arch_list())')" \
+  cuda_archs="$(cuda_arch_list "$PY" "$ROOT")" \
     || die "could not work out which CUDA architectures to build for (message above); set TORCH_CUDA_ARCH_LIST, e.g. 8.0"
   flavour="cuda-$(printf '%s' "$cuda_archs" | tr ';' '_')"
 fi
