@@ -11,8 +11,8 @@ coordinates (GridSample's zero padding stands in for the op's zero padding), and
 masks weight the samples before a ``ReduceSum`` over the kernel points. Of the decompositions
 measured in ONNX Runtime it is the fastest and needs the least memory (docs/benchmarks.md).
 
-Both op schemas are accepted: today's, and the one with a trailing ``softmax`` flag, where
-``mask`` holds logits and the op applies a softmax over each group's kernel points first.
+Both op schemas are accepted: today's, whose trailing ``softmax`` flag says ``mask`` holds logits
+(the op softmaxes each group's kernel points first), and the older one without the flag.
 """
 import torch
 from torch.onnx import symbolic_helper

@@ -33,7 +33,7 @@ __all__ = ['DCNv3Function', 'dcnv3_core_pytorch', 'dcnv3_output_size', 'check_dc
            'HAS_COMPILED_OP']
 
 
-# --- argument checks (the Python copy of the rules in csrc/dcnv3.h, same messages) ----------------
+# --- argument checks (the Python copy of the rules in csrc/dcnv3.h, same wording) ------------------
 
 def dcnv3_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                       dilation_h, dilation_w):

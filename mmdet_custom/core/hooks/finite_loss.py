@@ -1,4 +1,5 @@
-"""FiniteLossHook: training stops at the first loss that is not a finite number."""
+"""FiniteLossHook: training stops at a loss that is not a finite number (the first one, or with
+float16 loss scaling the tenth in a row)."""
 import math
 
 from mmcv.runner import HOOKS, Hook
