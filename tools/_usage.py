@@ -5,6 +5,7 @@ for, joining the process group and choosing the GPU (``--gpu-id``). (Datasets ar
 mmdet_custom.apis.load_dataset, whose DatasetError ends a tool the same way.)"""
 import contextlib
 import inspect
+import os
 import os.path as osp
 
 import torch
@@ -12,6 +13,7 @@ from mmcv import Config, DictAction
 from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
 from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
+from mmdet.models import build_detector
 from mmdet.utils import update_data_root
 
 from mmdet_custom.apis import DatasetError, init_distributed
@@ -102,6 +104,38 @@ def read_config(path, cfg_options=None, required=()):
     return cfg
 
 
+def check_output_path(path, option, folder=False):
+    """Refuse, before the work whose results go there, an output ``path`` (a file, or with
+    ``folder`` a folder, made when missing) that cannot be written: a folder where the file
+    goes, a file where a folder goes (the path's own or a parent's), a folder this user may not
+    write in. ``option`` names it in the message."""
+    if path is None:
+        return
+    target = osp.abspath(path)
+    if osp.isdir(target) and not folder:
+        raise UsageError(f'{option} {path} is a folder: name a file')
+    if osp.exists(target) and not osp.isdir(target) and folder:
+        raise UsageError(f'{option} {path} is a file, not a folder')
+    parent = target if folder else osp.dirname(target)
+    while not osp.exists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        raise UsageError(f'{option} {path}: {parent} is a file, not a folder')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f'{option} {path}: this user cannot write in {parent}')
+
+
+def build_model(cfg, config_path, training=False):
+    """``build_detector`` of ``cfg.model`` (with ``cfg.train_cfg`` when ``training``); a model the
+    config cannot describe (an unknown type, a wrong argument) is a UsageError naming the config."""
+    try:
+        return build_detector(cfg.model, train_cfg=cfg.get('train_cfg') if training else None,
+                              test_cfg=cfg.get('test_cfg'))
+    except (KeyError, TypeError, ValueError, AssertionError) as error:
+        raise UsageError(f'cannot build the model of config {config_path}: '
+                         f'{type(error).__name__}: {error}') from None
+
+
 def _named_parameters(function):
     return {name for name, parameter in inspect.signature(function).parameters.items()
             if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
@@ -123,6 +157,13 @@ def evaluation_settings(cfg):
 # its base's evaluate() (e.g. the COCO-format datasets) accepts the same.
 _METRICS = {CocoDataset.evaluate: ('bbox', 'segm', 'proposal', 'proposal_fast'),
             CustomDataset.evaluate: ('mAP', 'recall')}
+# Metrics mmdet's evaluate() refuses (a KeyError, after inference) for results with masks.
+_BOX_RESULTS_ONLY = ('proposal_fast',)
+
+
+def predicts_masks(cfg):
+    """Whether the detector ``cfg.model`` describes gives instance masks (a mask head)."""
+    return bool((cfg.model.get('roi_head') or {}).get('mask_head'))
 
 
 def registered_dataset(dataset_cfg):
@@ -130,13 +171,16 @@ def registered_dataset(dataset_cfg):
     return DATASETS.get(dataset_cfg.get('type', ''))
 
 
-def check_evaluation(dataset_cfg, metrics, options, name):
+def check_evaluation(dataset_cfg, metrics, options, name, masks=False):
     """Refuse, before any inference, metrics or keyword options (``options``) that the evaluate()
-    of the dataset type ``dataset_cfg`` names does not take; ``name`` says where they came from."""
+    of the dataset type ``dataset_cfg`` names does not take for the model's results (``masks``:
+    with instance masks); ``name`` says where they came from."""
     dataset_type = registered_dataset(dataset_cfg)
     if dataset_type is None:
         return  # build_dataset will name the unknown type
     known = _METRICS.get(dataset_type.evaluate)
+    if known is not None and masks:
+        known = tuple(metric for metric in known if metric not in _BOX_RESULTS_ONLY)
     for metric in [metrics] if isinstance(metrics, str) else metrics or ():
         if known is not None and metric not in known:
             raise UsageError(f'{name}: {dataset_type.__name__} cannot evaluate {metric!r} '

@@ -16,12 +16,11 @@ import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
 
 import torch  # noqa: E402
 from mmcv.cnn import get_model_complexity_info  # noqa: E402
-from mmdet.models import build_detector  # noqa: E402
 from mmdet.models.detectors import TwoStageDetector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch  # noqa: E402
-from _usage import ConfigOptions, one_line_errors, read_config  # noqa: E402
+from _usage import ConfigOptions, build_model, one_line_errors, read_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -91,7 +90,7 @@ def count_complexity(cfg, height, width, per_layer=False):
     cfg.model.pretrained = None
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None
-    model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
+    model = build_model(cfg, cfg.filename, training=True)
     model.eval()
     if not hasattr(model, 'forward_dummy'):
         raise SystemExit(f'{model.__class__.__name__} has no forward_dummy: FLOPs cannot be counted')
@@ -110,7 +109,7 @@ def main(argv=None):
     height, width = (args.shape * 2)[:2]
     with one_line_errors('tools/get_flops.py'):
         cfg = read_config(args.config, args.cfg_options, required=('model',))
-    flops, dcn_flops, params = count_complexity(cfg, height, width, args.per_layer)
+        flops, dcn_flops, params = count_complexity(cfg, height, width, args.per_layer)
     line = '=' * 40
     print(f'{line}\nConfig: {args.config}\nInput shape: (3, {height}, {width})\n'
           f'Flops: {flops / 1e9:.2f} GFLOPs (of which DCNv3 cores {dcn_flops / 1e9:.2f} G)\n'

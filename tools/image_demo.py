@@ -20,12 +20,11 @@ import torch  # noqa: E402
 from mmdet.apis import inference_detector  # noqa: E402
 from mmdet.core import get_classes  # noqa: E402
 from mmdet.datasets import replace_ImageToTensor  # noqa: E402
-from mmdet.models import build_detector  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import UsageError, one_line_errors, read_config  # noqa: E402
+from _usage import UsageError, build_model, check_output_path, one_line_errors, read_config  # noqa: E402
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -52,8 +51,16 @@ def parse_args(argv=None):
     if not cv2.haveImageWriter(args.out_file):
         parser.error(f'--out-file: OpenCV cannot write {args.out_file!r}; name an image file such '
                      'as result.png or result.jpg')
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f'--device {args.device!r} is not a device: use cpu, cuda or cuda:N')
+    if device.type not in ('cpu', 'cuda'):
+        parser.error(f'--device {args.device}: mmdet runs this detector on cpu or cuda only')
+    if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: no CUDA GPU is available here (use --device cpu)')
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f'--device {args.device}: there are {torch.cuda.device_count()} CUDA GPUs here')
     return args
 
 
@@ -68,7 +75,7 @@ def build_for_inference(cfg, checkpoint_path, device):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         cfg.data.test.pipeline = replace_ImageToTensor(cfg.data.test.pipeline)
-    model = build_detector(cfg.model, test_cfg=cfg.get('test_cfg'))
+    model = build_model(cfg, cfg.filename)
     checkpoint = load_detector_checkpoint(model, checkpoint_path)
     model.CLASSES = checkpoint.get('meta', {}).get('CLASSES')
     if model.CLASSES is None:  # an old checkpoint without class names
@@ -91,7 +98,7 @@ def predicted_instances(result, class_names, score_thr):
 
 
 def ground_truth_instances(cfg, image_path):
-    """(class name, 1.0, box, mask) per annotation of ``image_path`` in the config's test set, or
+    """(class name, 1.0, box, mask or None) per annotation of ``image_path`` in the config's test set, or
     None when the image is not part of it."""
     test_set = cfg.data.test
     ann_file, img_prefix = test_set.get('ann_file'), test_set.get('img_prefix')
@@ -112,10 +119,26 @@ def ground_truth_instances(cfg, image_path):
         if ann['image_id'] != image_info['id']:
             continue
         x, y, w, h = ann['bbox']
-        rle = mask_utils.merge(mask_utils.frPyObjects(ann['segmentation'], height, width))
         instances.append((names[ann['category_id']], 1.0, np.array([x, y, x + w, y + h]),
-                          mask_utils.decode(rle).astype(bool)))
+                          annotation_mask(ann.get('segmentation'), height, width)))
     return instances
+
+
+def annotation_mask(segmentation, height, width):
+    """A COCO annotation's mask as a bool array, or None for a box-only annotation.
+
+    COCO writes polygons for single objects and run-length encodings for crowds ("iscrowd": 1,
+    as in val2017): uncompressed (counts a list) or compressed (counts a string).
+    """
+    if not segmentation:
+        return None
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get('counts'), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(bool)
 
 
 def instance_colours(count):
@@ -212,6 +235,7 @@ def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     with one_line_errors('tools/image_demo.py', CheckpointError):
+        check_output_path(args.out_file, '--out-file')
         if not osp.isfile(args.img):
             raise UsageError(f'image not found: {args.img}')
         image = mmcv.imread(args.img)
@@ -233,8 +257,7 @@ def main(argv=None):
     sheet = compose(panels)
     mmcv.mkdir_or_exist(osp.dirname(osp.abspath(args.out_file)))
     if not cv2.imwrite(args.out_file, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f'tools/image_demo.py: error: cannot write {args.out_file} '
-                         '(use an image extension such as .png or .jpg)')
+        raise SystemExit(f'tools/image_demo.py: error: cannot write {args.out_file}')
     beside = ' beside the ground truth' if truth is not None else ''
     print(f'{len(predicted)} detections with score >= {args.score_thr:g} drawn{beside} '
           f'({scale}x enlarged, {sheet.shape[1]}x{sheet.shape[0]} pixels) to {args.out_file}')

@@ -22,15 +22,14 @@ from mmcv.cnn import fuse_conv_bn  # noqa: E402
 from mmcv.runner import get_dist_info, wrap_fp16_model  # noqa: E402
 from mmdet.apis import single_gpu_test  # noqa: E402
 from mmdet.datasets import build_dataloader, replace_ImageToTensor  # noqa: E402
-from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (CheckpointError, load_dataset, load_detector_checkpoint,  # noqa: E402
                                multi_process_test, wrap_model)
-from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    join_process_group, one_line_errors, read_config, registered_dataset,
-                    select_gpu)
+from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
+                    check_output_path, evaluation_settings, join_process_group,
+                    one_line_errors, predicts_masks, read_config, registered_dataset, select_gpu)
 
 
 def parse_args(argv=None):
@@ -90,14 +89,6 @@ def load_config(path, cfg_options):
     return cfg
 
 
-def build_model(cfg, config_path):
-    try:
-        return build_detector(cfg.model, test_cfg=cfg.get('test_cfg'))
-    except (KeyError, TypeError, ValueError, AssertionError) as error:
-        raise UsageError(f'cannot build the model of config {config_path}: '
-                         f'{type(error).__name__}: {error}') from None
-
-
 def evaluation_options(args, cfg):
     """dataset.evaluate()'s keyword arguments for --eval: the config's evaluation settings
     (those not meant for the training hook), then --eval-options."""
@@ -118,10 +109,14 @@ def check_window():
 
 
 def check_request(args, cfg):
-    """What --eval or --format-only asks of the test set, checked before hours of inference."""
+    """What --eval or --format-only asks of the test set, and where the results go, checked
+    before hours of inference."""
+    check_output_path(args.out, '--out')
+    check_output_path(args.work_dir, '--work-dir', folder=True)
+    check_output_path(getattr(args, 'show_dir', None), '--show-dir', folder=True)
     if args.eval:
         check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
-                         '--eval/--eval-options')
+                         '--eval/--eval-options', masks=predicts_masks(cfg))
     dataset_type = registered_dataset(cfg.data.test)
     if (args.format_only and dataset_type is not None
             and 'jsonfile_prefix' in inspect.signature(dataset_type.format_results).parameters

@@ -29,7 +29,6 @@ from mmcv.runner import get_dist_info  # noqa: E402
 from mmcv.utils import get_git_hash  # noqa: E402
 from mmdet import __version__ as mmdet_version  # noqa: E402
 from mmdet.apis import init_random_seed, set_random_seed  # noqa: E402
-from mmdet.models import build_detector  # noqa: E402
 from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
@@ -37,8 +36,9 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  #
                                check_mixed_precision, load_dataset, set_mixed_precision,
                                start_worker_server, train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
-from _usage import (ConfigOptions, UsageError, check_evaluation, evaluation_settings,  # noqa: E402
-                    join_process_group, one_line_errors, read_config, select_gpu)
+from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
+                    evaluation_settings, join_process_group, one_line_errors, predicts_masks,
+                    read_config, select_gpu)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -166,7 +166,7 @@ def train(args):
     check_training_data(cfg, validate)
     if validate:  # checked now rather than after the first epoch
         check_evaluation(cfg.data.val, cfg.get('evaluation', {}).get('metric', 'bbox'),
-                         evaluation_settings(cfg), 'evaluation')
+                         evaluation_settings(cfg), 'evaluation', masks=predicts_masks(cfg))
     if args.resume_from is not None and not osp.isfile(args.resume_from):
         raise UsageError(f'--resume-from: checkpoint not found: {args.resume_from}')
     if args.auto_scale_lr:
@@ -236,7 +236,7 @@ def train(args):
     meta['seed'] = seed
     meta['exp_name'] = osp.basename(args.config)
 
-    model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
+    model = build_model(cfg, args.config, training=True)
     try:
         model.init_weights()
     except (FileNotFoundError, PretrainedCheckpointError) as error:

@@ -415,7 +415,11 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
             _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger)
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
-            runner.load_checkpoint(cfg.load_from)
+            try:
+                runner.load_checkpoint(cfg.load_from)
+            except (OSError, RuntimeError) as error:  # unreachable (URLError), not found, not a checkpoint
+                raise CheckpointError(f'cannot load load_from={cfg.load_from}: '
+                                      f'{type(error).__name__}: {error_summary(error)}') from None
         else:
             load_weights_leniently(detector, cfg.load_from, logger)
     # Distributed runs keep mmcv's sleeps: the deadlock they dodge was seen there.

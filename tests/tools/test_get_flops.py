@@ -62,6 +62,13 @@ def test_a_missing_config_is_one_line():
         get_flops.main(['configs/no/such.py'])
 
 
+def test_a_model_the_config_cannot_build_is_one_line():
+    config = 'configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py'
+    with pytest.raises(SystemExit, match=f'^tools/get_flops.py: error: cannot build the model of '
+                                         f'config {config}: KeyError: .*Nope'):
+        get_flops.main([config, '--cfg-options', 'model.backbone.type=Nope'])
+
+
 def test_a_shape_below_the_backbone_stride_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         get_flops.main(['configs/coco/mask_rcnn_internimage_t_fpn_1x_coco.py', '--shape', '0'])

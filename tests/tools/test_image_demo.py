@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip('mmdet')
 from tools_testlib import ROOT  # noqa: E402
@@ -23,6 +24,7 @@ def random_checkpoint(tmp_path_factory, tiny_shapes):
     from tools_testlib import write_tiny_config
     folder = tmp_path_factory.mktemp('demo')
     config = write_tiny_config(folder / 'tiny.py', tiny_shapes)
+    torch.manual_seed(0)  # the same random detector whichever tests ran before
     model = build_detector(mmcv.Config.fromfile(config).model)
     checkpoint = str(folder / 'random.pth')
     save_checkpoint(model, checkpoint, meta=dict(CLASSES=('circle', 'triangle', 'rectangle')))
@@ -80,6 +82,38 @@ def test_image_outside_the_test_set_gets_the_prediction_alone(tmp_path, random_c
     assert changed.mean() > 0.5  # the detections drawn over the image
 
 
+def test_ground_truth_reads_every_coco_segmentation_form(tmp_path, tiny_shapes):
+    # COCO val2017's crowds are run-length encoded (iscrowd 1); a box-only annotation has none.
+    import json
+
+    from pycocotools import mask as mask_utils
+    coco = json.loads(open(osp.join(tiny_shapes, 'annotations', 'instances_val.json')).read())
+    image = coco['images'][0]
+    anns = [ann for ann in coco['annotations'] if ann['image_id'] == image['id']][:1] * 4
+    height, width = image['height'], image['width']
+    polygon = anns[0]['segmentation']
+    expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, height, width)))
+    compressed = mask_utils.encode(np.asfortranarray(expected))
+    compressed['counts'] = compressed['counts'].decode()  # as json stores it
+    # Uncompressed: the lengths of alternating runs of 0 and 1, column-major, 0s first.
+    flat = expected.flatten(order='F')
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = ([0] if flat[0] else []) + np.diff(bounds).tolist()
+    forms = [polygon, dict(size=[height, width], counts=runs), compressed, []]
+    coco['annotations'] = [dict(ann, id=index + 1, segmentation=form, iscrowd=int(index in (1, 2)))
+                           for index, (ann, form) in enumerate(zip(anns, forms))]
+    ann_file = tmp_path / 'val.json'
+    ann_file.write_text(json.dumps(coco))
+    cfg = image_demo.read_config(osp.join(ROOT, 'configs', 'shapes',
+                                          'mask_rcnn_internimage_pico_fpn_shapes.py'))
+    cfg.data.test.ann_file, cfg.data.test.img_prefix = str(ann_file), osp.join(tiny_shapes, 'val')
+    truth = image_demo.ground_truth_instances(cfg, osp.join(tiny_shapes, 'val', image['file_name']))
+    masks = [mask for *_, mask in truth]
+    for mask in masks[:3]:
+        np.testing.assert_array_equal(mask, expected.astype(bool))
+    assert masks[3] is None
+
+
 def test_labels_do_not_overlap_even_for_stacked_boxes():
     canvas = np.zeros((400, 400, 3), np.uint8)
     placed = []
@@ -126,6 +160,23 @@ def test_demo_refuses_a_cuda_device_without_a_gpu(tiny_config, capsys, monkeypat
     with pytest.raises(SystemExit):
         image_demo.main(['a.png', tiny_config, 'x.pth', '--device', 'cuda:0'])
     assert '--device cuda:0: no CUDA GPU is available here (use --device cpu)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('device, message', [
+    ('gpu', "--device 'gpu' is not a device: use cpu, cuda or cuda:N"),
+    ('mps', '--device mps: mmdet runs this detector on cpu or cuda only')])
+def test_demo_refuses_a_device_it_cannot_run_on(tiny_config, capsys, device, message):
+    with pytest.raises(SystemExit):
+        image_demo.main(['a.png', tiny_config, 'x.pth', '--device', device])
+    assert message in capsys.readouterr().err
+
+
+def test_demo_refuses_an_out_file_under_a_file_before_any_work(tmp_path, tiny_config):
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('')
+    with pytest.raises(SystemExit, match=f'^tools/image_demo.py: error: --out-file '
+                                         f'{a_file}/demo.png: {a_file} is a file, not a folder$'):
+        image_demo.main(['a.png', tiny_config, 'x.pth', '--out-file', f'{a_file}/demo.png'])
 
 
 def test_demo_a_file_that_is_no_image_is_one_line_error(tmp_path, tiny_config):

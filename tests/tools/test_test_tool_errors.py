@@ -104,10 +104,31 @@ def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test
     config, checkpoint = matching_checkpoint
     assert refused(test_tool, config, checkpoint, '--eval', 'bbox', 'mAP').endswith(
         "--eval/--eval-options: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, segm, "
-        "proposal, proposal_fast)")
+        "proposal)")
+    # mmdet's CocoDataset evaluates proposal_fast for box results only, Mask R-CNN's have masks.
+    assert refused(test_tool, config, checkpoint, '--eval', 'proposal_fast').endswith(
+        "--eval/--eval-options: CocoDataset cannot evaluate 'proposal_fast' (it evaluates bbox, "
+        "segm, proposal)")
     assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
                     'iou_thr=0.5').endswith(
         "--eval/--eval-options: CocoDataset.evaluate() takes no option 'iou_thr'")
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_inference(test_tool,
+                                                                         matching_checkpoint,
+                                                                         tmp_path):
+    config, checkpoint = matching_checkpoint
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('')
+    (tmp_path / 'folder.pkl').mkdir()
+    assert refused(test_tool, config, checkpoint, '--out', str(tmp_path / 'folder.pkl')).endswith(
+        f'--out {tmp_path}/folder.pkl is a folder: name a file')
+    assert refused(test_tool, config, checkpoint, '--out', f'{a_file}/results.pkl').endswith(
+        f'--out {a_file}/results.pkl: {a_file} is a file, not a folder')
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--work-dir',
+                   str(a_file)).endswith(f'--work-dir {a_file} is a file, not a folder')
+    assert refused(test_tool, config, checkpoint, '--show-dir', f'{a_file}/sub/pictures').endswith(
+        f'--show-dir {a_file}/sub/pictures: {a_file} is a file, not a folder')
 
 
 def test_an_empty_test_set_is_named(test_tool, matching_checkpoint, tmp_path):

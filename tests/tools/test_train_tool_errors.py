@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 pytest.importorskip('mmdet')
-from tools_testlib import (PYTHON, ROOT, load_script, refused, run_tool,  # noqa: E402
+from tools_testlib import (PYTHON, ROOT, free_port, load_script, refused, run_tool,  # noqa: E402
                            write_tiny_config)
 
 TRAIN_TOOL = osp.join(ROOT, 'tools', 'train.py')
@@ -65,7 +65,14 @@ def test_an_unknown_evaluation_metric_is_refused_before_training(train_tool, tmp
     message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
                        '--cfg-options', 'evaluation.metric=mAP')
     assert message.endswith("evaluation: CocoDataset cannot evaluate 'mAP' (it evaluates bbox, "
-                            "segm, proposal, proposal_fast)")
+                            "segm, proposal)")
+
+
+def test_a_load_from_url_that_cannot_be_fetched_is_one_line(train_tool, tmp_path, tiny_config):
+    url = f'http://127.0.0.1:{free_port()}/weights.pth'  # nothing listens: refused at once
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                      '--cfg-options', f'load_from={url}')
+    assert message.startswith(f'tools/train.py: error: cannot load load_from={url}: URLError: ')
 
 
 def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):

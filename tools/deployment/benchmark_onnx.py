@@ -19,10 +19,10 @@ import torch  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import one_line_errors  # noqa: E402
+from _usage import build_model, one_line_errors  # noqa: E402
 from tools.deployment.pytorch2onnx import input_image  # noqa: E402
 from tools.deployment.test import open_onnx_model  # noqa: E402
-from tools.test import UsageError, build_model, load_config  # noqa: E402
+from tools.test import UsageError, load_config  # noqa: E402
 
 PROG = 'tools/deployment/benchmark_onnx.py'
 

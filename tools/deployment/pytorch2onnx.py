@@ -23,8 +23,8 @@ import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 import mmcv  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import ConfigOptions, one_line_errors  # noqa: E402
-from tools.test import UsageError, build_model, load_config  # noqa: E402
+from _usage import ConfigOptions, build_model, one_line_errors  # noqa: E402
+from tools.test import UsageError, load_config  # noqa: E402
 
 PROG = 'tools/deployment/pytorch2onnx.py'
 
