@@ -33,8 +33,9 @@ from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
 from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  # noqa: E402
-                               check_mixed_precision, load_dataset, set_mixed_precision,
-                               start_worker_server, train_detector, train_loader_config)
+                               check_mixed_precision, load_dataset, resume_checkpoint,
+                               set_mixed_precision, start_worker_server, stored_seed,
+                               train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
                     evaluation_settings, join_process_group, one_line_errors, predicts_masks,
@@ -224,11 +225,16 @@ def train(args):
                 f', device: {cfg.device}')
     logger.info(f'Config:\n{cfg.pretty_text}')
 
-    # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise.
-    seed = init_random_seed(args.seed, device=cfg.device)
+    # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise. Without
+    # --seed a resumed run keeps the seed it began with: its data order and augmentations go on
+    # as if it had not stopped.
+    resumed_from = resume_checkpoint(cfg) if args.seed is None else None
+    kept_seed = stored_seed(resumed_from) if resumed_from else None
+    seed = init_random_seed(args.seed if kept_seed is None else kept_seed, device=cfg.device)
     if args.diff_seed:
         seed += get_dist_info()[0]
-    logger.info(f'Set random seed to {seed}, deterministic: {args.deterministic}')
+    logger.info(f'Set random seed to {seed}' + ('' if kept_seed is None else f' (that of {resumed_from})')
+                + f', deterministic: {args.deterministic}')
     set_random_seed(seed, deterministic=args.deterministic)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

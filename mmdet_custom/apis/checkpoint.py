@@ -119,7 +119,7 @@ def restore_best_record(meta, work_dir, epoch, logger=None):
     read here without loading its weights.
     """
     found = []
-    for path in glob.glob(osp.join(work_dir, 'best_*_epoch_*.pth')):
+    for path in glob.glob(osp.join(glob.escape(work_dir), 'best_*_epoch_*.pth')):
         match = re.fullmatch(r'best_.+_epoch_(\d+)\.pth', osp.basename(path))
         if match and int(match.group(1)) <= epoch and _is_complete_torch_file(path):
             found.append((int(match.group(1)), path))
@@ -146,9 +146,28 @@ def _is_complete_torch_file(path):
         return False
 
 
+def hook_output_dir(work_dir, out_dir=None):
+    """Where mmcv's checkpoint and evaluation hooks write a run's files: ``work_dir``, or with
+    the hook's ``out_dir`` set, the folder of the work dir's name inside it."""
+    if not out_dir:
+        return work_dir
+    return osp.join(out_dir, osp.basename(work_dir.rstrip(osp.sep)))
+
+
+def stored_seed(path):
+    """The seed the run that saved ``path`` trained with (its ``meta['seed']``), or None where
+    the file does not say or cannot be read (resuming from it reports why)."""
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+        seed = (checkpoint.get('meta') or {}).get('seed')
+    except Exception:  # damaged, not a zip archive, or not a dict: resuming says which
+        return None
+    return int(seed) if isinstance(seed, int) else None
+
+
 def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
     """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` (older than the
-    checkpoint ``older_than``, if given), or None.
+    checkpoint ``older_than``, if given; ``latest.pth`` stands for the one it links to), or None.
 
     Unlike mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
     half-written by a killed run is skipped in favour of the one before it.
@@ -157,9 +176,9 @@ def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
         match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
         return int(match.group(1)) if match else None
 
-    below = number(older_than) if older_than is not None else None
+    below = number(osp.realpath(older_than)) if older_than is not None else None
     numbered = []
-    for path in glob.glob(osp.join(work_dir, '*.pth')):
+    for path in glob.glob(osp.join(glob.escape(work_dir), '*.pth')):
         n = number(path)
         if n is not None and (below is None or n < below):
             numbered.append((n, path))

@@ -5,7 +5,9 @@ Differences from ``mmdet.apis.train_detector``:
   GroupSampler shuffles from the global numpy state instead), and EpochSeedHook re-seeds every
   RNG from (seed, epoch, rank), so a run resumed from an epoch checkpoint replays the remaining
   epochs exactly as an uninterrupted run would;
-- ``auto_resume`` skips a checkpoint left half-written by a killed run, and resuming keeps the
+- ``auto_resume`` looks where the checkpoint hook writes (``checkpoint_config.out_dir`` too) and
+  skips a checkpoint left half-written by a killed run (``resume_checkpoint``; tools/train.py
+  keeps the resumed run's seed unless ``--seed`` is given), and resuming keeps the
   config's optimizer update implementation (``fused``), which ``load_state_dict`` alone would take
   from the checkpoint (``configured_update_implementation``), refuses a checkpoint whose weights
   do not fit the model or an optimizer state of another optimizer type, recounts the iterations
@@ -13,8 +15,8 @@ Differences from ``mmdet.apis.train_detector``:
   the checkpoint's lr or weight decay differ from the config's or its epoch was never evaluated,
   and takes the evaluation hook's best-checkpoint record from the newest ``best_*.pth``, since an
   epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
-- training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at the
-  first non-finite loss, before its weights are saved (``FiniteLossHook``), and when a checkpoint
+- training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at a
+  non-finite loss, before its weights are saved (``FiniteLossHook``), and when a checkpoint
   cannot be written (a full disk, no permission); checkpoints are written whole or not at all
   (``mmcv_compat``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
@@ -58,7 +60,8 @@ from torch.utils.data import DataLoader
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable_checkpoint,
-                         load_detector_checkpoint, load_weights_leniently, restore_best_record)
+                         hook_output_dir, load_detector_checkpoint, load_weights_leniently,
+                         restore_best_record)
 from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
@@ -299,8 +302,23 @@ class TrainingStopped(Exception):
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _where_to_resume(work_dir):
-    checkpoint = find_resumable_checkpoint(work_dir)
+def checkpoint_dir(cfg):
+    """The folder the run's epoch (or iteration) checkpoints are written to."""
+    return hook_output_dir(cfg.work_dir, (cfg.get('checkpoint_config') or {}).get('out_dir'))
+
+
+def resume_checkpoint(cfg, logger=None):
+    """The checkpoint the run described by ``cfg`` goes on from: ``cfg.resume_from``, else with
+    ``cfg.auto_resume`` the newest complete one in its checkpoint folder, else None."""
+    if cfg.get('resume_from'):
+        return cfg.resume_from
+    if cfg.get('auto_resume'):
+        return find_resumable_checkpoint(checkpoint_dir(cfg), logger)
+    return None
+
+
+def _where_to_resume(cfg):
+    checkpoint = find_resumable_checkpoint(checkpoint_dir(cfg))
     if checkpoint is None:
         return 'no checkpoint was written before'
     return f'the newest complete checkpoint is {checkpoint} (--auto-resume goes on from it)'
@@ -322,7 +340,7 @@ def _check_resumed_optimizer(optimizer, configured, path, logger):
 def _evaluated_epochs(work_dir):
     """The epochs the json logs in ``work_dir`` hold an evaluation of."""
     epochs = set()
-    for log in glob.glob(osp.join(work_dir, '*.log.json')):
+    for log in glob.glob(osp.join(glob.escape(work_dir), '*.log.json')):
         with open(log) as f:
             for line in f:
                 try:
@@ -381,10 +399,9 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         # LOW: after the checkpoint hook, so an epoch's weights are on disk before evaluating them.
         runner.register_hook(_build_eval_hook(cfg, distributed), priority='LOW')
 
+    cfg.resume_from = resume_checkpoint(cfg, logger)
     if cfg.resume_from is None and cfg.get('auto_resume'):
-        cfg.resume_from = find_resumable_checkpoint(cfg.work_dir, logger)
-        if cfg.resume_from is None:
-            logger.info(f'auto-resume: no checkpoint in {cfg.work_dir}, starting from scratch')
+        logger.info(f'auto-resume: no checkpoint in {checkpoint_dir(cfg)}, starting from scratch')
     detector = runner.model.module if is_module_wrapper(runner.model) else runner.model
     if cfg.resume_from:
         # mmcv's resume reads the weights leniently (one of another shape is only a warning) and
@@ -399,10 +416,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
                 runner.resume(cfg.resume_from)
         except CheckpointError as error:  # unreadable, of another model, or weights alone
             hint = ''
-            in_work_dir = (osp.realpath(osp.dirname(osp.abspath(cfg.resume_from)))
-                           == osp.realpath(cfg.work_dir))
-            if isinstance(error, DamagedCheckpointError) and in_work_dir:
-                previous = find_resumable_checkpoint(cfg.work_dir, older_than=cfg.resume_from)
+            saved_here = (osp.realpath(osp.dirname(osp.abspath(cfg.resume_from)))
+                          == osp.realpath(checkpoint_dir(cfg)))
+            if isinstance(error, DamagedCheckpointError) and saved_here:
+                previous = find_resumable_checkpoint(checkpoint_dir(cfg), older_than=cfg.resume_from)
                 hint = f' (the one before it: --resume-from {previous})' if previous else ''
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: {error}{hint}') from None
         # Of another optimizer (parameter groups), or a training state mmcv cannot read.
@@ -427,16 +444,16 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         with contextlib.nullcontext() if distributed else without_epoch_transition_sleeps():
             runner.run(data_loaders, cfg.workflow)
     except KeyboardInterrupt:  # Ctrl-C: where to go on from, instead of a traceback
-        raise KeyboardInterrupt(_where_to_resume(cfg.work_dir)) from None
+        raise KeyboardInterrupt(_where_to_resume(cfg)) from None
     except NonFiniteLossError as error:
         raise TrainingStopped(f'training stopped: {error}, before a checkpoint of those weights '
-                              f'was saved; {_where_to_resume(cfg.work_dir)}, with a lower '
+                              f'was saved; {_where_to_resume(cfg)}, with a lower '
                               f'optimizer.lr or gradient clipping (optimizer_config.grad_clip)') from None
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise
         raise TrainingStopped(f'training stopped: cannot write {error.filename}: {error.strerror}; '
-                              f'{_where_to_resume(cfg.work_dir)}') from None
+                              f'{_where_to_resume(cfg)}') from None
 
 
 def _resume_epoch_based(runner, train_loader, cfg, validate, logger):
@@ -452,7 +469,8 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger):
                     f'({runner.epoch} epochs of {len(train_loader)})')
         runner._iter = iterations
     if validate:
-        restore_best_record(runner.meta, cfg.work_dir, runner.epoch, logger)
+        best_dir = hook_output_dir(cfg.work_dir, cfg.get('evaluation', {}).get('out_dir'))
+        restore_best_record(runner.meta, best_dir, runner.epoch, logger)
         interval = cfg.get('evaluation', {}).get('interval', 1)
         if runner.epoch % interval == 0 and runner.epoch not in _evaluated_epochs(cfg.work_dir):
             logger.warning(f'epoch {runner.epoch} was saved but not evaluated (the run stopped in '

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
+from mmcv import Config  # noqa: E402
+
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, restore_best_record,
-                               train_loader_config)
+                               resume_checkpoint, stored_seed, train_loader_config)
 from mmdet_custom.apis.train import (_load_training_state,  # noqa: E402
                                     without_epoch_transition_sleeps)
 from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
@@ -97,6 +99,44 @@ def test_find_resumable_checkpoint_skips_a_half_written_one(tmp_path):
     data = (tmp_path / 'epoch_10.pth').read_bytes()
     (tmp_path / 'epoch_10.pth').write_bytes(data[:len(data) // 2])
     assert find_resumable_checkpoint(str(tmp_path)).endswith('epoch_2.pth')
+
+
+def test_checkpoints_are_found_in_work_dirs_whose_names_glob_would_read_as_patterns(tmp_path):
+    work = tmp_path / 'lr[0.1]*?'
+    work.mkdir()
+    for name in ('epoch_1.pth', 'epoch_2.pth', 'best_bbox_mAP_epoch_1.pth'):
+        _save(work / name, {'w': torch.ones(1)}, meta=dict(hook_msgs=dict(best_score=0.5)))
+    assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    meta = {}
+    restore_best_record(meta, str(work), epoch=2)
+    assert meta['hook_msgs']['best_ckpt'] == str(work / 'best_bbox_mAP_epoch_1.pth')
+
+
+def test_the_one_before_a_damaged_latest_is_the_one_before_the_file_it_links_to(tmp_path):
+    for epoch in (1, 2):
+        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(1)})
+    (tmp_path / 'latest.pth').symlink_to('epoch_2.pth')  # as mmcv's save_checkpoint links it
+    previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'latest.pth'))
+    assert previous == str(tmp_path / 'epoch_1.pth')
+
+
+def test_a_run_resumes_from_where_its_checkpoint_hook_writes(tmp_path):
+    work, out = tmp_path / 'work', tmp_path / 'out'
+    (out / 'work').mkdir(parents=True)
+    _save(out / 'work' / 'epoch_3.pth', {'w': torch.ones(1)}, meta=dict(seed=1234, epoch=3))
+    cfg = Config(dict(work_dir=str(work), checkpoint_config=dict(interval=1, out_dir=str(out)),
+                      resume_from=None, auto_resume=True))
+    assert resume_checkpoint(cfg) == str(out / 'work' / 'epoch_3.pth')
+    assert stored_seed(resume_checkpoint(cfg)) == 1234
+    cfg.auto_resume = False
+    assert resume_checkpoint(cfg) is None
+    cfg.resume_from = 'given.pth'
+    assert resume_checkpoint(cfg) == 'given.pth'
+    # What a file does not say, or a file that cannot be read, gives no seed: resuming reports it.
+    _save(tmp_path / 'no_seed.pth', {'w': torch.ones(1)})
+    (tmp_path / 'cut.pth').write_bytes((tmp_path / 'no_seed.pth').read_bytes()[:50])
+    assert stored_seed(str(tmp_path / 'no_seed.pth')) is None
+    assert stored_seed(str(tmp_path / 'cut.pth')) is None
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path):

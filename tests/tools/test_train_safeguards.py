@@ -104,6 +104,22 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
     assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
 
 
+def test_auto_resume_looks_where_checkpoints_go_and_keeps_the_run_seed(train_tool, tmp_path,
+                                                                      tiny_config, mmdet_log):
+    # A work dir name glob reads as a pattern, checkpoints in checkpoint_config.out_dir, and no
+    # --seed when going on: each made --auto-resume start over, or resume with another seed.
+    work, out = tmp_path / 'lr[1e-4]', tmp_path / 'checkpoints'
+    saved_to = out / 'lr[1e-4]'  # mmcv's CheckpointHook: out_dir / the work dir's name
+    train_tool.main([tiny_config, '--no-validate', '--seed', '7', '--work-dir', str(work),
+                     '--cfg-options', f'checkpoint_config.out_dir={out}'])
+    assert (saved_to / 'epoch_1.pth').is_file()
+    train_tool.main([tiny_config, '--no-validate', '--auto-resume', '--work-dir', str(work),
+                     '--cfg-options', f'checkpoint_config.out_dir={out}', 'runner.max_epochs=2'])
+    assert 'resumed epoch 1, iter 4' in _text(mmdet_log)
+    assert f'Set random seed to 7 (that of {saved_to}/epoch_1.pth)' in _text(mmdet_log)
+    assert read_checkpoint(str(saved_to / 'epoch_2.pth'))['meta']['seed'] == 7
+
+
 def test_resuming_under_another_optimizer_or_lr(train_tool, tmp_path, tiny_shapes, tiny_config,
                                                 mmdet_log):
     work = tmp_path / 'work'
