@@ -1,9 +1,11 @@
 """Reading detector checkpoints with one clear error per failure, and finding where to resume."""
 import glob
 import os.path as osp
+import pickle
 import re
 import zipfile
 
+import numpy as np
 import torch
 from mmcv.runner import load_state_dict
 
@@ -18,6 +20,33 @@ class DamagedCheckpointError(CheckpointError):
     """A checkpoint file is there but cannot be read whole (truncated, or failing its checksums)."""
 
 
+def _numpy_globals():
+    """What numpy values in a checkpoint's meta (a best score, a seed drawn with numpy) pickle
+    as, under the module names of numpy 1 and 2: scalars, dtypes and arrays, data only."""
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    allowed = [np.ndarray, np.dtype] + sorted({type(np.dtype(code)) for code in '?bhilqBHILQefdFD'},
+                                              key=str)
+    for name in ('scalar', '_reconstruct'):
+        allowed += [(getattr(multiarray, name), f'{module}.{name}')
+                    for module in ('numpy.core.multiarray', 'numpy._core.multiarray')]
+    return allowed
+
+
+def load_safely(path, **load_kwargs):
+    """``torch.load`` with the safe (weights-only) unpickler: tensors, plain Python values and
+    numpy data; never code. An object it will not read is a CheckpointError naming it."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location='cpu', weights_only=True, **load_kwargs)
+    except pickle.UnpicklingError as error:
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+        if found is None:
+            raise
+        raise CheckpointError(f'checkpoint {path} holds an object of type {found.group(1)}, which '
+                              f'the safe loader does not read (only tensors, plain Python values '
+                              f'and numpy data): save its state_dict and meta alone') from None
+
+
 def read_checkpoint(path):
     """Load a checkpoint file into a dict in CPU memory, raising CheckpointError with a readable
     reason. Its tensors are copied to the model's device where they are used (load_state_dict, the
@@ -28,7 +57,9 @@ def read_checkpoint(path):
     _check_stored_checksums(path)
     try:
         # mmcv checkpoints hold only tensors and plain Python values, so the safe loader reads them.
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = load_safely(path)
+    except CheckpointError:
+        raise
     except Exception as error:  # torch raises many types for damaged files
         raise DamagedCheckpointError(f'cannot read checkpoint {path} (truncated or not a '
                                      f'PyTorch checkpoint?): {error_summary(error)}') from None
@@ -126,7 +157,7 @@ def restore_best_record(meta, work_dir, epoch, logger=None):
     if not found:
         return
     best_path = max(found)[1]
-    best = torch.load(best_path, map_location='cpu', mmap=True, weights_only=True)
+    best = load_safely(best_path, mmap=True)
     record = (best.get('meta') or {}).get('hook_msgs') or {}
     if 'best_score' in record:
         # The file found here, not the path in its meta: a work dir copied from elsewhere names
@@ -158,11 +189,11 @@ def stored_seed(path):
     """The seed the run that saved ``path`` trained with (its ``meta['seed']``), or None where
     the file does not say or cannot be read (resuming from it reports why)."""
     try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+        checkpoint = load_safely(path, mmap=True)
         seed = (checkpoint.get('meta') or {}).get('seed')
     except Exception:  # damaged, not a zip archive, or not a dict: resuming says which
         return None
-    return int(seed) if isinstance(seed, int) else None
+    return int(seed) if isinstance(seed, (int, np.integer)) else None
 
 
 def find_resumable_checkpoint(work_dir, logger=None, older_than=None):

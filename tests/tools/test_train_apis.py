@@ -139,6 +139,19 @@ def test_a_run_resumes_from_where_its_checkpoint_hook_writes(tmp_path):
     assert stored_seed(str(tmp_path / 'cut.pth')) is None
 
 
+def test_numpy_values_in_a_checkpoint_meta_load_and_other_objects_are_named(tmp_path):
+    import argparse
+    meta = dict(seed=np.int64(7), hook_msgs=dict(best_score=np.float64(0.5)), shape=np.arange(3))
+    _save(tmp_path / 'numpy.pth', {'w': torch.ones(1)}, meta=meta)
+    loaded = read_checkpoint(str(tmp_path / 'numpy.pth'))['meta']
+    assert loaded['hook_msgs']['best_score'] == 0.5 and loaded['shape'].tolist() == [0, 1, 2]
+    assert stored_seed(str(tmp_path / 'numpy.pth')) == 7
+    _save(tmp_path / 'args.pth', {'w': torch.ones(1)}, meta=dict(args=argparse.Namespace(lr=1)))
+    with pytest.raises(CheckpointError, match=r'holds an object of type argparse.Namespace, which '
+                                              r'the safe loader does not read'):
+        read_checkpoint(str(tmp_path / 'args.pth'))
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(CheckpointError, match='checkpoint not found'):
