@@ -159,6 +159,9 @@ _METRICS = {CocoDataset.evaluate: ('bbox', 'segm', 'proposal', 'proposal_fast'),
             CustomDataset.evaluate: ('mAP', 'recall')}
 # Metrics mmdet's evaluate() refuses (a KeyError, after inference) for results with masks.
 _BOX_RESULTS_ONLY = ('proposal_fast',)
+# The names CocoDataset.evaluate() takes in metric_items (pycocotools' 12 summary figures).
+_COCO_METRIC_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR@100', 'AR@300',
+                      'AR@1000', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000')
 
 
 def predicts_masks(cfg):
@@ -191,3 +194,9 @@ def check_evaluation(dataset_cfg, metrics, options, name, masks=False):
         if unknown:
             raise UsageError(f'{name}: {dataset_type.__name__}.evaluate() takes no option '
                              f'{unknown[0]!r}')
+    items = options.get('metric_items')
+    if dataset_type.evaluate is CocoDataset.evaluate and items is not None:
+        for item in [items] if isinstance(items, str) else items:
+            if item not in _COCO_METRIC_ITEMS:
+                raise UsageError(f'{name}: metric_items: CocoDataset has no {item!r} (it has '
+                                 f'{", ".join(_COCO_METRIC_ITEMS)})')

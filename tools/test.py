@@ -25,8 +25,8 @@ from mmdet.datasets import build_dataloader, replace_ImageToTensor  # noqa: E402
 from mmdet.utils import compat_cfg, get_device  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from mmdet_custom.apis import (CheckpointError, load_dataset, load_detector_checkpoint,  # noqa: E402
-                               multi_process_test, wrap_model)
+from mmdet_custom.apis import (CheckpointError, evaluate_kwargs, load_dataset,  # noqa: E402
+                               load_detector_checkpoint, multi_process_test, wrap_model)
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
                     check_output_path, evaluation_settings, join_process_group,
                     one_line_errors, predicts_masks, read_config, registered_dataset, select_gpu)
@@ -92,7 +92,7 @@ def load_config(path, cfg_options):
 def evaluation_options(args, cfg):
     """dataset.evaluate()'s keyword arguments for --eval: the config's evaluation settings
     (those not meant for the training hook), then --eval-options."""
-    return dict(evaluation_settings(cfg), **(args.eval_options or {}))
+    return evaluate_kwargs(dict(evaluation_settings(cfg), **(args.eval_options or {})))
 
 
 def check_window():

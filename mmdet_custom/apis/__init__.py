@@ -5,7 +5,7 @@ from .checkpoint import (CheckpointError, find_resumable_checkpoint, hook_output
 from .datasets import DatasetError, load_dataset
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
-from .test import DistEvalHookAnyDevice, multi_process_test
+from .test import DistEvalHookAnyDevice, evaluate_kwargs, multi_process_test
 from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision, checkpoint_dir,
                     resume_checkpoint, set_mixed_precision, start_worker_server, train_detector,
                     TrainingStopped, train_loader_config)
@@ -16,7 +16,8 @@ __all__ = [
     'DatasetError',
     'load_dataset',
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
-    'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'multi_process_test',
+    'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'evaluate_kwargs',
+    'multi_process_test',
     'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',
     'checkpoint_dir', 'resume_checkpoint',
     'set_mixed_precision', 'start_worker_server', 'train_loader_config', 'TrainingStopped'

@@ -6,12 +6,23 @@ unchanged; on CPU the per-rank results are gathered with ``torch.distributed.gat
 import os.path as osp
 
 import mmcv
+import numpy as np
 import torch
 import torch.distributed as dist
 from mmcv.runner import get_dist_info
 from mmdet.apis import multi_gpu_test
 from mmdet.core import DistEvalHook, encode_mask_results
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def evaluate_kwargs(options):
+    """``dataset.evaluate()``'s keyword arguments from a config or the command line, in the types
+    mmdet's CocoDataset needs: ``iou_thrs`` an array (it goes to pycocotools, which compares it
+    with ==; a list failed once inference was done)."""
+    options = dict(options)
+    if isinstance(options.get('iou_thrs'), (list, tuple)):
+        options['iou_thrs'] = np.asarray(options['iou_thrs'], dtype=np.float64)
+    return options
 
 
 def _gather_on_cpu(model, data_loader):

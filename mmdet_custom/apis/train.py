@@ -65,7 +65,7 @@ from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable
 from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
-from .test import DistEvalHookAnyDevice
+from .test import DistEvalHookAnyDevice, evaluate_kwargs
 
 
 def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **loader_kwargs):
@@ -249,7 +249,7 @@ def _build_eval_hook(cfg, distributed):
         cfg.data.val.pipeline = replace_ImageToTensor(cfg.data.val.pipeline)
     val_loader = build_dataloader(load_dataset(cfg.data.val, 'data.val', dict(test_mode=True)),
                                   **loader_args)
-    eval_cfg = dict(cfg.get('evaluation', {}))
+    eval_cfg = evaluate_kwargs(cfg.get('evaluation', {}))
     eval_cfg['by_epoch'] = cfg.runner['type'] != 'IterBasedRunner'
     hook_type = DistEvalHookAnyDevice if distributed else EvalHook
     return hook_type(val_loader, **eval_cfg)

@@ -112,6 +112,18 @@ def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test
     assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
                     'iou_thr=0.5').endswith(
         "--eval/--eval-options: CocoDataset.evaluate() takes no option 'iou_thr'")
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
+                   'metric_items=[mAP,mAP_99]').endswith(
+        "--eval/--eval-options: metric_items: CocoDataset has no 'mAP_99' (it has mAP, mAP_50, "
+        "mAP_75, mAP_s, mAP_m, mAP_l, AR@100, AR@300, AR@1000, AR_s@1000, AR_m@1000, AR_l@1000)")
+
+
+def test_iou_thresholds_given_as_a_list_evaluate(test_tool, matching_checkpoint, capsys):
+    # mmdet hands iou_thrs to pycocotools as given, which failed on a list after inference.
+    config, checkpoint = matching_checkpoint
+    test_tool.main([config, checkpoint, '--eval', 'bbox', '--eval-options', 'iou_thrs=[0.5,0.75]',
+                    'metric_items=[mAP,mAP_50]'])
+    assert "('bbox_mAP_50', " in capsys.readouterr().out
 
 
 def test_output_paths_that_cannot_be_written_are_refused_before_inference(test_tool,
