@@ -2,8 +2,8 @@
 # Quick start: set up the environment, generate the synthetic shapes dataset, train a small
 # InternImage Mask R-CNN on it, evaluate box and mask mAP, draw one prediction beside its ground
 # truth and plot the training. About 5 to 8 minutes of training on two quiet CPU cores (the
-# VMs measured differ), plus a first setup (13 minutes in all on a fresh 2-core machine; see
-# docs/benchmarks.md).
+# VMs measured differ), plus a first setup (24 minutes in all on a fresh 2-core machine, 16 of
+# them setting up; see docs/benchmarks.md).
 #
 #   bash scripts/quickstart.sh [extra tools/train.py options, e.g. --cfg-options runner.max_epochs=2]
 #
