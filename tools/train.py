@@ -145,6 +145,24 @@ def check_training_data(cfg, validate):
                                  f'({DATA_HINT.format(split=split)})')
 
 
+def check_training_settings(cfg):
+    """Raise UsageError for a batch size, worker count, training length or learning rate that
+    cannot train (a traceback deep in torch or mmcv, or a run that ends at once, with status 0)."""
+    loader = train_loader_config(cfg)
+    counts = [('data.samples_per_gpu', loader.get('samples_per_gpu'), 1),
+              ('data.workers_per_gpu', loader.get('workers_per_gpu'), 0)]
+    runner = cfg.get('runner') or {}
+    for key in ('max_epochs', 'max_iters'):
+        if key in runner:
+            counts.append((f'runner.{key}', runner[key], 1))
+    for name, value, least in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(f'{name} must be a whole number of at least {least}, got {value!r}')
+    lr = (cfg.get('optimizer') or {}).get('lr')
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0):
+        raise UsageError(f'optimizer.lr must be a number of at least 0, got {lr!r}')
+
+
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
@@ -165,6 +183,7 @@ def train(args):
     cfg = read_config(args.config, args.cfg_options,
                       required=('model', 'data.train') + (('data.val',) if validate else ()))
     check_training_data(cfg, validate)
+    check_training_settings(cfg)
     if validate:  # checked now rather than after the first epoch
         check_evaluation(cfg.data.val, cfg.get('evaluation', {}).get('metric', 'bbox'),
                          evaluation_settings(cfg), 'evaluation', masks=predicts_masks(cfg))
@@ -228,8 +247,8 @@ def train(args):
     # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise. Without
     # --seed a resumed run keeps the seed it began with: its data order and augmentations go on
     # as if it had not stopped.
-    resumed_from = resume_checkpoint(cfg) if args.seed is None else None
-    kept_seed = stored_seed(resumed_from) if resumed_from else None
+    resumed_from = resume_checkpoint(cfg)
+    kept_seed = stored_seed(resumed_from) if resumed_from and args.seed is None else None
     seed = init_random_seed(args.seed if kept_seed is None else kept_seed, device=cfg.device)
     if args.diff_seed:
         seed += get_dist_info()[0]
@@ -243,10 +262,11 @@ def train(args):
     meta['exp_name'] = osp.basename(args.config)
 
     model = build_model(cfg, args.config, training=True)
-    try:
-        model.init_weights()
-    except (FileNotFoundError, PretrainedCheckpointError) as error:
-        raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
+    if resumed_from is None:  # resuming replaces every weight: no pretrained backbone to fetch
+        try:
+            model.init_weights()
+        except (FileNotFoundError, PretrainedCheckpointError) as error:
+            raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
 
     datasets = [load_dataset(cfg.data.train, 'data.train')]
     if len(cfg.workflow) == 2:

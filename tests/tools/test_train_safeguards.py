@@ -117,6 +117,9 @@ def test_auto_resume_looks_where_checkpoints_go_and_keeps_the_run_seed(train_too
                      '--cfg-options', f'checkpoint_config.out_dir={out}', 'runner.max_epochs=2'])
     assert 'resumed epoch 1, iter 4' in _text(mmdet_log)
     assert f'Set random seed to 7 (that of {saved_to}/epoch_1.pth)' in _text(mmdet_log)
+    # Every weight comes from the checkpoint: the backbone's init (and a pretrained download) is
+    # skipped, and with it the first run's notice that training starts from scratch.
+    assert _text(mmdet_log).count('training starts from scratch') == 1
     assert read_checkpoint(str(saved_to / 'epoch_2.pth'))['meta']['seed'] == 7
 
 

@@ -75,6 +75,17 @@ def test_a_load_from_url_that_cannot_be_fetched_is_one_line(train_tool, tmp_path
     assert message.startswith(f'tools/train.py: error: cannot load load_from={url}: URLError: ')
 
 
+@pytest.mark.parametrize('option, message', [
+    ('data.samples_per_gpu=0', 'data.samples_per_gpu must be a whole number of at least 1, got 0'),
+    ('data.workers_per_gpu=-1', 'data.workers_per_gpu must be a whole number of at least 0, got -1'),
+    ('runner.max_epochs=0', 'runner.max_epochs must be a whole number of at least 1, got 0'),
+    ('optimizer.lr=abc', "optimizer.lr must be a number of at least 0, got 'abc'")])
+def test_settings_that_cannot_train_are_refused(train_tool, tmp_path, tiny_config, option,
+                                                message):
+    assert refused(train_tool, tiny_config, '--work-dir', str(tmp_path), '--cfg-options',
+                   option).endswith(message)
+
+
 def test_resuming_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     message = refused(train_tool, tiny_config, '--resume-from', str(tmp_path / 'epoch_9.pth'),
                        '--work-dir', str(tmp_path / 'work'))
