@@ -98,8 +98,8 @@ def predicted_instances(result, class_names, score_thr):
 
 
 def ground_truth_instances(cfg, image_path):
-    """(class name, 1.0, box, mask or None) per annotation of ``image_path`` in the config's test set, or
-    None when the image is not part of it."""
+    """(class name, 1.0, box, mask or None) per annotation of ``image_path`` in the config's test
+    set, or None when the image is not part of it."""
     test_set = cfg.data.test
     ann_file, img_prefix = test_set.get('ann_file'), test_set.get('img_prefix')
     if not ann_file or not img_prefix or not osp.isfile(ann_file):
