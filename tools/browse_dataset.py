@@ -13,7 +13,7 @@ from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import load_dataset  # noqa: E402
-from _usage import ConfigOptions, one_line_errors, read_config  # noqa: E402
+from _usage import ConfigOptions, UsageError, check_output_path, one_line_errors, read_config  # noqa: E402
 
 # Steps that turn the annotated image into tensors; drawing needs the arrays before them.
 TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
@@ -52,22 +52,31 @@ def main(argv=None):
             data_cfg.pipeline = wrapped_dataset(cfg.data.train).pipeline
             data_cfg.test_mode = False
         data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
+        check_output_path(args.output_dir, '--output-dir', folder=True)
         dataset = load_dataset(data_cfg, f'data.{args.split}')
-    mmcv.mkdir_or_exist(args.output_dir)
-    progress = mmcv.ProgressBar(min(args.num, len(dataset)))
-    for index in range(min(args.num, len(dataset))):
-        item = dataset[index]
-        masks = item.get('gt_masks')
-        imshow_det_bboxes(
-            item['img'],
-            item['gt_bboxes'],
-            item['gt_labels'],
-            segms=None if masks is None else masks.to_ndarray().astype(bool),
-            class_names=dataset.CLASSES,
-            show=False,
-            out_file=osp.join(args.output_dir, osp.basename(item['filename'])))
-        progress.update()
-    print(f'\n{min(args.num, len(dataset))} drawings in {args.output_dir}')
+        count = min(args.num, len(dataset))
+        # Drawings take their image's file name: in the image folder itself they would replace it.
+        image_folders = {osp.dirname(osp.realpath(osp.join(dataset.img_prefix or '',
+                                                           dataset.data_infos[index]['filename'])))
+                         for index in range(count)}
+        if osp.realpath(args.output_dir) in image_folders:
+            raise UsageError(f'--output-dir {args.output_dir} holds the images drawn, which the '
+                             f'drawings (named as their images) would replace: choose another folder')
+        mmcv.mkdir_or_exist(args.output_dir)
+        progress = mmcv.ProgressBar(count)
+        for index in range(count):
+            item = dataset[index]  # a DatasetError names an image that fails in the pipeline
+            masks = item.get('gt_masks')
+            imshow_det_bboxes(
+                item['img'],
+                item['gt_bboxes'],
+                item['gt_labels'],
+                segms=None if masks is None else masks.to_ndarray().astype(bool),
+                class_names=dataset.CLASSES,
+                show=False,
+                out_file=osp.join(args.output_dir, osp.basename(item['filename'])))
+            progress.update()
+    print(f'\n{count} drawings in {args.output_dir}')
 
 
 if __name__ == '__main__':

@@ -97,6 +97,7 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
     import onnx
 
     from ops_dcnv3 import HAS_COMPILED_OP
+    from ops_dcnv3.modules import DCNv3_pytorch
     from ops_dcnv3.onnx import register_dcnv3_onnx_symbolic
     if not MIN_OPSET <= opset_version <= MAX_OPSET:
         raise ValueError(f'unsupported opset {opset_version}: the export needs an opset from '
@@ -104,6 +105,11 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
     if not HAS_COMPILED_OP:
         raise ExportError('ONNX export translates the compiled DCNv3 op; build ops_dcnv3._C '
                            '(python setup.py build_ext --inplace) first')
+    if any(isinstance(module, DCNv3_pytorch) for module in detector.modules()):
+        # Traced op by op, its sampling becomes a GridSample ONNX Runtime has no kernel for.
+        raise ExportError("ONNX export translates the compiled DCNv3 op, and this model's "
+                          "backbone has core_op='DCNv3_pytorch': export it with core_op='DCNv3' "
+                          "(the same weights load into either)")
     register_dcnv3_onnx_symbolic(MIN_OPSET)
     dynamic_axes = {'dets': {0: 'num_dets'}, 'labels': {0: 'num_dets'}, 'masks': {0: 'num_dets'}}
     if dynamic:

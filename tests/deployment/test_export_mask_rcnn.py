@@ -178,6 +178,9 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
     (['{config}', '{checkpoint}', '--input-img', '{config}'], 'not an image mmcv can read: '),
     (['{config}', '{checkpoint}', '--output-file', '{folder}'], 'is a folder: name the .onnx file'),
     (['{config}', '{checkpoint}', '--output-file', '{config}/x.onnx'], 'cannot create its folder'),
+    (['{config}', '{checkpoint}', '--output-file', '{checkpoint}'], ' given to export: name a new'),
+    (['{config}', '{checkpoint}', '--cfg-options', 'model.backbone.core_op=DCNv3_pytorch'],
+     "backbone has core_op='DCNv3_pytorch': export it with core_op='DCNv3'"),
     (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rcnn.nms.type=soft_nms'],
      'supports plain per-class NMS (type="nms") in test_cfg.rcnn'),
 ])

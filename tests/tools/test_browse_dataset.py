@@ -1,6 +1,7 @@
 """tools/browse_dataset.py draws the ground truth that the training pipeline produces."""
 import json
 import os.path as osp
+import shutil
 import sys
 from collections import Counter
 
@@ -65,6 +66,20 @@ def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config, tiny_shapes, 
                          '--num', '2', '--split', 'val'])
     assert sorted(p.name for p in (tmp_path / 'out').glob('*.png')) == ['000000.png', '000001.png']
     _check_every_instance_drawn(drawn, osp.join(tiny_shapes, 'annotations', 'instances_val.json'))
+
+
+def test_refuses_to_draw_over_the_images_and_names_a_broken_one(tmp_path, tiny_config, tiny_shapes):
+    images = osp.join(tiny_shapes, 'train')
+    with pytest.raises(SystemExit, match=f'^tools/browse_dataset.py: error: --output-dir {images} '
+                                         'holds the images drawn'):
+        browse_dataset.main([tiny_config, '--output-dir', images, '--num', '2'])
+    broken = tmp_path / 'images'
+    shutil.copytree(images, broken)
+    (broken / '000001.png').write_bytes(b'not a png')
+    with pytest.raises(SystemExit, match=r'^tools/browse_dataset.py: error: '
+                                         r'\S+/000001.png \(image id 2\)'):
+        browse_dataset.main([tiny_config, '--output-dir', str(tmp_path / 'out'), '--num', '2',
+                             '--cfg-options', f'data.train.img_prefix={broken}/'])
 
 
 def test_a_count_below_one_is_an_argparse_error(tmp_path, tiny_config, capsys):

@@ -82,10 +82,15 @@ def input_image(path, shape):
     return image
 
 
-def output_path(path):
-    """``path`` checked writable (its folder created) before anything is built."""
-    if osp.isdir(path):
-        raise UsageError(f'--output-file {path} is a folder: name the .onnx file to write')
+def output_path(path, inputs):
+    """``path`` checked writable (its folder created) before anything is built, and none of the
+    ``inputs`` (the checkpoint and the config, which it would replace)."""
+    if not path or osp.isdir(path):
+        raise UsageError(f'--output-file {path!r} is a folder: name the .onnx file to write')
+    for given in inputs:
+        if osp.exists(path) and osp.exists(given) and osp.samefile(path, given):
+            raise UsageError(f'--output-file {path} is the {given} given to export: name a new '
+                             f'.onnx file')
     try:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     except OSError as error:
@@ -115,7 +120,7 @@ def run(args):
         raise UsageError(f'unsupported --opset-version {args.opset_version}: the export needs '
                          f'opset {MIN_OPSET} to {MAX_OPSET} (GridSample and RoiAlign\'s '
                          'coordinate_transformation_mode need 16)')
-    output_file = output_path(args.output_file)
+    output_file = output_path(args.output_file, [args.checkpoint, args.config])
     cfg = load_config(args.config, args.cfg_options)
     shape = input_shape(args, cfg)
     image = input_image(args.input_img, shape)
