@@ -1,8 +1,10 @@
-"""Timing shared by the benchmark tools: median wall time of calls that take turns.
+"""Timing shared by the benchmark tools: median wall time of calls that take turns, and the
+argument type of their counts (threads, repeats).
 
 Every candidate and its baseline run alternately within each repeat, so a change in machine load
 (other jobs on a shared machine) moves them alike and their ratio stays meaningful.
 """
+import argparse
 import statistics
 import time
 from typing import Callable, Dict, List, TypeVar
@@ -10,6 +12,20 @@ from typing import Callable, Dict, List, TypeVar
 import torch
 
 T = TypeVar('T')
+
+
+def count_at_least(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``least`` (threads, repeats), else an
+    argparse error naming the option, before anything is built or timed."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f'must be a whole number of at least {least}, got {text!r}')
+        return value
+    return count
 
 
 def timer(device: str) -> Callable[[Callable[[], object]], float]:

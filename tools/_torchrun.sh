@@ -7,6 +7,14 @@ torchrun_tool() {
   shift 2
   local root nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} port=${PORT:-29500}
   local master_addr=${MASTER_ADDR:-127.0.0.1}
+  if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$(basename "$0"): error: the number of processes must be a whole number of at least 1, got '$nproc'" >&2
+    exit 2
+  fi
+  if ! [[ "$port" =~ ^[1-9][0-9]*$ ]] || [ "$port" -gt 65535 ]; then
+    echo "$(basename "$0"): error: PORT must be a port number (1 to 65535), got '$port'" >&2
+    exit 2
+  fi
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   # The checkout's .venv first: PYTHON may name the interpreter scripts/setup_env.sh built it from.
   local python=${PYTHON:-python}

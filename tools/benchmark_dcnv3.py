@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 import _bootstrap  # noqa: E402
-from _timing import median_graph_ms, median_ms  # noqa: E402
+from _timing import count_at_least, median_graph_ms, median_ms  # noqa: E402
 from ops_dcnv3.functions import DCNv3Function, dcnv3_core_pytorch  # noqa: E402
 from ops_dcnv3.functions import dcnv3_func  # noqa: E402
 
@@ -53,7 +53,7 @@ ORIGINAL_DTYPES = ('float32', 'float64', 'float16')  # what the original op supp
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=count_at_least(1), default=2, help='CPU threads (torch.set_num_threads)')
     parser.add_argument('--dtype', choices=('float32', 'float64', 'float16', 'bfloat16'),
                         default='float32')
     parser.add_argument('--stages', type=int, nargs='+', choices=sorted(STAGES), default=sorted(STAGES))
@@ -77,6 +77,8 @@ def parse_args(argv=None):
     if min(args.image_size) < 1 or args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error('--image-size and --batch must be positive, --repeats at least 1, '
                      '--warmup at least 0')
+    if args.check and (args.device != 'cpu' or 1 not in args.stages):
+        parser.error('--check checks the stage-1 CPU targets: it needs --device cpu and stage 1')
     if args.check_original and not args.original:
         parser.error('--check-original needs --original DIR')
     if args.original:

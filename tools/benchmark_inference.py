@@ -42,7 +42,7 @@ from mmdet.core import BitmapMasks  # noqa: E402
 from mmdet.models import build_detector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from _timing import median_ms, take_turns  # noqa: E402
+from _timing import count_at_least, median_ms, take_turns  # noqa: E402
 from ops_dcnv3.modules.dcnv3 import _DCNv3Base  # noqa: E402
 
 CONFIGS = {
@@ -72,7 +72,7 @@ def parse_args(argv=None):
                         help='InternImage sizes to time against R50')
     parser.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS))
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=count_at_least(1), default=2, help='CPU threads (torch.set_num_threads)')
     parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'),
                         help='input size (the 1333x800 test scale of a 4:3 image, padded to /32)')
     parser.add_argument('--train-batch', type=int, default=2, help='images per training step')

@@ -117,6 +117,16 @@ def test_check_fails_on_a_missed_cpu_target_only(benchmark, monkeypatch, capsys,
         assert exit_info.value.code == 1
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--stages', '4', '--check'], '--check checks the stage-1 CPU targets: it needs --device cpu '
+                                   'and stage 1'),
+    (['--threads', '0'], "argument --threads: must be a whole number of at least 1, got '0'")])
+def test_options_it_cannot_honour_are_argparse_errors(benchmark, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_original_failures_lists_slow_stages(benchmark):
     rows = [dict(stage=1, fwd_vs_original=3.0, bwd_vs_original=1.5),
             dict(stage=2, fwd_vs_original=0.9, bwd_vs_original=2.0)]

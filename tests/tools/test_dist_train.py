@@ -105,3 +105,16 @@ def test_launchers_refuse_a_port_in_use(script, args):
     assert result.returncode == 1
     assert result.stderr == (f'{script}: error: port {port} of 127.0.0.1 is in use (another run?): '
                              'set PORT to a free one\n')
+
+
+@pytest.mark.parametrize('processes, port, message', [
+    ('0', '29500', "the number of processes must be a whole number of at least 1, got '0'"),
+    ('two', '29500', "the number of processes must be a whole number of at least 1, got 'two'"),
+    ('2', '99999', "PORT must be a port number (1 to 65535), got '99999'"),
+    ('2', 'abc', "PORT must be a port number (1 to 65535), got 'abc'")])
+def test_launchers_refuse_a_process_count_or_port_that_is_no_number(processes, port, message):
+    # torchrun's own failures were tracebacks; the port check called a bad PORT "in use".
+    result = run_tool(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), 'config.py', processes],
+                      env={'PORT': port})
+    assert result.returncode == 2
+    assert result.stderr == f'dist_train.sh: error: {message}\n'

@@ -18,7 +18,7 @@ import _bootstrap  # noqa: E402,F401  (repository on sys.path, quiet imports)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _timing import median_ms  # noqa: E402
+from _timing import count_at_least, median_ms  # noqa: E402
 
 from ops_dcnv3.onnx import register_dcnv3_onnx_symbolic  # noqa: E402
 
@@ -71,8 +71,8 @@ class _Core(torch.nn.Module):
 def main(argv=None):
     import onnxruntime as ort
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=count_at_least(1), default=2)
+    parser.add_argument('--repeats', type=count_at_least(1), default=3)
     args = parser.parse_args(argv)
     register_dcnv3_onnx_symbolic()
     torch.set_num_threads(args.threads)

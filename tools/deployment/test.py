@@ -19,6 +19,7 @@ from mmdet.core import encode_mask_results  # noqa: E402
 from mmdet.datasets import build_dataloader  # noqa: E402
 
 from mmdet_custom.apis import load_dataset  # noqa: E402
+from _timing import count_at_least  # noqa: E402
 from _usage import ConfigOptions, one_line_errors  # noqa: E402
 from tools.test import UsageError, check_request, load_config, report_results  # noqa: E402
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
                         help='only convert the results to the dataset\'s submission format')
     parser.add_argument('--eval', type=str, nargs='+', help='metrics, e.g. "bbox segm" for COCO')
     parser.add_argument('--work-dir', help='where to save the evaluation metrics as json')
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--threads', type=count_at_least(0), default=0,
                         help='ONNX Runtime intra-op threads (0: its default, all cores)')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. data.test.ann_file=...')
