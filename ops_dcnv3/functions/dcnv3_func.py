@@ -316,8 +316,11 @@ class DCNv3Function:
         _check(isinstance(im2col_step, numbers.Integral) and not isinstance(im2col_step, bool)
                and im2col_step >= 1, f'dcnv3: im2col_step must be a positive int, got {im2col_step!r}')
         _check_softmax_flag(softmax)
-        _check(isinstance(input, torch.Tensor),
-               f'dcnv3: input must be a Tensor, got {type(input).__name__}', TypeError)
+        for name, value in (('input', input), ('offset', offset), ('mask', mask)):
+            _check(isinstance(value, torch.Tensor),
+                   f'dcnv3: {name} must be a Tensor, got {type(value).__name__}', TypeError)
+        _check(isinstance(offset_scale, numbers.Real) and not isinstance(offset_scale, bool),
+               f'dcnv3: offset_scale must be a number, got {offset_scale!r}', TypeError)
         args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                 group_channels, float(offset_scale), softmax)
         if HAS_COMPILED_OP and input.device.type in COMPILED_DEVICE_TYPES:

@@ -116,6 +116,9 @@ class _DCNv3Base(nn.Module):
             raise NotImplementedError(
                 'use_dcn_v4_op=True needs the DCNv4 operator, which this package does not provide; '
                 'set use_dcn_v4_op=False (DCNv4 checkpoints have the same keys and load into DCNv3).')
+        for name, value in (('channels', channels), ('kernel_size', kernel_size), ('group', group)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive int, got {value!r}')
         if channels % group != 0:
             raise ValueError(f'channels ({channels}) must be divisible by group ({group})')
         dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size

@@ -50,7 +50,10 @@ def _has_hooks(layer: nn.Module) -> bool:
 
 
 def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
+    # Input of another width takes the module call, whose error names the shapes (oneDNN's says
+    # only that it could not create a primitive).
     return (_HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
+            and x.dim() >= 1 and x.shape[-1] == layer.in_features
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
             and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing() and not _has_hooks(layer))

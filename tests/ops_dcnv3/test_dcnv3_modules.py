@@ -66,6 +66,24 @@ def test_channels_must_divide_into_groups(cls):
 
 @pytest.mark.parametrize('cls', MODULES)
 @pytest.mark.parametrize('settings, message', [
+    (dict(group=0), 'group must be a positive int, got 0'),
+    (dict(channels=16.0), 'channels must be a positive int, got 16.0'),
+    (dict(kernel_size=-1), 'kernel_size must be a positive int, got -1')])
+def test_sizes_must_be_positive_ints(cls, settings, message):
+    # They failed as a ZeroDivisionError, or in torch's parameter allocation.
+    with pytest.raises(ValueError, match=message):
+        cls(**dict(dict(channels=16, group=2), **settings))
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_channels_first_input_gets_torchs_shape_error(cls):
+    # The oneDNN Linear's own error said only that it could not create a primitive.
+    with pytest.raises(RuntimeError, match='mat1 and mat2 shapes cannot be multiplied'):
+        cls(channels=16, group=2)(torch.randn(1, 16, 5, 6))
+
+
+@pytest.mark.parametrize('cls', MODULES)
+@pytest.mark.parametrize('settings, message', [
     (dict(stride=2), r'needs stride=1 and 2 \* pad == dilation \* \(kernel_size - 1\), got stride=2, '
                      r'pad=1, dilation=1, kernel_size=3'),
     (dict(dilation=2), r'got stride=1, pad=1, dilation=2, kernel_size=3'),

@@ -641,6 +641,10 @@ def test_apply_takes_numpy_integers_and_meta_tensors_and_names_a_non_tensor(recw
         assert not [w for w in recwarn if 'falls back' in str(w.message)]
     with pytest.raises(TypeError, match='dcnv3: input must be a Tensor, got list'):
         DCNv3Function.apply(input.tolist(), offset, mask, *scalars, 64)
+    with pytest.raises(TypeError, match='dcnv3: offset must be a Tensor, got ndarray'):
+        DCNv3Function.apply(input, offset.numpy(), mask, *scalars, 64)
+    with pytest.raises(TypeError, match="dcnv3: offset_scale must be a number, got 'x'"):
+        DCNv3Function.apply(input, offset, mask, *scalars[:-1], 'x', 64)
 
 
 @pytest.mark.parametrize('step', [0, -1, 2.0, True, None])
