@@ -29,7 +29,9 @@ class PlotError(Exception):
 
 def read_train_log(work_dir):
     """Training entries of every ``*.log.json`` in ``work_dir``, keyed by (epoch, iter)."""
-    log_files = sorted(glob.glob(osp.join(work_dir, '*.log.json')))  # names start with a timestamp
+    # Names start with a timestamp; the work dir's own name may hold glob's [ ] * ?.
+    log_files = sorted(path for path in glob.glob(osp.join(glob.escape(work_dir), '*.log.json'))
+                       if osp.isfile(path))
     if not log_files:
         raise PlotError(f'no training log (*.log.json) in {work_dir}: train with tools/train.py first')
     entries = {}
@@ -42,8 +44,12 @@ def read_train_log(work_dir):
                     entry = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise PlotError(f'{log_file}, line {line_number}: not json ({error})') from None
-                if entry.get('mode') == 'train' and 'loss' in entry:
-                    entries[entry['epoch'], entry['iter']] = entry  # a resumed run overrides
+                if not isinstance(entry, dict) or entry.get('mode') != 'train' or 'loss' not in entry:
+                    continue
+                if not {'epoch', 'iter'} <= entry.keys():
+                    raise PlotError(f'{log_file}, line {line_number}: a training entry without '
+                                    f'its epoch and iter: not an mmcv json log?')
+                entries[entry['epoch'], entry['iter']] = entry  # a resumed run overrides
     if not entries:
         raise PlotError(f'the training logs in {work_dir} hold no loss entries yet')
     return [entries[key] for key in sorted(entries)]
@@ -52,7 +58,7 @@ def read_train_log(work_dir):
 def read_metrics(work_dir):
     """The box and mask mAPs (METRICS) of the newest ``eval_*.json`` in ``work_dir``; empty when
     there is none or it has none (e.g. only proposal recall was evaluated)."""
-    eval_files = sorted(glob.glob(osp.join(work_dir, 'eval_*.json')))
+    eval_files = sorted(glob.glob(osp.join(glob.escape(work_dir), 'eval_*.json')))
     if not eval_files:
         return {}
     with open(eval_files[-1]) as f:
@@ -135,7 +141,11 @@ def main(argv=None):
         metrics = read_metrics(args.work_dir)
     except PlotError as error:
         sys.exit(f'tools/plot_training.py: error: {error}')
-    plot(entries, metrics, out_file, args.title or osp.basename(osp.normpath(args.work_dir)))
+    try:
+        plot(entries, metrics, out_file, args.title or osp.basename(osp.normpath(args.work_dir)))
+    except OSError as error:  # a folder of that name, a file where its folder should be, ...
+        sys.exit(f'tools/plot_training.py: error: cannot write {out_file} ({error.filename}: '
+                 f'{error.strerror})')
     print(f'plotted {len(entries)} log entries' + (' and the final mAPs' if metrics else '') +
           f' to {out_file}')
 

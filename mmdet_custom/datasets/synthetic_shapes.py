@@ -41,6 +41,8 @@ SPLIT_IDS = {'train': 0, 'val': 1}
 MIN_VISIBLE_FRACTION = 0.5
 # Smallest and largest shape, as a fraction of the image side (circumscribed-circle radius).
 MIN_RADIUS_FRACTION = 0.07
+# Below this side a shape of MIN_RADIUS_FRACTION is a pixel or two, and none is ever annotated.
+MIN_SIDE = 16
 MAX_RADIUS_FRACTION = 0.2
 # Background textures blend two colours at most this far apart per RGB channel (0-255); shape
 # colours closer than MIN_COLOUR_CONTRAST (Euclidean) to either of them are redrawn, so that
@@ -240,10 +242,15 @@ def parse_args(argv=None):
                         help='image size in pixels: one value for square images, or height and width')
     parser.add_argument('--seed', type=int, default=0, help='the same seed gives the same dataset')
     args = parser.parse_args(argv)
-    if len(args.size) > 2 or min(args.size) < 1:
-        parser.error(f'--size takes one side or a height and a width, all positive; got {args.size}')
+    if len(args.size) > 2 or min(args.size) < MIN_SIDE:
+        parser.error(f'--size takes one side or a height and a width, each at least {MIN_SIDE} '
+                     f'(smaller images hold no shape big enough to annotate); got {args.size}')
     if min(args.num_train, args.num_val) < 0:
         parser.error('--num-train and --num-val must not be negative')
+    if args.seed < 0:
+        parser.error(f'--seed must not be negative (numpy seeds are 0 to 2**32 - 1); got {args.seed}')
+    if osp.exists(args.out) and not osp.isdir(args.out):
+        parser.error(f'--out {args.out} is a file, not a folder')
     height, width = args.size * 2 if len(args.size) == 1 else args.size
     args.size = (height, width)
     return args

@@ -163,6 +163,9 @@ def test_bad_size_is_named(size):
     (['--size', '64', '64', '3'], '--size takes one side or a height and a width'),
     (['--size', '0'], '--size takes one side or a height and a width'),
     (['--num-val', '-1'], '--num-train and --num-val must not be negative'),
+    (['--size', '12'], 'each at least 16 (smaller images hold no shape big enough to annotate)'),
+    (['--seed', '-1'], '--seed must not be negative'),
+    (['--out', __file__], 'is a file, not a folder'),
 ])
 def test_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):

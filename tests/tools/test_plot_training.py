@@ -93,6 +93,8 @@ def test_without_evaluation_the_plot_says_so(tmp_path, capsys):
     (lambda d: (d / 'a.log.json').write_text('{"mode": "train", "epoch": 1}\nnot json\n'),
      'a.log.json, line 2: not json'),
     (lambda d: (d / 'a.log.json').write_text('{"env_info": "x"}\n'), 'hold no loss entries yet'),
+    (lambda d: (d / 'a.log.json').write_text('[1, 2]\n{"mode": "train", "loss": 1.0}\n'),
+     'a.log.json, line 2: a training entry without its epoch and iter'),
 ])
 def test_bad_work_dirs_get_one_line_errors(tmp_path, setup, message):
     setup(tmp_path)
@@ -101,6 +103,19 @@ def test_bad_work_dirs_get_one_line_errors(tmp_path, setup, message):
     assert message in str(error.value)
     with pytest.raises(SystemExit, match='work dir not found'):
         plot_training.main([str(tmp_path / 'missing')])
+
+
+def test_work_dirs_named_like_glob_patterns_and_outputs_that_cannot_be_written(tmp_path, capsys):
+    work = tmp_path / 'lr[1e-4]'
+    work.mkdir()
+    write_log(work / '20260101_000000.log.json')
+    (work / 'old.log.json').mkdir()  # a folder of that name is not a log
+    plot_training.main([str(work)])
+    check_png(work / 'training.png')
+    (tmp_path / 'notes.txt').write_text('')
+    with pytest.raises(SystemExit, match=r'^tools/plot_training.py: error: cannot write '
+                                         r'.*notes.txt/plot.png \(.*notes.txt: File exists\)$'):
+        plot_training.main([str(work), '--out', str(tmp_path / 'notes.txt' / 'plot.png')])
 
 
 def test_eval_files_without_maps_damaged_ones_and_unknown_picture_types(tmp_path, capsys):
