@@ -86,7 +86,8 @@ def output_path(path, inputs):
     """``path`` checked writable (its folder created) before anything is built, and none of the
     ``inputs`` (the checkpoint and the config, which it would replace)."""
     if not path or osp.isdir(path):
-        raise UsageError(f'--output-file {path!r} is a folder: name the .onnx file to write')
+        raise UsageError(f'--output-file {path!r} is {"a folder" if path else "empty"}: name the '
+                         f'.onnx file to write')
     for given in inputs:
         if osp.exists(path) and osp.exists(given) and osp.samefile(path, given):
             raise UsageError(f'--output-file {path} is the {given} given to export: name a new '
