@@ -244,16 +244,17 @@ def train(args):
                 f', device: {cfg.device}')
     logger.info(f'Config:\n{cfg.pretty_text}')
 
+    # The checkpoint to go on from (--auto-resume's, resolved once; train_detector reads it here).
+    cfg.resume_from = resume_checkpoint(cfg, logger)
     # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise. Without
     # --seed a resumed run keeps the seed it began with: its data order and augmentations go on
     # as if it had not stopped.
-    resumed_from = resume_checkpoint(cfg)
-    kept_seed = stored_seed(resumed_from) if resumed_from and args.seed is None else None
+    kept_seed = stored_seed(cfg.resume_from) if cfg.resume_from and args.seed is None else None
     seed = init_random_seed(args.seed if kept_seed is None else kept_seed, device=cfg.device)
     if args.diff_seed:
         seed += get_dist_info()[0]
-    logger.info(f'Set random seed to {seed}' + ('' if kept_seed is None else f' (that of {resumed_from})')
-                + f', deterministic: {args.deterministic}')
+    kept_from = '' if kept_seed is None else f' (that of {cfg.resume_from})'
+    logger.info(f'Set random seed to {seed}{kept_from}, deterministic: {args.deterministic}')
     set_random_seed(seed, deterministic=args.deterministic)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -262,7 +263,7 @@ def train(args):
     meta['exp_name'] = osp.basename(args.config)
 
     model = build_model(cfg, args.config, training=True)
-    if resumed_from is None:  # resuming replaces every weight: no pretrained backbone to fetch
+    if not cfg.resume_from:  # resuming replaces every weight: no pretrained backbone to fetch
         try:
             model.init_weights()
         except (FileNotFoundError, PretrainedCheckpointError) as error:
