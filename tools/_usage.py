@@ -74,12 +74,16 @@ def select_gpu(gpu_id, distributed):
     return [gpu_id]
 
 
-def _has_key(cfg, dotted):
-    for part in dotted.split('.'):
+def _missing(cfg, dotted):
+    """How the config lacks the dotted key, as the end of a sentence about it; None if it has it."""
+    parts = dotted.split('.')
+    for depth, part in enumerate(parts):
+        if isinstance(cfg, (list, tuple)):  # e.g. data.test as a list of datasets (mmdet allows it)
+            return f': {".".join(parts[:depth])} is a list; this tool takes one dict there'
         if not isinstance(cfg, (Config, dict)) or part not in cfg:
-            return False
+            return f' has no {dotted}: not a detector config for this tool'
         cfg = cfg[part]
-    return True
+    return None
 
 
 def read_config(path, cfg_options=None, required=()):
@@ -97,9 +101,10 @@ def read_config(path, cfg_options=None, required=()):
         except (TypeError, KeyError, ValueError) as error:  # e.g. a key under a value that is no dict
             raise UsageError(f'--cfg-options do not fit config {path}: '
                              f'{type(error).__name__}: {error}') from None
-    missing = [key for key in required if not _has_key(cfg, key)]
-    if missing:
-        raise UsageError(f'config {path} has no {missing[0]}: not a detector config for this tool')
+    for key in required:
+        missing = _missing(cfg, key)
+        if missing:
+            raise UsageError(f'config {path}{missing}')
     update_data_root(cfg)
     return cfg
 

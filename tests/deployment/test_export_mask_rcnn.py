@@ -245,7 +245,8 @@ def test_benchmark_onnx_runs_and_refuses_bad_input(tiny_detector, static_export,
     assert error.value.code == 2 and '--repeats and --threads must be at least 1' in capsys.readouterr().err
     for args, message in (([str(tmp_path / 'none.onnx')], 'model file not found'),
                           ([path, '--input-img', str(tmp_path / 'none.png')], 'input image not found'),
-                          ([config], 'cannot load')):
+                          ([config], 'cannot load'),
+                          ([path, '--shape', '96', '128'], 'takes 64x64 inputs only (a static export)')):
         with pytest.raises(SystemExit) as error:
             tool.main([config, checkpoint, *args])
         assert str(error.value).startswith('tools/deployment/benchmark_onnx.py: error: ')

@@ -167,6 +167,11 @@ def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, ma
     other.write_text('x = 1\n')
     assert refused(test_tool, str(other), checkpoint, '--eval', 'bbox').endswith(
         f'config {other} has no model: not a detector config for this tool')
+    # mmdet lets data.test list several datasets; this tool tests one.
+    listed = tmp_path / 'two_test_sets.py'
+    listed.write_text(f"_base_ = '{config}'\ndata = dict(test=[dict(type='CocoDataset')] * 2)\n")
+    assert refused(test_tool, str(listed), checkpoint, '--eval', 'bbox').endswith(
+        f'config {listed}: data.test is a list; this tool takes one dict there')
 
 
 def test_format_only_needs_a_place_for_its_files(test_tool, matching_checkpoint, tmp_path):

@@ -52,6 +52,9 @@ def run(args):
     shape = onnx_model.input_shape or (tuple(args.shape) if args.shape else None)
     if shape is None:
         raise UsageError(f'{args.model} has a dynamic input size: give --shape H W')
+    if args.shape and tuple(args.shape) != shape:  # a static model runs at its own size only
+        raise UsageError(f'{args.model} takes {shape[0]}x{shape[1]} inputs only (a static export): '
+                         f'leave out --shape, or export with --dynamic-export')
     try:
         img, meta = prepare_input(cfg, input_image(args.input_img, shape), shape)
     except ValueError as error:
