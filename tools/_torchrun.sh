@@ -19,17 +19,30 @@ torchrun_tool() {
   # The checkout's .venv first: PYTHON may name the interpreter scripts/setup_env.sh built it from.
   local python=${PYTHON:-python}
   [ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"
-  # The first node hosts the rendezvous on PORT: one taken (e.g. by a run still going) ended in
+  # Every node reaches the rendezvous at MASTER_ADDR: a name that does not resolve made torchrun
+  # retry for ever. The first node hosts it on PORT: one taken (e.g. by a run still going) ended in
   # torchrun's traceback. Only "in use" counts (SO_REUSEADDR, as torch binds: a port a finished
   # run left in TIME_WAIT is free).
-  if [ "$node_rank" = 0 ] && ! "$python" -c '
+  local rendezvous_check=0
+  "$python" -c '
 import errno, socket, sys
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+address, port, hosts = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "0"
 try:
-    sock.bind((sys.argv[1], int(sys.argv[2])))
-except OSError as error:
-    sys.exit(error.errno == errno.EADDRINUSE)' "$master_addr" "$port" >/dev/null; then
+    socket.getaddrinfo(address, port)
+except socket.gaierror:
+    sys.exit(3)
+if hosts:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as error:
+        sys.exit(error.errno == errno.EADDRINUSE)' "$master_addr" "$port" "$node_rank" >/dev/null \
+    || rendezvous_check=$?
+  if [ "$rendezvous_check" = 3 ]; then
+    echo "$(basename "$0"): error: MASTER_ADDR '$master_addr' does not resolve to an address" >&2
+    exit 2
+  elif [ "$rendezvous_check" != 0 ]; then
     echo "$(basename "$0"): error: port $port of $master_addr is in use (another run?): set PORT to a free one" >&2
     exit 1
   fi

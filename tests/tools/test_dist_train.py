@@ -107,6 +107,17 @@ def test_launchers_refuse_a_port_in_use(script, args):
                              'set PORT to a free one\n')
 
 
+@pytest.mark.parametrize('node_rank', ['0', '1'])
+def test_launchers_refuse_a_master_addr_that_does_not_resolve(node_rank):
+    # torchrun retried the name for ever: the run hung with nothing printed. (.invalid never resolves.)
+    result = run_tool(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), 'config.py', 'model.pth', '2'],
+                      env={'MASTER_ADDR': 'rendezvous.invalid', 'NODE_RANK': node_rank,
+                           'NNODES': '2'})
+    assert result.returncode == 2
+    assert result.stderr == ("dist_test.sh: error: MASTER_ADDR 'rendezvous.invalid' does not resolve "
+                             'to an address\n')
+
+
 @pytest.mark.parametrize('processes, port, message', [
     ('0', '29500', "the number of processes must be a whole number of at least 1, got '0'"),
     ('two', '29500', "the number of processes must be a whole number of at least 1, got 'two'"),
