@@ -73,6 +73,9 @@ def dcnv3_forward_symbolic(g, input, offset, mask, kernel_h, kernel_w, stride_h,
     in_shape, out_shape = g.op('Shape', input), g.op('Shape', offset)  # (N, H, W, C), (N, Ho, Wo, .)
     out_hw = _dims(g, out_shape, [1, 2])
     out_locations = g.op('ReduceProd', out_hw, keepdims_i=1)  # Ho*Wo, as a 1-element tensor
+    # Reshapes spell every size out: a -1 cannot be inferred for an empty batch.
+    batch, out_nhw = _dims(g, in_shape, [0]), _dims(g, out_shape, [0, 1, 2])
+    batch_groups = g.op('Mul', batch, _ints(g, [group]))  # N*G
 
     # Sampling positions, normalised for GridSample (align_corners=0): x_norm = (2x + 1)/W - 1,
     # written as x * a + b with per-axis (a, b) that depend on the (dynamic) input size.
@@ -99,35 +102,36 @@ def dcnv3_forward_symbolic(g, input, offset, mask, kernel_h, kernel_w, stride_h,
     grid = g.op('Unsqueeze', grid, _ints(g, [0, 3]))  # (1, Ho, Wo, 1, P, 2)
 
     # Learned offsets, scaled and normalised the same way, added to the regular grid.
-    offset = g.op('Reshape', offset, _ints(g, [0, 0, -1, group, points, 2]))
+    offset = g.op('Reshape', offset, g.op('Concat', out_nhw, _ints(g, [group, points, 2]), axis_i=0))
     grid = g.op('Add', g.op('Mul', offset, g.op('Mul', norm_scale, _floats(g, offset_scale))), grid)
     grid = g.op('Transpose', grid, perm_i=[0, 3, 1, 2, 4, 5])  # (N, G, Ho, Wo, P, 2)
-    grid = g.op('Reshape', grid, g.op('Concat', _ints(g, [-1]), out_locations, _ints(g, [points, 2]),
+    grid = g.op('Reshape', grid, g.op('Concat', batch_groups, out_locations, _ints(g, [points, 2]),
                                       axis_i=0))
 
     # Values per group as images: (N*G, Cg, H, W).
-    values = g.op('Reshape', input, _ints(g, [0, 0, -1, group, group_channels]))
+    values = g.op('Reshape', input, g.op('Concat', _dims(g, in_shape, [0, 1, 2]),
+                                         _ints(g, [group, group_channels]), axis_i=0))
     values = g.op('Transpose', values, perm_i=[0, 3, 4, 1, 2])
-    values = g.op('Reshape', values, g.op('Concat', _ints(g, [-1, group_channels]),
+    values = g.op('Reshape', values, g.op('Concat', batch_groups, _ints(g, [group_channels]),
                                           _dims(g, in_shape, [1, 2]), axis_i=0))
     # Opset 20 renamed GridSample's 'bilinear' to 'linear'.
     mode = 'linear' if g.opset >= 20 else 'bilinear'
     sampled = g.op('GridSample', values, grid, mode_s=mode, padding_mode_s='zeros',
                    align_corners_i=0)  # (N*G, Cg, Ho*Wo, P)
 
-    mask = g.op('Reshape', mask, _ints(g, [0, 0, -1, group, points]))
+    mask = g.op('Reshape', mask, g.op('Concat', out_nhw, _ints(g, [group, points]), axis_i=0))
     if softmax:
         mask = g.op('Softmax', mask, axis_i=-1)
     mask = g.op('Transpose', mask, perm_i=[0, 3, 1, 2, 4])  # (N, G, Ho, Wo, P)
-    mask = g.op('Reshape', mask, g.op('Concat', _ints(g, [-1, 1]), out_locations, _ints(g, [points]),
-                                      axis_i=0))
+    mask = g.op('Reshape', mask, g.op('Concat', batch_groups, _ints(g, [1]), out_locations,
+                                      _ints(g, [points]), axis_i=0))
     output = g.op('ReduceSum', g.op('Mul', sampled, mask), _ints(g, [3]), keepdims_i=0)
 
     # (N*G, Cg, Ho*Wo) -> (N, Ho, Wo, G*Cg): channel g*Cg + c, as the op orders them.
-    output = g.op('Reshape', output, g.op('Concat', _ints(g, [-1, channels]), out_locations, axis_i=0))
+    output = g.op('Reshape', output, g.op('Concat', batch, _ints(g, [channels]), out_locations,
+                                        axis_i=0))
     output = g.op('Transpose', output, perm_i=[0, 2, 1])
-    return g.op('Reshape', output, g.op('Concat', _dims(g, out_shape, [0, 1, 2]),
-                                        _ints(g, [channels]), axis_i=0))
+    return g.op('Reshape', output, g.op('Concat', out_nhw, _ints(g, [channels]), axis_i=0))
 
 
 def register_dcnv3_onnx_symbolic(opset_version: int = MIN_OPSET) -> None:

@@ -23,8 +23,8 @@ _library.define(_SOFTMAX_SCHEMA)
 
 
 def _softmax_per_group(logits, group):
-    n, h, w, _ = logits.shape
-    return logits.reshape(n, h, w, group, -1).softmax(-1).reshape(n, h, w, -1)
+    n, h, w, c = logits.shape
+    return logits.reshape(n, h, w, group, c // group).softmax(-1).reshape(n, h, w, c)
 
 
 def _core_with_softmax(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
@@ -92,10 +92,11 @@ def _run(session, input, offset, mask):
 @pytest.mark.parametrize('softmax', [False, True])
 @pytest.mark.parametrize('case', CASES)
 def test_translation_matches_pytorch_core_at_other_sizes(case, softmax, tmp_path):
-    """Exported at one size, run at others (dynamic N, H, W), with and without the softmax flag."""
+    """Exported at one size, run at others (dynamic N, H, W), with and without the softmax flag,
+    and on an empty batch (whose reshapes cannot infer a -1)."""
     module = _Op(torch.ops.dcnv3_onnx_test.dcnv3_forward, _args(case), softmax=softmax)
     session = _export(module, _inputs(case, 7, 9), tmp_path / 'dcnv3.onnx')
-    for height, width, batch in ((7, 9, 2), (12, 5, 1), (16, 16, 3)):
+    for height, width, batch in ((7, 9, 2), (12, 5, 1), (16, 16, 3), (8, 6, 0)):
         input, offset, mask = _inputs(case, height, width, batch, seed=height)
         expected = _core_with_softmax(input, offset, mask, *_args(case), softmax=softmax)
         np.testing.assert_allclose(_run(session, input, offset, mask), expected.numpy(),
