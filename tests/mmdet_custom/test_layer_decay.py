@@ -75,6 +75,17 @@ def test_layer_ids_and_lr_scales_per_block():
     assert max(g['lr'] for g in groups.values()) == pytest.approx(BASE_LR)
 
 
+def test_level_embeds_train_with_the_stem_wherever_they_are():
+    # The original's rule (for its DINO transformer): any parameter named level_embeds is layer 0.
+    model = ToyDetector()
+    model.head.append(nn.Module())
+    model.head[2].level_embeds = nn.Parameter(torch.zeros(4, 8))
+    assert get_layer_id('head.2.level_embeds', DEPTHS) == 0
+    groups = group_of(optimizer_for(model), model)
+    assert groups['head.2.level_embeds']['lr'] == pytest.approx(BASE_LR * RATE ** (sum(DEPTHS) + 1))
+    assert groups['head.2.level_embeds']['lr'] == groups['backbone.patch_embed.conv1.weight']['lr']
+
+
 def test_no_weight_decay_for_norms_biases_and_gammas():
     model = ToyDetector()
     model.head.append(nn.Module())

@@ -3,7 +3,8 @@ implementation groups parameters, so that configs and optimizer states carry ove
 
 Each parameter gets a layer id. With ``n = num_layers`` (the number of blocks, ``sum(depths)``):
 
-- the stem (``backbone.patch_embed``, and CBNet's ``level_embeds``) is 0;
+- the stem (``backbone.patch_embed``) is 0, and so is any parameter named ``level_embeds``,
+  wherever it is (e.g. a DINO head's transformer);
 - block ``b`` of stage ``L`` (``backbone.levels.L.blocks.b``) is ``1 + sum(depths[:L]) + b``; the
   stage's other numbered children (``post_norms.k``) count the same way, by their own index;
 - a stage's downsample and final norm (``levels.L.downsample``, ``levels.L.norm``) take the id of
@@ -45,10 +46,12 @@ def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backb
     """Layer id of parameter ``name`` (see the module docstring); ``backbone_prefix`` is how
     backbone parameter names start ('' when the model is the backbone itself)."""
     num_layers = sum(depths)
+    if 'level_embeds' in name:  # the original's rule, checked first: it holds outside the backbone too
+        return 0
     if not name.startswith(backbone_prefix):
         return num_layers + 1
     parts = name[len(backbone_prefix):].split('.')
-    if parts[0] == 'patch_embed' or 'level_embeds' in name:
+    if parts[0] == 'patch_embed':
         return 0
     if parts[0] not in ('levels', 'layers') or len(parts) < 4:  # 'layers': Swin's name
         return num_layers + 1
