@@ -133,6 +133,28 @@ def test_drop_path_schedules():
     assert rates(tiny(drop_path_rate=0.5, drop_path_type='uniform')) == pytest.approx([0.5] * 5)
     with pytest.raises(ValueError, match='drop_path_type'):
         tiny(drop_path_type='cosine')
+    for rate in (1.5, -0.5):  # they built, and gave blocks rates such as 1.125 or -0.375
+        with pytest.raises(ValueError, match=rf'drop_path_rate is a probability, in \[0, 1\], got {rate}'):
+            tiny(drop_path_rate=rate)
+
+
+def test_drop_path_rate_one_drops_every_branch():
+    # The folded scale was 0 / 0 for a rate of 1: NaN features in training.
+    from ops_dcnv3.modules import DCNv3_pytorch
+
+    from mmdet_custom.models.backbones.intern_image import InternImageBlock
+    block = InternImageBlock(DCNv3_pytorch, 16, 2, drop_path=1.0, layer_scale=0.7).train()
+    x = torch.randn(3, 4, 5, 16)
+    torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+    model = tiny(drop_path_rate=1.0).train()
+    assert all(o.isfinite().all() for o in model(torch.randn(2, 3, 64, 64)))
+
+
+def test_unbatched_image_is_refused_by_name():
+    # A (3, H, W) image passed the stem and failed in a permute inside DCNv3.
+    with pytest.raises(ValueError, match=r'expected a batch of images \(N, 3, H, W\), got shape '
+                                         r'\(3, 64, 64\)'):
+        tiny()(torch.randn(3, 64, 64))
 
 
 def test_large_model_flags_key_layout():
@@ -178,6 +200,21 @@ def test_res_post_norm_normalises_each_branch():
         update = block(x) - x - block.res_post_norm1(block.dcn(block.norm1(x)))
         assert update.mean(-1).abs().max() < 1e-4
         assert update.var(-1, unbiased=False).sub(1).abs().max() < 1e-2
+
+
+def test_res_post_norm_is_unused_with_layer_scale_as_in_the_original(mmdet_log):
+    # The original applies res_post_norm only without layer scales; with them its norms exist
+    # (checkpoint keys) but are skipped. Ours applied them: other outputs for the same weights.
+    model = tiny(layer_scale=0.5, post_norm=False, res_post_norm=True).eval()
+    assert 'levels.0.blocks.0.res_post_norm1.0.weight' in keys(model)
+    plain = tiny(layer_scale=0.5, post_norm=False).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, expected in zip(model(x), plain(x)):
+            torch.testing.assert_close(got, expected)
+    assert any('res_post_norm has no effect with layer_scale set' in r.getMessage()
+               and r.levelno == logging.WARNING for r in mmdet_log)
 
 
 def test_invalid_flag_combinations():
@@ -304,6 +341,17 @@ def test_training_from_scratch_draws_every_linear_as_the_original(mmdet_log):
     assert (model.levels[0].blocks[0].norm1[0].weight == 1).all()
     assert any('training starts from scratch' in r.getMessage() and r.levelno == logging.WARNING
                for r in mmdet_log)
+
+
+def test_pretrained_path_may_start_with_home(tmp_path, monkeypatch):
+    # mmcv expands ~ when it loads; our existence check did not, and refused the file.
+    monkeypatch.setenv('HOME', str(tmp_path))
+    source = tiny()
+    torch.save({'state_dict': source.state_dict()}, tmp_path / 'pretrained.pth')
+    model = tiny(init_cfg=dict(type='Pretrained', checkpoint='~/pretrained.pth'))
+    model.init_weights()
+    for (name, expected), got in zip(source.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
 
 
 def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):

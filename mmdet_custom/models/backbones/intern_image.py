@@ -84,8 +84,9 @@ class InternImageBlock(nn.Module):
     """One residual block: a DCNv3 branch, then an MLP branch.
 
     Pre-norm (``post_norm=False``): ``x + gamma * f(norm(x))``; post-norm: ``x + gamma * norm(f(x))``;
-    ``res_post_norm``: pre-norm plus an extra LayerNorm on each branch output. The gammas exist
-    only when ``layer_scale`` is set.
+    ``res_post_norm``: pre-norm plus an extra LayerNorm on each branch output, applied only
+    without ``layer_scale``, as in the original (with it, the norms exist but are unused). The
+    gammas exist only when ``layer_scale`` is set.
     """
 
     def __init__(self,
@@ -138,15 +139,19 @@ class InternImageBlock(nn.Module):
         """x + drop_path(gamma * branch output), as one addcmul: a single pass over the feature
         map (and one in the backward) instead of up to four."""
         out = norm(branch(x)) if self.post_norm else branch(norm(x))
-        if res_norm is not None:
+        if res_norm is not None and gamma is None:
             out = res_norm(out)
         scale = gamma
         if self.training and self.drop_path_rate > 0:
             # mmcv's DropPath (the same random draw): keep each sample's branch with probability
-            # keep, scaled by 1 / keep, folded into the per-channel scale.
+            # keep, scaled by 1 / keep, folded into the per-channel scale. A rate of 1 drops
+            # every branch (mmcv's 0 / 0 would make it NaN).
             keep = 1 - self.drop_path_rate
             shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-            sample_scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_() / keep
+            if keep == 0:
+                sample_scale = x.new_zeros(shape)
+            else:
+                sample_scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_() / keep
             scale = sample_scale if gamma is None else sample_scale * gamma
         return x + out if scale is None else torch.addcmul(x, scale, out)
 
@@ -237,7 +242,7 @@ class InternImage(BaseModule):
         groups: DCNv3 groups per stage.
         mlp_ratio: MLP hidden width / channels.
         drop_rate: dropout after the stem and inside the MLPs.
-        drop_path_rate: stochastic depth of the last block.
+        drop_path_rate: stochastic depth of the last block, in [0, 1].
         drop_path_type: 'linear' (0 -> drop_path_rate over all blocks) or 'uniform'.
         act_layer, norm_layer: activation ('GELU', 'ReLU', 'SiLU') and norm ('LN', 'BN') of the
             stem, the DCN offset branch and the downsamples.
@@ -247,7 +252,9 @@ class InternImage(BaseModule):
         with_cp: gradient checkpointing per block (saves memory, costs a second forward).
         dw_kernel_size: kernel of the DCN offset branch's depth-wise conv (None: 3).
         level2_post_norm, level2_post_norm_block_ids: LayerNorms after these blocks of stage 2.
-        res_post_norm: extra LayerNorm on each pre-norm branch output (H/G models).
+        res_post_norm: extra LayerNorm on each pre-norm branch output (H/G models); as in the
+            original, not applied when ``layer_scale`` is set (the norms are built all the same,
+            so checkpoint keys match), with a warning.
         center_feature_scale: DCNv3 centre feature gate (H/G models); also keeps the stage norms.
         use_dcn_v4_op: not supported (DCNv4 is not provided); must be False.
         out_indices: stages whose outputs are returned.
@@ -290,6 +297,8 @@ class InternImage(BaseModule):
             raise ValueError(f'depths and groups need one entry per stage, got {list(depths)} and {list(groups)}')
         if drop_path_type not in ('linear', 'uniform'):
             raise ValueError(f"drop_path_type must be 'linear' or 'uniform', got {drop_path_type!r}")
+        if not 0 <= drop_path_rate <= 1:
+            raise ValueError(f'drop_path_rate is a probability, in [0, 1], got {drop_path_rate}')
         num_stages = len(depths)
         if not all(0 <= i < num_stages for i in out_indices):
             raise ValueError(f'out_indices {list(out_indices)} must lie in 0..{num_stages - 1}')
@@ -297,6 +306,10 @@ class InternImage(BaseModule):
             raise ValueError(f'frozen_stages must lie in -1..{num_stages}, got {frozen_stages}')
         if level2_post_norm and not level2_post_norm_block_ids:
             raise ValueError('level2_post_norm=True needs level2_post_norm_block_ids')
+        if res_post_norm and layer_scale is not None:
+            get_root_logger().warning(
+                'InternImage: res_post_norm has no effect with layer_scale set, as in the original '
+                '(its norms are built, so checkpoints load, but not applied)')
 
         self.core_op = core_op
         self.channels = channels
@@ -346,6 +359,9 @@ class InternImage(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(N, 3, H, W) -> NCHW feature maps at strides 4, 8, 16, 32 (those in ``out_indices``)."""
+        if x.dim() != 4:  # a single (3, H, W) image passed the stem and failed deep in DCNv3
+            raise ValueError(f'InternImage: expected a batch of images (N, 3, H, W), got shape '
+                             f'{tuple(x.shape)}')
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         for i, level in enumerate(self.levels):
@@ -397,7 +413,7 @@ class InternImage(BaseModule):
         ``(missing, skipped)``.
         """
         logger = get_root_logger()
-        if '://' not in path and not osp.isfile(path):
+        if '://' not in path and not osp.isfile(osp.expanduser(path)):  # mmcv expands ~ too
             raise FileNotFoundError(f'InternImage: pretrained checkpoint not found: {path}')
         try:
             ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
