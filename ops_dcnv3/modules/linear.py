@@ -11,12 +11,15 @@ The weights stay in the ``nn.Linear`` (state_dict keys unchanged), and the resul
 layer's up to float rounding. The fast path is taken for float32 CPU tensors when torch has oneDNN
 and it is enabled, outside autocast, torch.compile/export (inductor makes its own fusions) and
 tracing (ONNX export knows aten::linear, not oneDNN's op), and only when the layer has no hooks,
-so FLOP counters and feature hooks see the module called as usual.
+so FLOP counters and feature hooks see the module called as usual, and only for a contiguous
+bias (oneDNN reads the bias as contiguous, whatever its strides).
 With gradients the activation runs as its own module (autograd needs its input); the backward
 runs through oneDNN too: grad_input as a linear layer with the transposed weight, grad_weight and
 grad_bias as oneDNN's inner-product backward (ATen's ``grad.t().mm(x)`` goes to MKL, which on the
 AMD EPYC measured here runs at about half oneDNN's rate: for the InternImage-T backbone at 400x608,
-one thread, 864 ms in ``aten::mm`` against 473 ms, plus 184 ms converting the operands).
+one thread, 864 ms in ``aten::mm`` against 473 ms, plus 184 ms converting the operands). A
+backward that builds a graph (``create_graph=True``, for gradients of gradients) runs as ATen's
+differentiable matmuls instead: oneDNN's ops have no derivatives of their own.
 """
 from typing import Optional
 
@@ -50,13 +53,14 @@ def _has_hooks(layer: nn.Module) -> bool:
 
 
 def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
-    # Input of another width takes the module call, whose error names the shapes (oneDNN's says
-    # only that it could not create a primitive).
-    return (_HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
-            and x.dim() >= 1 and x.shape[-1] == layer.in_features
+    # Tracing is asked first: the width comparison would be a TracerWarning. Input of another
+    # width takes the module call, whose error names the shapes (oneDNN's says only that it could
+    # not create a primitive).
+    return (_HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled('cpu')
+            and x.device.type == 'cpu' and x.dim() >= 1 and x.shape[-1] == layer.in_features
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not _has_hooks(layer))
+            and (layer.bias is None or layer.bias.is_contiguous()) and not _has_hooks(layer))
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -75,10 +79,18 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
         grad_x = grad_weight = grad_bias = None
+        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        if torch.is_grad_enabled():  # create_graph: autograd differentiates this backward again
+            if ctx.needs_input_grad[0]:
+                grad_x = grad_output.matmul(weight)
+            if ctx.needs_input_grad[1]:
+                grad_weight = grad_rows.t().mm(x.reshape(-1, x.shape[-1]))
+            if wants_bias:
+                grad_bias = grad_rows.sum(0)
+            return grad_x, grad_weight, grad_bias
         if ctx.needs_input_grad[0]:  # grad_output @ weight, as a linear layer with weight^T
             grad_x = torch.ops.mkldnn._linear_pointwise(grad_output, weight.t().contiguous(), None,
                                                         'none', [], '')
-        wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] and grad_rows.shape[0] > 0:
             # It takes oneDNN ("mkldnn") tensors: converting the rows is one plain copy (0.2 ms
             # for 30400 x 64), and the results come back dense because `weight` is.

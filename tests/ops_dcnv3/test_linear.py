@@ -1,5 +1,7 @@
 """ops_dcnv3.modules.linear: activation(layer(x)) through oneDNN equals the plain layers, with
 and without gradients, and steps aside where it must (hooks, other dtypes, autocast)."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -93,6 +95,40 @@ def test_gradients_in_edge_cases(case):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
+@requires_onednn
+def test_gradients_of_gradients_match_plain_layers():
+    # oneDNN's ops have no derivatives: a backward with create_graph=True (a gradient penalty, a
+    # Hessian-vector product) gave zeros with only torch's warning. It runs as ATen's matmuls now.
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    x = torch.randn(2, 5, 8)
+
+    def penalty_gradients(fn):
+        xx = x.clone().requires_grad_()
+        (grad_x,) = torch.autograd.grad(fn(xx).pow(2).sum(), xx, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum(), [xx, *layer.parameters()])
+
+    expected = penalty_gradients(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # torch warns of an op without an autograd kernel
+        actual = penalty_gradients(lambda t: linear(layer, t))
+    assert expected[1].norm() > 1
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bias', ['strided', 'expanded'])
+def test_non_contiguous_bias_takes_the_module_call(bias):
+    # oneDNN read such a bias as contiguous: [0, 1, 2, ...] for a bias of [0, 2, 4, ...].
+    layer = nn.Linear(4, 6)
+    layer.bias = nn.Parameter(torch.arange(12.)[::2] if bias == 'strided' else torch.ones(1).expand(6))
+    x = torch.zeros(3, 4)
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode):
+            assert count_onednn_calls(lambda: linear(layer, x, nn.GELU())) == 0
+            torch.testing.assert_close(linear(layer, x), layer(x))
+
+
 def test_tracing_records_the_plain_linear():
     """torch.jit.trace (the ONNX exporter's front end) sees aten::linear, which ONNX knows."""
     class Block(nn.Module):
@@ -103,7 +139,9 @@ def test_tracing_records_the_plain_linear():
         def forward(self, x):
             return linear(self.fc, x, self.act)
 
-    traced = torch.jit.trace(Block(), torch.randn(4, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', torch.jit.TracerWarning)  # the width check was one per layer
+        traced = torch.jit.trace(Block(), torch.randn(4, 8))
     kinds = {node.kind() for node in traced.inlined_graph.nodes()}
     assert 'aten::linear' in kinds and not any(kind.startswith('mkldnn::') for kind in kinds)
 
