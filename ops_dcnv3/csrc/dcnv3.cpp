@@ -77,6 +77,11 @@ std::pair<int64_t, int64_t> check_dcnv3_args(
       input.scalar_type() == offset.scalar_type() && input.scalar_type() == mask.scalar_type(),
       "dcnv3: input, offset and mask must have the same dtype, got ", input.scalar_type(), ", ",
       offset.scalar_type(), " and ", mask.scalar_type());
+  // A scale beyond float32 becomes infinite in the kernels' float32 arithmetic: an all-zero output.
+  TORCH_CHECK_VALUE(dtype == at::kDouble ||
+                        std::abs(offset_scale) <= std::numeric_limits<float>::max(),
+                    "dcnv3: offset_scale must lie within float32's range (the kernels compute "
+                    "float32, float16 and bfloat16 inputs in float32), got ", offset_scale);
   TORCH_CHECK_VALUE(input.device() == offset.device() && input.device() == mask.device(),
                     "dcnv3: input, offset and mask must be on the same device, got ",
                     input.device(), ", ", offset.device(), " and ", mask.device());

@@ -68,7 +68,7 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
                     pad_h=pad_h, pad_w=pad_w, dilation_h=dilation_h, dilation_w=dilation_w,
                     group=group, group_channels=group_channels)
     for name, value in integers.items():  # (the C++ schema itself takes only ints)
-        _check(isinstance(value, numbers.Integral),
+        _check(isinstance(value, numbers.Integral) and not isinstance(value, bool),
                f'dcnv3: {name} must be an int, got {value!r}', TypeError)
     _check(kernel_h >= 1 and kernel_w >= 1,
            f'dcnv3: kernel size must be >= 1, got kernel_h={kernel_h}, kernel_w={kernel_w}')
@@ -92,6 +92,9 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
     _check(input.dtype == offset.dtype == mask.dtype,
            f'dcnv3: input, offset and mask must have the same dtype, got {_dtype_name(input.dtype)}, '
            f'{_dtype_name(offset.dtype)} and {_dtype_name(mask.dtype)}', TypeError)
+    _check(input.dtype == torch.float64 or abs(offset_scale) <= torch.finfo(torch.float32).max,
+           f"dcnv3: offset_scale must lie within float32's range (the kernels compute float32, "
+           f'float16 and bfloat16 inputs in float32), got {offset_scale}')
     _check(input.device == offset.device == mask.device,
            f'dcnv3: input, offset and mask must be on the same device, got {input.device}, '
            f'{offset.device} and {mask.device}')

@@ -547,6 +547,10 @@ def _bad_cases():
          r'offset_scale must be finite, got nan'),
         ('offset_scale_inf', _replace(good, 13, float('-inf')), ValueError,
          r'offset_scale must be finite, got -inf'),
+        # Finite as a double, infinite in float32: the op's output was all zeros, the core's NaN.
+        ('offset_scale_over_float32', _replace(good, 13, -1e39), ValueError,
+         r"offset_scale must lie within float32's range \(the kernels compute float32, float16 and "
+         r'bfloat16 inputs in float32\), got -1e\+39'),
         ('channels_not_divisible', _replace(_replace(good, grp, 4), 0, input[..., :5]), ValueError,
          r'input channels \(5\) must be divisible by group \(4\)'),
         ('channels_mismatch', _replace(good, gc, 2), ValueError,
@@ -628,6 +632,9 @@ def test_core_pytorch_names_a_float_where_an_int_belongs():
     input, offset, mask, scalars = make_case()
     with pytest.raises(TypeError, match=r'dcnv3: stride_h must be an int, got 1\.0'):
         dcnv3_core_pytorch(input, offset, mask, *_replace(list(scalars), 2, 1.0))
+    # bool is an Integral to Python: it failed later, in torch.linspace
+    with pytest.raises(TypeError, match=r'dcnv3: kernel_w must be an int, got True'):
+        dcnv3_core_pytorch(input, offset, mask, *_replace(list(scalars), 1, True))
 
 
 def test_apply_takes_numpy_integers_and_meta_tensors_and_names_a_non_tensor(recwarn):
