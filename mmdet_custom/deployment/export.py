@@ -89,7 +89,8 @@ def prepare_input(cfg, image, shape):
 def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False, img_shape=None):
     """Trace ``detector`` on ``img`` (whose image fills ``img_shape``, (h, w), of it; default all)
     and write ``output_file``; returns the loaded ONNX model. Its metadata holds the class count
-    (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's.
+    (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's, and the
+    mask threshold (``mask_thr_binary``) it pastes the masks with.
 
     Raises ValueError for an unsupported opset, and ExportError when the DCNv3 extension is
     missing or the graph would need an operator outside the standard ONNX domain.
@@ -111,10 +112,9 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
                           "backbone has core_op='DCNv3_pytorch': export it with core_op='DCNv3' "
                           "(the same weights load into either)")
     register_dcnv3_onnx_symbolic(MIN_OPSET)
-    dynamic_axes = {'dets': {0: 'num_dets'}, 'labels': {0: 'num_dets'}, 'masks': {0: 'num_dets'}}
+    dynamic_axes = {name: {0: 'num_dets'} for name in OUTPUT_NAMES}
     if dynamic:
         dynamic_axes['input'] = {2: 'height', 3: 'width'}
-        dynamic_axes['masks'].update({1: 'height', 2: 'width'})
     wrapper = MaskRCNNForExport(detector).eval()
     img_shape = torch.tensor(img_shape[:2] if img_shape is not None else img.shape[-2:],
                              dtype=torch.int64)
@@ -127,7 +127,9 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
                           output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes,
                           do_constant_folding=True)
     model = onnx.load(output_file)
-    onnx.helper.set_model_props(model, {'num_classes': str(detector.roi_head.bbox_head.num_classes)})
+    roi_head = detector.roi_head
+    onnx.helper.set_model_props(model, {'num_classes': str(roi_head.bbox_head.num_classes),
+                                        'mask_thr_binary': repr(float(roi_head.test_cfg.mask_thr_binary))})
     onnx.save(model, output_file)
     onnx.checker.check_model(model)
     others = non_standard_ops(model)

@@ -1,5 +1,5 @@
 """Mask R-CNN inference written for ONNX export: one padded image and the size of the image inside
-it in, ``dets``, ``labels``, ``masks`` out.
+it in, ``dets``, ``labels``, ``mask_probs`` out.
 
 mmdet 2.x's own ``onnx_export`` path differs from its PyTorch inference (the RPN runs one NMS
 over all levels instead of one per level) and relies on mmcv's opset-10 RoIAlign workaround.
@@ -12,8 +12,12 @@ exported graph computes what ``detector.simple_test(img, metas, rescale=False)``
   apart, as mmcv's ``batched_nms`` does); the ``max_per_img`` best.
 - box head: softmax scores, class-specific boxes decoded and clipped, boxes scoring above
   ``score_thr`` kept, NMS per class (moved apart the same way), the ``max_per_img`` best.
-- mask head: the predicted class's 28x28 mask pasted onto the input (bilinear, as mmdet's
-  ``_do_paste_mask``), thresholded at ``mask_thr_binary``.
+- mask head: the predicted class's 28x28 mask probabilities. Pasting them into their boxes
+  (bilinear, as mmdet's ``_do_paste_mask``) and thresholding at ``mask_thr_binary`` is the
+  caller's (``paste_masks``, which ``ONNXRuntimeMaskRCNN`` uses): mmdet pastes onto the original
+  image, with the boxes scaled back, and masks pasted onto the resized input and scaled
+  afterwards differ from those (docs/benchmarks.md). The graph also stays free of an (N, H, W)
+  output.
 
 Boxes are clipped to the image inside the padding (``img_shape``, an input of the graph, as
 mmdet clips to its img_meta's ``img_shape``): clipped to the padded input instead, proposals in the
@@ -33,10 +37,10 @@ from torch import nn
 from ..models.roi_heads import SubsampledMaskRoIHead
 from .onnx_ops import onnx_nms, onnx_roi_align
 
-__all__ = ['MaskRCNNForExport', 'INPUT_NAMES', 'OUTPUT_NAMES']
+__all__ = ['MaskRCNNForExport', 'INPUT_NAMES', 'OUTPUT_NAMES', 'paste_masks']
 
 INPUT_NAMES = ('input', 'img_shape')
-OUTPUT_NAMES = ('dets', 'labels', 'masks')
+OUTPUT_NAMES = ('dets', 'labels', 'mask_probs')
 # ONNX NonMaxSuppression needs a bound; mmdet's "no limit" (max_per_img <= 0) becomes this.
 _NO_LIMIT = 2 ** 31 - 1
 
@@ -71,8 +75,8 @@ def _check_supported(detector):
     if roi_head.bbox_head.custom_cls_channels or roi_head.bbox_head.loss_cls.use_sigmoid:
         raise NotImplementedError('ONNX export supports softmax box classifiers only')
     if roi_head.test_cfg.mask_thr_binary < 0:
-        raise NotImplementedError('ONNX export writes binary masks: test_cfg.rcnn.mask_thr_binary '
-                                  'must be >= 0')
+        raise NotImplementedError('the exported model gives binary masks: '
+                                  'test_cfg.rcnn.mask_thr_binary must be >= 0')
     _nms_iou_threshold(detector.rpn_head.test_cfg.nms, 'test_cfg.rpn')
     _nms_iou_threshold(roi_head.test_cfg.nms, 'test_cfg.rcnn')
 
@@ -90,7 +94,8 @@ def _separated_by_group(boxes, groups):
 class MaskRCNNForExport(nn.Module):
     """``forward(img, img_shape)`` with img (1, 3, H, W), already resized, normalised and padded,
     and img_shape (2,) int64, the height and width of the image inside it, returns ``dets`` (N, 5:
-    x1, y1, x2, y2, score), ``labels`` (N,) int64 and ``masks`` (N, H, W) bool, sorted by
+    x1, y1, x2, y2, score), ``labels`` (N,) int64 and ``mask_probs`` (N, h, w) float32 (the mask
+    head's size, 28x28 in Mask R-CNN; :func:`paste_masks` makes them masks), sorted by
     descending score."""
 
     def __init__(self, detector: TwoStageDetector):
@@ -99,14 +104,10 @@ class MaskRCNNForExport(nn.Module):
         self.detector = detector
 
     def forward(self, img, img_shape):
-        detector = self.detector
-        # (H, W) as a tensor, so that an export with dynamic H and W pastes onto the actual size.
-        input_shape = torch._shape_as_tensor(img)[2:]
-        feats = detector.extract_feat(img)
+        feats = self.detector.extract_feat(img)
         proposals = self._proposals(feats, img_shape)
         dets, labels = self._detections(feats, proposals, img_shape)
-        masks = self._masks(feats, dets[:, :4], labels, input_shape)
-        return dets, labels, masks
+        return dets, labels, self._mask_probabilities(feats, dets[:, :4], labels)
 
     # --- RPN -----------------------------------------------------------------------------------
 
@@ -175,16 +176,14 @@ class MaskRCNNForExport(nn.Module):
 
     # --- mask head -----------------------------------------------------------------------------
 
-    def _masks(self, feats, boxes, labels, input_shape):
+    def _mask_probabilities(self, feats, boxes, labels):
         roi_head = self.detector.roi_head
         rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
         mask_feats = _extract_roi_features(roi_head.mask_roi_extractor, feats, _with_spare_roi(rois))
         mask_pred = roi_head.mask_head(mask_feats)[:-1]
         size = mask_pred.shape[-2:]
         index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, size[0], size[1])
-        probabilities = mask_pred.gather(1, index)[:, 0].sigmoid()
-        masks = _paste_masks(probabilities, boxes, input_shape)
-        return masks >= roi_head.test_cfg.mask_thr_binary
+        return mask_pred.gather(1, index)[:, 0].sigmoid()
 
 
 def _with_spare_roi(rois):
@@ -218,12 +217,20 @@ def _interpolation_matrix(starts, ends, out_size, mask_size):
     return (1 - (position[:, :, None] - cells).abs()).clamp(min=0)
 
 
-def _paste_masks(masks, boxes, canvas_shape):
-    """Paste (N, h, w) mask probabilities into their boxes on an (H, W) canvas: (N, H, W).
+def paste_masks(probabilities, boxes, canvas_shape, threshold, chunk=32):
+    """Paste (N, h, w) mask probabilities into their (N, 4) boxes on an (H, W) canvas and
+    threshold them: (N, H, W) bool, as mmdet's ``FCNMaskHead.get_seg_masks`` does.
 
     Bilinear weights separate into a row and a column factor, so the paste is two batched
-    matrix products instead of a GridSample over an (N, H, W, 2) grid.
+    matrix products instead of a GridSample over an (N, H, W, 2) grid; ``chunk`` masks at a time
+    bound the float32 intermediate.
     """
-    rows = _interpolation_matrix(boxes[:, 1], boxes[:, 3], canvas_shape[0], masks.shape[1])
-    cols = _interpolation_matrix(boxes[:, 0], boxes[:, 2], canvas_shape[1], masks.shape[2])
-    return rows @ masks @ cols.transpose(1, 2)
+    probabilities, boxes = torch.as_tensor(probabilities), torch.as_tensor(boxes)
+    height, width = canvas_shape
+    masks = torch.empty((len(boxes), height, width), dtype=torch.bool)
+    for start in range(0, len(boxes), chunk):
+        part, box = probabilities[start:start + chunk], boxes[start:start + chunk]
+        rows = _interpolation_matrix(box[:, 1], box[:, 3], height, part.shape[1])
+        cols = _interpolation_matrix(box[:, 0], box[:, 2], width, part.shape[2])
+        masks[start:start + chunk] = rows @ part @ cols.transpose(1, 2) >= threshold
+    return masks

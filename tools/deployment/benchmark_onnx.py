@@ -5,7 +5,8 @@
 
 Both run the same preprocessed image of the model's input size (a generated synthetic-shapes
 image unless --input-img is given), one image at a time: PyTorch as mmdet's ``simple_test``
-(no rescaling, as the ONNX model), ONNX Runtime as ``session.run``. Prints the median of
+(no rescaling, as the ONNX model), ONNX Runtime as ``ONNXRuntimeMaskRCNN.run`` (the session,
+then the masks pasted on the host, as mmdet pastes them in ``simple_test``). Prints the median of
 ``--repeats`` timed runs after one warm-up run each (the two take turns), and their ratio.
 """
 import argparse

@@ -5,8 +5,9 @@
 
 The model takes ``input``, a (1, 3, H, W) float32 image resized, normalised and padded as the
 config's test pipeline does, and ``img_shape``, (2,) int64, the height and width of the image
-inside the padding; it gives ``dets`` (N, 5), ``labels`` (N,) and ``masks`` (N, H, W), in the
-input's coordinates. DCNv3, NMS and RoIAlign are written in ONNX's own operators, so
+inside the padding; it gives ``dets`` (N, 5) and ``labels`` (N,), in the input's coordinates, and
+``mask_probs`` (N, 28, 28), which ``mmdet_custom.deployment.paste_masks`` pastes into the boxes
+as masks (the file records the threshold). DCNv3, NMS and RoIAlign are written in ONNX's own operators, so
 any ONNX runtime runs it. ``--verify`` runs ONNX Runtime and PyTorch on the same image and
 fails if their detections differ.
 """
