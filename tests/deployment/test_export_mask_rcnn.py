@@ -1,5 +1,6 @@
 """Export of the tiny InternImage Mask R-CNN: ONNX Runtime gives PyTorch's detections, in
 standard operators only; the export tool's command line and its errors."""
+import os
 import os.path as osp
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
+import mmcv  # noqa: E402
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')
 
@@ -213,8 +215,11 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
     (['{config}', '{checkpoint}', '--input-img', '{missing}'], 'input image not found'),
     (['{config}', '{checkpoint}', '--input-img', '{config}'], 'not an image mmcv can read: '),
     (['{config}', '{checkpoint}', '--output-file', '{folder}'], 'is a folder: name the .onnx file'),
-    (['{config}', '{checkpoint}', '--output-file', '{config}/x.onnx'], 'cannot create its folder'),
+    (['{config}', '{checkpoint}', '--output-file', '{config}/x.onnx'], 'is a file, not a folder'),
     (['{config}', '{checkpoint}', '--output-file', '{checkpoint}'], ' given to export: name a new'),
+    # The image was replaced by the ONNX file, and the export said it succeeded.
+    (['{config}', '{checkpoint}', '--input-img', '{image}', '--output-file', '{image}'],
+     'image.png given to export: name a new .onnx file'),
     (['{config}', '{checkpoint}', '--cfg-options', 'model.backbone.core_op=DCNv3_pytorch'],
      "backbone has core_op='DCNv3_pytorch': export it with core_op='DCNv3'"),
     (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rcnn.nms.type=soft_nms'],
@@ -223,13 +228,31 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
 def test_export_tool_errors(tiny_detector, tmp_path, args, message):
     config, checkpoint, _, _ = tiny_detector
     values = dict(config=config, checkpoint=checkpoint, missing=str(tmp_path / 'missing.png'),
-                  folder=str(tmp_path))
+                  folder=str(tmp_path), image=str(tmp_path / 'image.png'))
+    mmcv.imwrite(np.zeros((8, 8, 3), np.uint8), values['image'])
     argv = ['--output-file', str(tmp_path / 'x.onnx')] + [arg.format(**values) for arg in args]
     with pytest.raises(SystemExit) as error:
         load_tool('pytorch2onnx').main(argv)
     assert str(error.value).startswith('tools/deployment/pytorch2onnx.py: error: ')
     assert message in str(error.value)
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_export_tool_refuses_a_folder_it_cannot_write_in_before_exporting(tiny_detector, tmp_path,
+                                                                         monkeypatch):
+    # It built and traced the model, then ended in a PermissionError traceback. (Root may write
+    # anywhere chmod allows, so the folder's access is what the tool is told.)
+    config, checkpoint, _, _ = tiny_detector
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: path != str(locked) and real_access(path, mode))
+    monkeypatch.setattr('mmdet_custom.deployment.export_mask_rcnn',
+                        lambda *args, **kwargs: pytest.fail('exported into a folder it cannot write in'))
+    with pytest.raises(SystemExit) as error:
+        load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', str(locked / 'x.onnx')])
+    assert str(error.value) == (f'tools/deployment/pytorch2onnx.py: error: --output-file '
+                                f'{locked / "x.onnx"}: this user cannot write in {locked}')
 
 
 def test_export_without_the_compiled_op_is_one_line(tiny_detector, tmp_path, monkeypatch):

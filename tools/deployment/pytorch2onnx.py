@@ -24,7 +24,7 @@ import _bootstrap  # noqa: E402  (repository on sys.path, quiet imports)
 import mmcv  # noqa: E402
 
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import ConfigOptions, build_model, one_line_errors  # noqa: E402
+from _usage import ConfigOptions, build_model, check_output_path, one_line_errors  # noqa: E402
 from tools.test import UsageError, load_config  # noqa: E402
 
 PROG = 'tools/deployment/pytorch2onnx.py'
@@ -85,7 +85,7 @@ def input_image(path, shape):
 
 def output_path(path, inputs):
     """``path`` checked writable (its folder created) before anything is built, and none of the
-    ``inputs`` (the checkpoint and the config, which it would replace)."""
+    ``inputs`` (the checkpoint, the config and the input image, which it would replace)."""
     if not path or osp.isdir(path):
         raise UsageError(f'--output-file {path!r} is {"a folder" if path else "empty"}: name the '
                          f'.onnx file to write')
@@ -93,6 +93,7 @@ def output_path(path, inputs):
         if osp.exists(path) and osp.exists(given) and osp.samefile(path, given):
             raise UsageError(f'--output-file {path} is the {given} given to export: name a new '
                              f'.onnx file')
+    check_output_path(path, '--output-file')
     try:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     except OSError as error:
@@ -122,7 +123,8 @@ def run(args):
         raise UsageError(f'unsupported --opset-version {args.opset_version}: the export needs '
                          f'opset {MIN_OPSET} to {MAX_OPSET} (GridSample and RoiAlign\'s '
                          'coordinate_transformation_mode need 16)')
-    output_file = output_path(args.output_file, [args.checkpoint, args.config])
+    output_file = output_path(args.output_file,
+                              [args.checkpoint, args.config] + [args.input_img] * bool(args.input_img))
     cfg = load_config(args.config, args.cfg_options)
     shape = input_shape(args, cfg)
     image = input_image(args.input_img, shape)
