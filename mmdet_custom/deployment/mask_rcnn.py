@@ -41,7 +41,7 @@ __all__ = ['MaskRCNNForExport', 'INPUT_NAMES', 'OUTPUT_NAMES', 'paste_masks']
 
 INPUT_NAMES = ('input', 'img_shape')
 OUTPUT_NAMES = ('dets', 'labels', 'mask_probs')
-# ONNX NonMaxSuppression needs a bound; mmdet's "no limit" (max_per_img <= 0) becomes this.
+# ONNX NonMaxSuppression needs a bound; the box head's "no limit" (max_per_img <= 0) becomes this.
 _NO_LIMIT = 2 ** 31 - 1
 
 
@@ -78,6 +78,10 @@ def _check_supported(detector):
         raise NotImplementedError('the exported model gives binary masks: '
                                   'test_cfg.rcnn.mask_thr_binary must be >= 0')
     _nms_iou_threshold(detector.rpn_head.test_cfg.nms, 'test_cfg.rpn')
+    rpn_limit = detector.rpn_head.test_cfg.max_per_img
+    if rpn_limit < 1:  # unlike the box head's, where it means no limit
+        raise NotImplementedError(f'test_cfg.rpn.max_per_img must be >= 1 (mmdet keeps the first '
+                                  f'max_per_img proposals: 0 keeps none), got {rpn_limit}')
     _nms_iou_threshold(roi_head.test_cfg.nms, 'test_cfg.rcnn')
 
 
@@ -144,9 +148,8 @@ class MaskRCNNForExport(nn.Module):
             widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
             valid = torch.nonzero((widths > cfg.min_bbox_size) & (heights > cfg.min_bbox_size))[:, 0]
             boxes, scores, ids = boxes[valid], scores[valid], ids[valid]
-        max_per_img = cfg.max_per_img if cfg.max_per_img > 0 else _NO_LIMIT
         keep = onnx_nms(_separated_by_group(boxes, ids), scores, _nms_iou_threshold(cfg.nms, 'rpn'),
-                        max_per_img)
+                        cfg.max_per_img)
         return boxes[keep]
 
     # --- box head ------------------------------------------------------------------------------

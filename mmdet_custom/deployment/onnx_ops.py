@@ -61,6 +61,7 @@ def onnx_roi_align(features, rois, roi_layer):
     """mmcv ``RoIAlign`` layer ``roi_layer`` (average pooling) applied to ``rois`` (K, 5)."""
     if roi_layer.pool_mode != 'avg' or getattr(roi_layer, 'use_torchvision', False):
         raise NotImplementedError('ONNX export supports RoIAlign with pool_mode="avg" (mmcv kernel) '
-                                  f'only, got pool_mode={roi_layer.pool_mode!r}')
+                                  f'only, got pool_mode={roi_layer.pool_mode!r}, use_torchvision='
+                                  f'{getattr(roi_layer, "use_torchvision", False)}')
     return _RoIAlign.apply(features, rois, tuple(roi_layer.output_size), float(roi_layer.spatial_scale),
                            int(roi_layer.sampling_ratio), bool(roi_layer.aligned))

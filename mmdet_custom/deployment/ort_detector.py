@@ -17,11 +17,12 @@ class ONNXRuntimeMaskRCNN:
     the object with a test-pipeline image and its meta returns mmdet's per-class
     ``(bbox_results, segm_results)`` in the original image's coordinates, as
     ``detector.simple_test(..., rescale=True)`` does: the masks pasted onto the original image
-    with the boxes scaled back, as mmdet pastes them. ``num_classes`` is the dataset's; a model
-    exported for another count is refused.
+    with the boxes scaled back, as mmdet pastes them. ``num_classes`` is the dataset's (or what
+    ``classes_of`` names, for the message); a model exported for another count is refused.
     """
 
-    def __init__(self, onnx_file: str, num_classes: int, num_threads: int = 0):
+    def __init__(self, onnx_file: str, num_classes: int, num_threads: int = 0,
+                 classes_of: str = 'the dataset'):
         import onnxruntime as ort
         if not osp.isfile(onnx_file):
             raise FileNotFoundError(f'model file not found: {onnx_file}')
@@ -38,7 +39,7 @@ class ONNXRuntimeMaskRCNN:
         metadata = self.session.get_modelmeta().custom_metadata_map
         exported_classes = metadata.get('num_classes')
         if exported_classes is not None and int(exported_classes) != num_classes:
-            raise ValueError(f'{onnx_file} predicts {exported_classes} classes, the dataset has '
+            raise ValueError(f'{onnx_file} predicts {exported_classes} classes, {classes_of} has '
                              f'{num_classes}')
         if 'mask_thr_binary' not in metadata:
             raise ValueError(f'{onnx_file} does not say its mask threshold (mask_thr_binary in its '

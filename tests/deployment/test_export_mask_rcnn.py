@@ -224,6 +224,10 @@ def test_export_tool_verifies(tiny_detector, tmp_path, capsys):
      "backbone has core_op='DCNv3_pytorch': export it with core_op='DCNv3'"),
     (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rcnn.nms.type=soft_nms'],
      'supports plain per-class NMS (type="nms") in test_cfg.rcnn'),
+    # It exported "no limit" where mmdet's RPN keeps proposals[:max_per_img]: none for 0.
+    (['{config}', '{checkpoint}', '--cfg-options', 'model.test_cfg.rpn.max_per_img=0'],
+     'test_cfg.rpn.max_per_img must be >= 1 (mmdet keeps the first max_per_img proposals: 0 keeps '
+     'none), got 0'),
 ])
 def test_export_tool_errors(tiny_detector, tmp_path, args, message):
     config, checkpoint, _, _ = tiny_detector
@@ -291,6 +295,22 @@ def test_a_model_of_another_class_count_is_refused(static_export):
     path, _, _, _ = static_export
     with pytest.raises(ValueError, match='tiny.onnx predicts 3 classes, the dataset has 80'):
         ONNXRuntimeMaskRCNN(path, num_classes=80)
+    # benchmark_onnx counts the checkpoint's classes: it blamed a dataset it never read.
+    with pytest.raises(ValueError, match='tiny.onnx predicts 3 classes, the checkpoint has 80'):
+        ONNXRuntimeMaskRCNN(path, num_classes=80, classes_of='the checkpoint')
+
+
+def test_roi_align_export_names_what_it_does_not_support():
+    from mmcv.ops import RoIAlign
+
+    from mmdet_custom.deployment.onnx_ops import onnx_roi_align
+    features, rois = torch.zeros(1, 4, 8, 8), torch.tensor([[0.0, 1, 1, 5, 5]])
+    # The message named only pool_mode, and the value it gave was the supported one.
+    with pytest.raises(NotImplementedError, match=r'pool_mode="avg" \(mmcv kernel\) only, got '
+                                                  r"pool_mode='avg', use_torchvision=True"):
+        onnx_roi_align(features, rois, RoIAlign((7, 7), 1.0, use_torchvision=True))
+    with pytest.raises(NotImplementedError, match=r"got pool_mode='max', use_torchvision=False"):
+        onnx_roi_align(features, rois, RoIAlign((7, 7), 1.0, pool_mode='max'))
 
 
 def test_benchmark_onnx_runs_and_refuses_bad_input(tiny_detector, static_export, tmp_path, capsys):

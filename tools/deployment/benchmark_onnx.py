@@ -49,7 +49,8 @@ def run(args):
     detector = build_model(cfg, args.config)
     load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
-    onnx_model = open_onnx_model(args.model, detector.roi_head.bbox_head.num_classes, args.threads)
+    onnx_model = open_onnx_model(args.model, detector.roi_head.bbox_head.num_classes, args.threads,
+                                 classes_of='the checkpoint')
     shape = onnx_model.input_shape or (tuple(args.shape) if args.shape else None)
     if shape is None:
         raise UsageError(f'{args.model} has a dynamic input size: give --shape H W')

@@ -63,11 +63,11 @@ def check_backend(args):
         raise UsageError(f'model file not found: {args.model}')
 
 
-def open_onnx_model(path, num_classes, threads):
+def open_onnx_model(path, num_classes, threads, classes_of='the dataset'):
     """An ONNXRuntimeMaskRCNN, or a UsageError saying why ``path`` is not one."""
     from mmdet_custom.deployment import ONNXRuntimeMaskRCNN
     try:
-        return ONNXRuntimeMaskRCNN(path, num_classes, num_threads=threads)
+        return ONNXRuntimeMaskRCNN(path, num_classes, num_threads=threads, classes_of=classes_of)
     except (FileNotFoundError, ValueError) as error:  # missing, or not an exported Mask R-CNN
         raise UsageError(str(error)) from None
     except Exception as error:  # onnxruntime raises its own types for unreadable files
