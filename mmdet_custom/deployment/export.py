@@ -58,8 +58,8 @@ def default_input_shape(cfg):
 
 
 def prepare_input(cfg, image, shape):
-    """Run ``image`` (a path or an RGB/BGR uint8 array as mmcv reads it) through the config's test
-    pipeline and zero-pad it to ``shape`` (H, W), as the pipeline's own Pad does.
+    """Run ``image`` (a path, or a BGR uint8 array as ``mmcv.imread`` gives it) through the config's
+    test pipeline and zero-pad it to ``shape`` (H, W), as the pipeline's own Pad does.
 
     Returns the (1, 3, H, W) tensor and its image meta in the coordinates of the tensor itself:
     img_shape is the image inside the padding (what boxes are clipped to), pad_shape and
@@ -67,7 +67,12 @@ def prepare_input(cfg, image, shape):
     """
     pipeline = [dict(step) for step in cfg.data.test.pipeline]
     if isinstance(image, np.ndarray):
-        pipeline[0] = dict(type='LoadImageFromWebcam')
+        # The loader's options carry over (to_float32); one that reads RGB gets the array flipped
+        # (LoadImageFromWebcam takes it as it is).
+        loader = pipeline[0]
+        if loader.get('channel_order', 'bgr') == 'rgb':
+            image = np.ascontiguousarray(image[..., ::-1])
+        pipeline[0] = dict(loader, type='LoadImageFromWebcam')
         data = dict(img=image)
     else:
         data = dict(img_info=dict(filename=image), img_prefix=None)
