@@ -259,6 +259,16 @@ def test_export_tool_refuses_a_folder_it_cannot_write_in_before_exporting(tiny_d
                                 f'{locked / "x.onnx"}: this user cannot write in {locked}')
 
 
+def test_dcnv3_onnx_benchmark_without_the_compiled_op_is_one_line(monkeypatch):
+    # It ended in an AttributeError on torch.ops.dcnv3.
+    tool = load_tool('benchmark_dcnv3_onnx')
+    monkeypatch.setattr(tool, 'HAS_COMPILED_OP', False)
+    with pytest.raises(SystemExit) as error:
+        tool.main([])
+    assert str(error.value) == ('benchmark_dcnv3_onnx.py: error: it exports and times the compiled '
+                                'op; build it first (python setup.py build_ext --inplace)')
+
+
 def test_export_without_the_compiled_op_is_one_line(tiny_detector, tmp_path, monkeypatch):
     import ops_dcnv3
     config, checkpoint, _, _ = tiny_detector
@@ -298,6 +308,23 @@ def test_a_model_of_another_class_count_is_refused(static_export):
     # benchmark_onnx counts the checkpoint's classes: it blamed a dataset it never read.
     with pytest.raises(ValueError, match='tiny.onnx predicts 3 classes, the checkpoint has 80'):
         ONNXRuntimeMaskRCNN(path, num_classes=80, classes_of='the checkpoint')
+
+
+@pytest.mark.parametrize('channel_order', ['bgr', 'rgb'])
+def test_prepare_input_takes_an_array_as_the_loader_reads_the_file(tiny_detector, tmp_path,
+                                                                   channel_order):
+    # An array went through a bare LoadImageFromWebcam: the loader's options were dropped, and a
+    # config reading RGB got BGR pixels at export and --verify.
+    _, _, cfg, _ = tiny_detector
+    cfg = cfg.copy()
+    cfg.data.test.pipeline = [dict(cfg.data.test.pipeline[0], channel_order=channel_order,
+                                   to_float32=True)] + list(cfg.data.test.pipeline[1:])
+    image, _ = render_image(seed=0, split='val', index=0, size=(48, 64))
+    path = str(tmp_path / 'image.png')
+    mmcv.imwrite(image[:, :, ::-1], path)  # RGB -> BGR, as mmcv writes and reads
+    from_file, _ = prepare_input(cfg, path, (64, 64))
+    from_array, _ = prepare_input(cfg, mmcv.imread(path), (64, 64))
+    torch.testing.assert_close(from_array, from_file, rtol=0, atol=0)
 
 
 def test_roi_align_export_names_what_it_does_not_support():

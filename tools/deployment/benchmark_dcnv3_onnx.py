@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _timing import count_at_least, median_ms  # noqa: E402
 
+from ops_dcnv3 import HAS_COMPILED_OP  # noqa: E402
 from ops_dcnv3.onnx import register_dcnv3_onnx_symbolic  # noqa: E402
 
 # (H, W, channels, groups) of InternImage-T's stages at stride 4..32 of an 800x1344 input.
@@ -74,6 +75,9 @@ def main(argv=None):
     parser.add_argument('--threads', type=count_at_least(1), default=2)
     parser.add_argument('--repeats', type=count_at_least(1), default=3)
     args = parser.parse_args(argv)
+    if not HAS_COMPILED_OP:  # the reference and the exported op (torch.ops.dcnv3 would not exist)
+        sys.exit('benchmark_dcnv3_onnx.py: error: it exports and times the compiled op; build it '
+                 'first (python setup.py build_ext --inplace)')
     register_dcnv3_onnx_symbolic()
     torch.set_num_threads(args.threads)
     options = ort.SessionOptions()
