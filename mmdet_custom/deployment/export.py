@@ -45,16 +45,19 @@ def pipeline_size_divisor(cfg):
 
 
 def default_input_shape(cfg):
-    """(H, W) for an export: the test scale's short side by its long side, rounded up to the
-    size divisor, e.g. (800, 1344) for img_scale=(1333, 800)."""
+    """(H, W) for an export, rounded up to the size divisor: the test scale's short side by its
+    long side, e.g. (800, 1344) for img_scale=(1333, 800); with ``Resize(keep_ratio=False)``,
+    which resizes every image to (w, h) = img_scale, that size, portrait or not."""
     scale = next((step['img_scale'] for step in cfg.data.test.pipeline if 'img_scale' in step), None)
     if scale is None:
         raise ValueError('the test pipeline has no img_scale: give the input shape explicitly')
     if isinstance(scale, list):
         scale = scale[0]
     divisor = pipeline_size_divisor(cfg)
-    short, long = sorted(int(side) for side in scale)
-    return tuple(-(-side // divisor) * divisor for side in (short, long))
+    keeps_ratio = all(step.get('keep_ratio', True) for step in _test_transforms(cfg)
+                      if step['type'] == 'Resize')
+    shape = sorted(int(side) for side in scale) if keeps_ratio else (int(scale[1]), int(scale[0]))
+    return tuple(-(-side // divisor) * divisor for side in shape)
 
 
 def prepare_input(cfg, image, shape):

@@ -194,6 +194,10 @@ def test_default_shape_and_size_divisor(tiny_detector):
     assert pipeline_size_divisor(cfg) == 32 and default_input_shape(cfg) == (64, 64)
     coco = Config.fromfile(osp.join(ROOT, 'configs', 'coco', 'mask_rcnn_internimage_t_fpn_1x_coco.py'))
     assert default_input_shape(coco) == (800, 1344)
+    # Resize(keep_ratio=False) makes every image img_scale's (w, h): a portrait one was refused.
+    coco.data.test.pipeline[1].img_scale = (600, 1000)
+    coco.data.test.pipeline[1].transforms[0].keep_ratio = False
+    assert default_input_shape(coco) == (1024, 608)
 
 
 @pytest.mark.slow
