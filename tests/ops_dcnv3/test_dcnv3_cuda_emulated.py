@@ -226,3 +226,22 @@ def test_candidate_forward_matches_the_cpu_op_and_main(main_kernel, tmp_path, pa
             inputs = [t.to(dtype) for t in tensors]
             assert torch.equal(forward(candidate, inputs, scalars)[0],
                                forward(main_kernel, inputs, scalars)[0]), (case, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('softmax', [False, True])
+def test_points_that_read_nothing_have_zero_offset_gradients(main_kernel, softmax):
+    """Even where their weight is not finite (an inf mask, a NaN logit): the CUDA backward wrote
+    0 * inf = NaN where the CPU op writes 0."""
+    import ops_dcnv3  # noqa: F401  (torch.ops.dcnv3 with its CPU kernels)
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(1, 3, 3, 4, generator=generator)
+    offset = torch.full((1, 3, 3, 18), 1e4)  # every point far outside the image
+    mask = torch.full((1, 3, 3, 9), float('nan') if softmax else float('inf'))
+    grad_output = torch.randn(1, 3, 3, 4, generator=generator)
+    scalars = (3, 3, 1, 1, 1, 1, 1, 1, 1, 4, 1.0, softmax)
+    tensors = (values, offset, mask, grad_output)
+    _, expected_offset, _ = backward(torch.ops.dcnv3, tensors, scalars)
+    _, got_offset, _ = backward(main_kernel, tensors, scalars)
+    assert torch.equal(expected_offset, torch.zeros_like(offset))
+    assert torch.equal(got_offset, expected_offset)

@@ -419,7 +419,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
       acc_t sum_v = acc_t(0), sum_dx = acc_t(0), sum_dy = acc_t(0);
       Footprint<acc_t> f;
       // The footprint depends only on (n, ho, wo, g, p): the branch is uniform per sub-warp.
-      if (make_footprint(y, x, height, width, f)) {
+      const bool reads = make_footprint(y, x, height, width, f);
+      if (reads) {
         const acc_t hy = acc_t(1) - f.ly, hx = acc_t(1) - f.lx;
         const index_t row0 = static_cast<index_t>(f.y0) * width;
         const index_t row1 = row0 + width;
@@ -461,7 +462,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
       weighted_grad_sum += m * sum_v;
       // Spread the writes of the P points over the lanes.
       if (lane == (p & (lanes - 1))) {
-        const acc_t scale = m * geo.offset_scale;
+        // A point that reads nothing has zero offset gradients, even where its weight is not
+        // finite (0 * inf would be NaN), as on the CPU.
+        const acc_t scale = reads ? m * geo.offset_scale : acc_t(0);
         gmsk[p] = sum_v;
         goff[2 * p] = static_cast<scalar_t>(sum_dx * scale);
         goff[2 * p + 1] = static_cast<scalar_t>(sum_dy * scale);
