@@ -108,6 +108,12 @@ std::pair<int64_t, int64_t> check_dcnv3_args(
                     " (input ", height, "x", width, ", kernel ", kernel_h, "x", kernel_w,
                     ", stride ", stride_h, "x", stride_w, ", pad ", pad_h, "x", pad_w,
                     ", dilation ", dilation_h, "x", dilation_w, "); it must be at least 1x1");
+  // The CUDA kernels compute sampling positions in int: they and the kernel's extent lie within
+  // the padded input.
+  const int64_t padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w;
+  TORCH_CHECK_VALUE(padded_h < kLimit && padded_w < kLimit,
+                    "dcnv3: the padded input (H + 2 * pad_h) x (W + 2 * pad_w) = ", padded_h, "x",
+                    padded_w, " must be below 2^31 on each side");
   for (const auto& [name, tensor] : {tensors[1], tensors[2]}) {
     TORCH_CHECK_VALUE(
         tensor->size(0) == batch && tensor->size(1) == out_h && tensor->size(2) == out_w,

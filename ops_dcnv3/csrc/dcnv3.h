@@ -38,7 +38,8 @@ inline std::pair<int64_t, int64_t> dcnv3_output_size(
 
 // Checks every rule above (dims, channel counts, offset/mask sizes against the computed Ho x Wo,
 // floating and equal dtypes, one device, kernel/stride/dilation >= 1, pad >= 0, group and
-// group_channels >= 1, all of these below 2^31, a finite offset_scale, output size >= 1) and
+// group_channels >= 1, all of these below 2^31, a finite offset_scale (within float32's range
+// for other dtypes than float64), output size >= 1, padded input below 2^31 a side) and
 // returns (Ho, Wo). Throws c10::ValueError
 // (c10::TypeError for dtype problems) with a message naming the problem. Does not require
 // contiguity: the ops call .contiguous() before the kernels run.

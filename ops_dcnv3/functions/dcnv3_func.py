@@ -121,6 +121,10 @@ def check_dcnv3_args(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w
            f'dcnv3: output size would be {out_h}x{out_w} (input {height}x{width}, kernel '
            f'{kernel_h}x{kernel_w}, stride {stride_h}x{stride_w}, pad {pad_h}x{pad_w}, dilation '
            f'{dilation_h}x{dilation_w}); it must be at least 1x1')
+    padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
+    _check(padded_h < 2**31 and padded_w < 2**31,
+           f'dcnv3: the padded input (H + 2 * pad_h) x (W + 2 * pad_w) = {padded_h}x{padded_w} must '
+           f'be below 2^31 on each side')
     for name, tensor in (('offset', offset), ('mask', mask)):
         _check(tensor.shape[0] == batch and tensor.shape[1] == out_h and tensor.shape[2] == out_w,
                f'dcnv3: {name} must have shape (N, Ho, Wo, ...) = ({batch}, {out_h}, {out_w}, ...) '

@@ -551,6 +551,10 @@ def _bad_cases():
         ('offset_scale_over_float32', _replace(good, 13, -1e39), ValueError,
          r"offset_scale must lie within float32's range \(the kernels compute float32, float16 and "
          r'bfloat16 inputs in float32\), got -1e\+39'),
+        # The CUDA kernels' sampling positions are ints: a pad of 2^30 wrapped them.
+        ('padded_input_over_int32', _replace(good, pw, 2**30), ValueError,
+         r'the padded input \(H \+ 2 \* pad_h\) x \(W \+ 2 \* pad_w\) = 7x2147483653 must be '
+         r'below 2\^31 on each side'),
         ('channels_not_divisible', _replace(_replace(good, grp, 4), 0, input[..., :5]), ValueError,
          r'input channels \(5\) must be divisible by group \(4\)'),
         ('channels_mismatch', _replace(good, gc, 2), ValueError,
