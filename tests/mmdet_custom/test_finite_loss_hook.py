@@ -46,3 +46,41 @@ def test_iterations_without_a_loss_are_left_alone():
     hook.after_train_iter(runner)
     runner.outputs = dict(log_vars={})
     hook.after_train_iter(runner)
+
+
+def test_weights_are_checked_where_a_checkpoint_is_due():
+    # The loss comes before the update: a NaN update with a finite loss reached the checkpoint.
+    import torch
+    from mmcv.runner import CheckpointHook
+    model = torch.nn.Linear(2, 2)
+    runner = types.SimpleNamespace(hooks=[CheckpointHook(interval=2, by_epoch=False)], model=model,
+                                   epoch=0, inner_iter=0, iter=0, _max_iters=10, _max_epochs=2,
+                                   outputs=dict(log_vars=dict(loss=1.0)))
+    hook = FiniteLossHook()
+    hook.before_run(runner)
+    with torch.no_grad():
+        model.weight[0, 0] = float('nan')
+    hook.after_train_iter(runner)  # no checkpoint after iteration 1: no wait for the weights
+    runner.inner_iter = runner.iter = 1
+    with pytest.raises(NonFiniteLossError, match=r"^the weights hold NaN or infinite values after "
+                                                 r"epoch 1, iteration 2 \(iteration 2 overall\): an "
+                                                 r"update's gradients were not finite, though its "
+                                                 r"loss was$"):
+        hook.after_train_iter(runner)
+    runner.hooks = [CheckpointHook(interval=1)]
+    hook.before_run(runner)
+    with pytest.raises(NonFiniteLossError, match='values at the end of epoch 1: '):
+        hook.after_train_epoch(runner)
+
+
+def test_an_iteration_based_run_is_told_its_iteration():
+    # IterBasedRunner resets its inner iteration every step: every loss was "iteration 1".
+    from mmcv.runner import IterBasedRunner
+
+    class Runner(IterBasedRunner):
+        def __init__(self):  # only what the hook reads
+            self._epoch, self._inner_iter, self._iter = 1, 0, 5
+            self.outputs = dict(log_vars=dict(loss=float('nan')))
+
+    with pytest.raises(NonFiniteLossError, match=r'^the loss is nan at iteration 6$'):
+        FiniteLossHook().after_train_iter(Runner())

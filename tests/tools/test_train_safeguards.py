@@ -26,6 +26,18 @@ class PoisonWeightsAtEpochTwoHook(Hook):
 
 
 @HOOKS.register_module()
+class NanGradientEndingEpochTwoHook(Hook):
+    """Makes the gradients of one layer NaN in the last step of the second epoch: its loss is
+    finite, its update is not."""
+
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == len(runner.data_loader) - 1:
+            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            model.roi_head.bbox_head.fc_cls.weight.register_hook(
+                lambda grad: torch.full_like(grad, float('nan')))
+
+
+@HOOKS.register_module()
 class CtrlCAtEpochTwoHook(Hook):
     def before_train_iter(self, runner):
         if runner.epoch == 1 and runner.inner_iter == 1:
@@ -63,6 +75,22 @@ def test_a_diverged_loss_stops_training_before_its_weights_are_saved(train_tool,
         f'a checkpoint of those weights was saved; the newest complete checkpoint is {work}/'
         'epoch_1.pth (--auto-resume goes on from it), with a lower optimizer.lr or gradient '
         'clipping (optimizer_config.grad_clip)')
+    assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
+
+
+def test_an_update_to_non_finite_weights_is_not_saved(train_tool, tmp_path, tiny_shapes):
+    # The loss comes before the update: a finite loss with NaN gradients ended the epoch, its
+    # checkpoint held NaN weights, and the next iteration's error recommended resuming from it.
+    config = write_tiny_config(tmp_path / 'nan_update.py', tiny_shapes, epochs=3,
+                               extra="custom_hooks = [dict(type='NanGradientEndingEpochTwoHook')]")
+    work = tmp_path / 'work'
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
+    assert message.endswith(
+        "training stopped: the weights hold NaN or infinite values at the end of epoch 2: an "
+        "update's gradients were not finite, though its loss was, before a checkpoint of "
+        f'those weights was saved; the newest complete checkpoint is {work}/epoch_1.pth '
+        '(--auto-resume goes on from it), with a lower optimizer.lr or gradient clipping '
+        '(optimizer_config.grad_clip)')
     assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
 
 
