@@ -293,6 +293,11 @@ def _load_training_state(detector, optimizer, path, logger=None, **_):
     return dict(checkpoint, meta={key: value for key, value in meta.items() if key != 'config'})
 
 
+# What hooks keep in runner.meta to go on where they stopped: the best-checkpoint record and
+# the last checkpoint (mmcv's evaluation and checkpoint hooks), the float16 loss scale.
+_TRAINING_STATE_META = ('hook_msgs', 'fp16')
+
+
 class TrainingStopped(Exception):
     """Training cannot go on: a non-finite loss, or a file that cannot be written. The message
     names the newest complete checkpoint to go on from."""
@@ -407,13 +412,21 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         # mmcv's resume reads the weights leniently (one of another shape is only a warning) and
         # then loads the optimizer state, whose moments of the old shapes crash the fused update:
         # _load_training_state refuses such a file (and one of weights alone) instead.
-        runner.load_checkpoint = functools.partial(_load_training_state, detector, runner.optimizer,
-                                                   logger=logger)
+        resumed_meta = {}
+
+        def load_training_state(path, **_):
+            checkpoint = _load_training_state(detector, runner.optimizer, path, logger=logger)
+            resumed_meta.update(checkpoint['meta'])
+            return checkpoint
+
+        runner.load_checkpoint = load_training_state
+        run_meta = dict(runner.meta or {})
         configured = [(group['lr'], group['weight_decay'])
                       for group in getattr(runner.optimizer, 'param_groups', ())]
         try:
             with configured_update_implementation(runner.optimizer):
-                runner.resume(cfg.resume_from)
+                # On the CPU: mmcv's default asks CUDA for its device (IterBasedRunner always).
+                runner.resume(cfg.resume_from, map_location='cpu')
         except CheckpointError as error:  # unreadable, of another model, or weights alone
             hint = ''
             saved_here = (osp.realpath(osp.dirname(osp.abspath(cfg.resume_from)))
@@ -426,6 +439,11 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f'cannot resume from {cfg.resume_from}: '
                                   f'{type(error).__name__}: {error_summary(error)}') from error
+        # The run goes on under its own meta (config, seed, environment: what its checkpoints
+        # record), with the checkpoint's training state in it. mmcv's EpochBasedRunner took the
+        # checkpoint's meta whole, IterBasedRunner none of it.
+        runner.meta = dict(run_meta, **{key: resumed_meta[key] for key in _TRAINING_STATE_META
+                                        if key in resumed_meta})
         if configured:
             _check_resumed_optimizer(runner.optimizer, configured, cfg.resume_from, logger)
         if isinstance(runner, EpochBasedRunner):

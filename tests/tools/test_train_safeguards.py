@@ -132,6 +132,31 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
     assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
 
 
+def test_a_resumed_runs_checkpoints_record_that_run(train_tool, tmp_path, tiny_config):
+    # mmcv's resume replaced the run's meta with the checkpoint's: later checkpoints had no
+    # config and the first segment's seed, which the next --auto-resume then took.
+    work = tmp_path / 'work'
+    train_tool.main([tiny_config, '--no-validate', '--seed', '1', '--work-dir', str(work)])
+    train_tool.main([tiny_config, '--no-validate', '--seed', '7', '--auto-resume', '--work-dir',
+                     str(work), '--cfg-options', 'runner.max_epochs=2'])
+    meta = read_checkpoint(str(work / 'epoch_2.pth'))['meta']
+    assert meta['seed'] == 7 and 'runner' in meta['config'] and meta['epoch'] == 2
+
+
+def test_an_iteration_based_run_resumes_on_the_cpu(train_tool, tmp_path, tiny_shapes):
+    # mmcv's IterBasedRunner.resume asked CUDA for its device: "Found no NVIDIA driver".
+    config = write_tiny_config(tmp_path / 'iterations.py', tiny_shapes, extra=(
+        "runner = dict(type='IterBasedRunner', max_iters=3)\n"
+        "checkpoint_config = dict(interval=3, by_epoch=False)\n"
+        "log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook', by_epoch=False)])"))
+    work = tmp_path / 'work'
+    train_tool.main([config, '--no-validate', '--work-dir', str(work)])
+    train_tool.main([config, '--no-validate', '--auto-resume', '--work-dir', str(work),
+                     '--cfg-options', 'runner.max_iters=6'])
+    meta = read_checkpoint(str(work / 'iter_6.pth'))['meta']
+    assert 'config' in meta  # (mmcv numbers iter_6.pth's meta iteration 5)
+
+
 def test_auto_resume_looks_where_checkpoints_go_and_keeps_the_run_seed(train_tool, tmp_path,
                                                                       tiny_config, mmdet_log):
     # A work dir name glob reads as a pattern, checkpoints in checkpoint_config.out_dir, and no
