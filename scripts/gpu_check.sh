@@ -228,6 +228,8 @@ else
     # The same install command, into a throwaway folder; this run keeps its own stack.
     step kit-install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade \
       --target "$WORK/kit-site" "$(dirname "$kit_mmcv")"/*.whl
+  elif [ -z "$kit_mmcv" ]; then
+    skip kit-install "dry-run: no kit (neither $KIT nor ../shared/gpu-kit)"
   else
     skip kit-install "dry-run: the kit's wheels are not for $py_tag"
   fi
