@@ -32,10 +32,10 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
         extra="custom_imports = dict(imports=['mmdet_custom', 'dump_hook'])\n"
               "custom_hooks = [dict(type='NumClassCheckHook'), dict(type='DumpRankWeightsHook')]\n")
     work_dir = tmp_path / 'work'
-    env = {'PYTHONPATH': f'{ROOT}:{tmp_path}', 'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
+    env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
     # Validation after the last epoch exercises the distributed evaluation hook as well.
     result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
-                       '--seed', '0'], env=env, timeout=900)
+                       '--seed', '0'], env=env, pythonpath=[tmp_path], timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     assert '2 processes, gloo' in log
@@ -53,7 +53,7 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
     env['PORT'] = str(free_port())
     result = run_tool(['bash', 'tools/dist_test.sh', config, str(work_dir / 'epoch_2.pth'), '2',
                        '--eval', 'bbox', 'segm', '--out', str(tmp_path / 'results.pkl')],
-                      env=env, timeout=600)
+                      env=env, pythonpath=[tmp_path], timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert 'segm_mAP' in result.stdout
     import mmcv

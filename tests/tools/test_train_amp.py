@@ -122,7 +122,7 @@ def test_train_tool_amp_on_cpu_trains_dcnv3_in_bfloat16(tmp_path, tiny_shapes):
     work = tmp_path / 'work'
     result = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work), '--seed', '0',
                        '--no-validate', '--amp'],
-                      env={'PYTHONPATH': f'{tmp_path}:{ROOT}'}, timeout=600)
+                      pythonpath=[tmp_path], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'mixed precision: bfloat16 autocast in the backbone' in result.stderr
     seen = json.loads((work / 'dtypes.json').read_text())

@@ -46,7 +46,7 @@ def test_every_phase_is_logged_each_iteration_and_fits_in_its_step(tmp_path, tin
               "                dict(type='LeftWrappedProbeHook', priority='LOWEST')]\n")
     work = tmp_path / 'work'
     result = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work), '--seed', '0',
-                       '--no-validate'], env={'PYTHONPATH': f'{tmp_path}:{ROOT}'}, timeout=600)
+                       '--no-validate'], pythonpath=[tmp_path], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
     logs = [json.loads(line) for line in next(work.glob('*.log.json')).read_text().splitlines()]

@@ -49,7 +49,7 @@ def test_killed_and_auto_resumed_run_matches_uninterrupted_run(tmp_path, tiny_sh
     interrupted = tmp_path / 'interrupted'
     killed = run_tool([PYTHON, TRAIN_TOOL, killed_config, '--work-dir', str(interrupted),
                        '--seed', '3', '--no-validate'],
-                      env={'PYTHONPATH': f'{ROOT}:{tmp_path}'},  # finds kill_hook
+                      pythonpath=[tmp_path],  # finds kill_hook
                       timeout=900, start_new_session=True)  # its own process group to kill
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert sorted(p.name for p in interrupted.glob('epoch_*.pth')) == ['epoch_1.pth']

@@ -106,9 +106,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def run_tool(args, env=None, timeout=600, cwd=ROOT, **popen_kwargs):
-    """Run a command from the repository root; returns the CompletedProcess."""
-    full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+def run_tool(args, env=None, timeout=600, cwd=ROOT, pythonpath=(), **popen_kwargs):
+    """Run a command from the repository root; returns the CompletedProcess. The command's
+    PYTHONPATH is the repository, the folders ``pythonpath`` names (e.g. a test's hook modules),
+    then the inherited one (where mmcv may come from, as on the GPU machine)."""
+    folders = [ROOT, *map(str, pythonpath), os.environ.get('PYTHONPATH', '')]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(folders))
     full_env.update(env or {})
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout, **popen_kwargs)
