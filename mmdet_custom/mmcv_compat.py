@@ -49,8 +49,10 @@ def _put_atomically(self, obj: bytes, filepath) -> None:
     except BaseException as error:
         if osp.exists(partial):
             os.remove(partial)
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = filepath  # a full disk says "No space left on device" and no more
+        # A full disk says "No space left on device" and no file; a folder that cannot be written
+        # names the hidden partial file: name the checkpoint either way.
+        if isinstance(error, OSError) and error.filename in (None, partial):
+            error.filename = filepath
         raise
 
 

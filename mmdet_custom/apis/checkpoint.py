@@ -179,10 +179,11 @@ def _is_complete_torch_file(path):
 
 def hook_output_dir(work_dir, out_dir=None):
     """Where mmcv's checkpoint and evaluation hooks write a run's files: ``work_dir``, or with
-    the hook's ``out_dir`` set, the folder of the work dir's name inside it."""
+    the hook's ``out_dir`` set, the folder of the work dir's name inside it (of its absolute
+    path, as mmcv takes it: ``--work-dir .`` is named after the current folder)."""
     if not out_dir:
         return work_dir
-    return osp.join(out_dir, osp.basename(work_dir.rstrip(osp.sep)))
+    return osp.join(out_dir, osp.basename(osp.abspath(work_dir)))
 
 
 def stored_seed(path):

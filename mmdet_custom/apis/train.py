@@ -470,7 +470,9 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise
-        raise TrainingStopped(f'training stopped: cannot write {error.filename}: {error.strerror}; '
+        # A buffered write (the logs) fails at its flush, which names no file.
+        target = error.filename if error.filename is not None else f'in {cfg.work_dir}'
+        raise TrainingStopped(f'training stopped: cannot write {target}: {error.strerror}; '
                               f'{_where_to_resume(cfg)}') from None
 
 

@@ -292,3 +292,14 @@ def test_auto_scale_lr_scales_the_optimizer_learning_rates(tmp_path, tiny_config
     assert 'LR has been automatically scaled from 0.0014 to 0.000175' in result.stdout + result.stderr
     groups = read_checkpoint(str(work / 'epoch_1.pth'))['optimizer']['param_groups']
     assert [group['initial_lr'] for group in groups] == [pytest.approx(1.4e-3 / 8)]
+
+
+def test_hook_output_dir_names_the_work_dir_as_mmcv_does(tmp_path, monkeypatch):
+    # mmcv's hooks take the basename of the absolute work dir: `--work-dir .` writes into
+    # out_dir/<current folder>, where --auto-resume looked into out_dir/. and found nothing.
+    from mmdet_custom.apis.checkpoint import hook_output_dir
+    (tmp_path / 'run').mkdir()
+    monkeypatch.chdir(tmp_path / 'run')
+    assert hook_output_dir('.', '/out') == '/out/run'
+    assert hook_output_dir('a/b/', '/out') == '/out/b'
+    assert hook_output_dir('.', None) == '.'

@@ -114,6 +114,42 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(train_tool, tm
     assert sorted(p.name for p in work.iterdir() if 'pth' in p.name) == ['epoch_1.pth', 'latest.pth']
 
 
+def test_a_folder_refusing_the_checkpoint_is_named_not_its_partial_file(train_tool, tmp_path,
+                                                                      tiny_config, monkeypatch):
+    # open() of the hidden partial file failed first, and that name was what the message gave.
+    from mmdet_custom import mmcv_compat
+    opened = []
+
+    def open_until_refused(path, *args, **kwargs):
+        opened.append(path)
+        if len(opened) == 2:  # the second checkpoint
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(mmcv_compat, 'open', open_until_refused, raising=False)
+    work = tmp_path / 'work'
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work),
+                      '--cfg-options', 'runner.max_epochs=2')
+    assert f'training stopped: cannot write {work}/epoch_2.pth: Permission denied; ' in message
+
+
+def test_a_full_disk_under_the_log_names_the_work_dir(train_tool, tmp_path, tiny_config,
+                                                      monkeypatch):
+    # A buffered write fails at its flush, with no file name: "cannot write None".
+    import mmcv
+    dump = mmcv.dump
+
+    def dump_until_the_disk_fills(obj, file=None, *args, **kwargs):
+        if getattr(file, 'name', '').endswith('.log.json'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return dump(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(mmcv, 'dump', dump_until_the_disk_fills)
+    work = tmp_path / 'work'
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work))
+    assert f'training stopped: cannot write in {work}: No space left on device; ' in message
+
+
 def _train_one_epoch(train_tool, config, work, *options):
     train_tool.main([config, '--no-validate', '--seed', '0', '--work-dir', str(work)]
                     + (['--cfg-options', *options] if options else []))
