@@ -342,6 +342,19 @@ def _check_resumed_optimizer(optimizer, configured, path, logger):
             return
 
 
+def _evaluates_after(epoch, evaluation):
+    """Whether the evaluation hook evaluates after epoch ``epoch`` (counted from 1), as mmcv's
+    ``start``/``interval`` and mmdet's ``dynamic_intervals`` decide."""
+    interval = evaluation.get('interval', 1)
+    for milestone, milestone_interval in sorted(evaluation.get('dynamic_intervals') or []):
+        if epoch >= milestone:
+            interval = milestone_interval
+    start = evaluation.get('start')
+    if start is None:
+        return epoch % interval == 0
+    return epoch >= start and (epoch - start) % interval == 0
+
+
 def _evaluated_epochs(work_dir):
     """The epochs the json logs in ``work_dir`` hold an evaluation of."""
     epochs = set()
@@ -491,8 +504,8 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger):
     if validate:
         best_dir = hook_output_dir(cfg.work_dir, cfg.get('evaluation', {}).get('out_dir'))
         restore_best_record(runner.meta, best_dir, runner.epoch, logger)
-        interval = cfg.get('evaluation', {}).get('interval', 1)
-        if runner.epoch % interval == 0 and runner.epoch not in _evaluated_epochs(cfg.work_dir):
+        if (_evaluates_after(runner.epoch, cfg.get('evaluation', {}))
+                and runner.epoch not in _evaluated_epochs(cfg.work_dir)):
             logger.warning(f'epoch {runner.epoch} was saved but not evaluated (the run stopped in '
                            f'between): tools/test.py with {cfg.resume_from} evaluates it')
     if runner.epoch >= runner.max_epochs:

@@ -303,3 +303,21 @@ def test_hook_output_dir_names_the_work_dir_as_mmcv_does(tmp_path, monkeypatch):
     assert hook_output_dir('.', '/out') == '/out/run'
     assert hook_output_dir('a/b/', '/out') == '/out/b'
     assert hook_output_dir('.', None) == '.'
+
+
+@pytest.mark.parametrize('evaluation', [
+    dict(interval=1), dict(interval=2), dict(interval=2, start=1), dict(interval=3, start=4),
+    dict(interval=3, dynamic_intervals=[(4, 1)]), dict(interval=2, start=1, dynamic_intervals=[(5, 3)])])
+def test_the_epochs_named_unevaluated_are_those_the_eval_hook_evaluates(evaluation):
+    # Resuming warned of epoch 2 "saved but not evaluated" with start=1, interval=2 (1, 3, 5, ...).
+    import types
+
+    from torch.utils.data import DataLoader
+
+    from mmdet.core import EvalHook
+    from mmdet_custom.apis.train import _evaluates_after
+    hook = EvalHook(DataLoader([0]), **evaluation)
+    for epoch in range(1, 13):
+        runner = types.SimpleNamespace(epoch=epoch - 1, iter=0)  # as the hook sees it, 0-based
+        hook.before_train_epoch(runner)
+        assert _evaluates_after(epoch, evaluation) == hook._should_evaluate(runner), epoch
