@@ -196,6 +196,12 @@ def check_mixed_precision(cfg):
         raise ValueError('the config sets both fp16 and bf16; keep one (fp16: float16 with loss '
                          'scaling, CUDA only; bf16: bfloat16 autocast)')
     if fp16 is not None:
+        hook_type = (cfg.get('optimizer_config') or {}).get('type', 'OptimizerHook')
+        if hook_type != 'OptimizerHook':
+            raise ValueError(f'float16 mixed precision (fp16 in the config, --amp float16) trains '
+                             f'with its own optimizer hook, which takes a plain OptimizerHook\'s '
+                             f'settings (grad_clip); optimizer_config names type={hook_type!r}, '
+                             f'which it cannot stand in for')
         if device != 'cuda':
             raise ValueError(f'float16 mixed precision (fp16 in the config, --amp float16) needs a '
                              f'CUDA GPU: mmcv\'s Fp16OptimizerHook autocasts CUDA ops only, and on '
@@ -232,9 +238,9 @@ def _autocast_feature_extraction(detector, device_type, dtype):
 
 def _optimizer_hook_config(cfg, distributed):
     fp16_cfg = cfg.get('fp16', None)
-    if fp16_cfg is not None:
-        return SyncFreeFp16OptimizerHook(**cfg.optimizer_config, **fp16_cfg,
-                                         distributed=distributed)
+    if fp16_cfg is not None:  # (check_mixed_precision allows type='OptimizerHook' only)
+        options = {key: value for key, value in cfg.optimizer_config.items() if key != 'type'}
+        return SyncFreeFp16OptimizerHook(**options, **fp16_cfg, distributed=distributed)
     if distributed and 'type' not in cfg.optimizer_config:
         return OptimizerHook(**cfg.optimizer_config)
     return cfg.optimizer_config

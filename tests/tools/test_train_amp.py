@@ -66,6 +66,23 @@ def test_bf16_takes_no_loss_scale():
         check_mixed_precision(_cfg('cpu', bf16=dict(loss_scale=512.)))
 
 
+def test_fp16_takes_a_plain_optimizer_hooks_settings():
+    # A type in optimizer_config reached the float16 hook's constructor: a TypeError after the
+    # model and data were built. OptimizerHook, named or not, is what it stands in for.
+    from mmdet_custom.apis.train import _optimizer_hook_config
+    for named in ({}, dict(type='OptimizerHook')):
+        cfg = _cfg('cuda', fp16=dict(loss_scale='dynamic'),
+                   optimizer_config=dict(grad_clip=dict(max_norm=1.0), **named))
+        assert check_mixed_precision(cfg) == 'float16'
+        assert _optimizer_hook_config(cfg, distributed=False).grad_clip == dict(max_norm=1.0)
+    cfg = _cfg('cuda', fp16=dict(loss_scale='dynamic'),
+               optimizer_config=dict(type='GradientCumulativeOptimizerHook', cumulative_iters=2))
+    with pytest.raises(ValueError, match=r"optimizer_config names "
+                                         r"type='GradientCumulativeOptimizerHook', which it cannot "
+                                         r"stand in for"):
+        check_mixed_precision(cfg)
+
+
 def test_amp_auto_is_bfloat16_on_cpu():
     cfg = _cfg('cpu')
     assert set_mixed_precision(cfg) == 'bfloat16'
