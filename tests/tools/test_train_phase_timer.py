@@ -1,6 +1,7 @@
 """StepPhaseTimerHook: each training iteration's phases in tools/train.py's log."""
 import json
 import os.path as osp
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -93,3 +94,27 @@ def test_unwrapping_puts_back_the_instance_attribute_a_wrapper_shadowed():
     hook.after_run(runner)
     assert vars(detector)['extract_feat'] is autocast_wrapper
     assert 'train_step' not in vars(detector)  # a class method: no instance attribute left
+
+
+def test_an_iteration_without_an_optimizer_step_logs_a_step_of_zero():
+    # Accumulating gradients (or skipping a float16 overflow), the optimizer hook ran without
+    # a step: the log showed the previous step's time again.
+    import torch
+    from mmcv.runner import OptimizerHook
+
+    class AccumulatingHook(OptimizerHook):
+        def after_train_iter(self, runner):
+            time.sleep(0.01)  # the backward; no step
+
+    detector = _Detector()
+    logged = {}
+    runner = SimpleNamespace(model=detector, hooks=[AccumulatingHook()],
+                             optimizer=torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1),
+                             log_buffer=SimpleNamespace(update=logged.update))
+    hook = StepPhaseTimerHook()
+    hook.before_run(runner)
+    hook.before_train_iter(runner)
+    runner.hooks[0].after_train_iter(runner)
+    hook.after_train_iter(runner)
+    hook.after_run(runner)
+    assert logged['t_optimizer_step'] == 0.0 and logged['t_backward'] >= 0.01

@@ -92,5 +92,8 @@ class StepPhaseTimerHook(Hook):
         if 'wrapper' in times:
             times['t_to_device'] = times.pop('wrapper') - times.get('t_forward', 0.0)
         if 'optimizer_hook' in times:
-            times['t_backward'] = times.pop('optimizer_hook') - times.get('t_optimizer_step', 0.0)
+            # An iteration without a step (gradients accumulating, a float16 overflow) logs 0:
+            # mmcv's log averages each key over its last values, the previous step's included.
+            times.setdefault('t_optimizer_step', 0.0)
+            times['t_backward'] = times.pop('optimizer_hook') - times['t_optimizer_step']
         runner.log_buffer.update({key: times[key] for key in PHASES if key in times})
