@@ -64,33 +64,22 @@ def _text(records):
     return '\n'.join(record.getMessage() for record in records)
 
 
-def test_a_diverged_loss_stops_training_before_its_weights_are_saved(train_tool, tmp_path,
-                                                                      tiny_shapes):
-    config = write_tiny_config(tmp_path / 'diverging.py', tiny_shapes, epochs=3,
-                               extra="custom_hooks = [dict(type='PoisonWeightsAtEpochTwoHook')]")
-    work = tmp_path / 'work'
-    message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
-    assert message.endswith(
-        'training stopped: the loss is nan at epoch 2, iteration 1 (iteration 5 overall), before '
-        f'a checkpoint of those weights was saved; the newest complete checkpoint is {work}/'
-        'epoch_1.pth (--auto-resume goes on from it), with a lower optimizer.lr or gradient '
-        'clipping (optimizer_config.grad_clip)')
-    assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
-
-
-def test_an_update_to_non_finite_weights_is_not_saved(train_tool, tmp_path, tiny_shapes):
+@pytest.mark.parametrize('poison, what', [
+    ('PoisonWeightsAtEpochTwoHook', 'the loss is nan at epoch 2, iteration 1 (iteration 5 overall)'),
     # The loss comes before the update: a finite loss with NaN gradients ended the epoch, its
     # checkpoint held NaN weights, and the next iteration's error recommended resuming from it.
-    config = write_tiny_config(tmp_path / 'nan_update.py', tiny_shapes, epochs=3,
-                               extra="custom_hooks = [dict(type='NanGradientEndingEpochTwoHook')]")
+    ('NanGradientEndingEpochTwoHook', "the weights hold NaN or infinite values at the end of "
+                                      "epoch 2: an update's gradients were not finite, though its "
+                                      "loss was")], ids=['loss', 'update'])
+def test_diverged_weights_are_never_saved(train_tool, tmp_path, tiny_shapes, poison, what):
+    config = write_tiny_config(tmp_path / 'diverging.py', tiny_shapes, epochs=3,
+                               extra=f"custom_hooks = [dict(type='{poison}')]")
     work = tmp_path / 'work'
     message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
     assert message.endswith(
-        "training stopped: the weights hold NaN or infinite values at the end of epoch 2: an "
-        "update's gradients were not finite, though its loss was, before a checkpoint of "
-        f'those weights was saved; the newest complete checkpoint is {work}/epoch_1.pth '
-        '(--auto-resume goes on from it), with a lower optimizer.lr or gradient clipping '
-        '(optimizer_config.grad_clip)')
+        f'training stopped: {what}, before a checkpoint of those weights was saved; the newest '
+        f'complete checkpoint is {work}/epoch_1.pth (--auto-resume goes on from it), with a lower '
+        'optimizer.lr or gradient clipping (optimizer_config.grad_clip)')
     assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
 
 
