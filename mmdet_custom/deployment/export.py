@@ -16,7 +16,8 @@ from mmdet.datasets.pipelines import Compose
 from .mask_rcnn import INPUT_NAMES, OUTPUT_NAMES, MaskRCNNForExport
 
 __all__ = ['ExportError', 'MIN_OPSET', 'MAX_OPSET', 'pipeline_size_divisor', 'default_input_shape', 'prepare_input',
-           'export_mask_rcnn', 'non_standard_ops', 'pytorch_detections', 'compare_detections']
+           'export_mask_rcnn', 'non_standard_ops', 'flat_detections', 'pytorch_detections',
+           'compare_detections']
 
 # GridSample (DCNv3) and RoiAlign's coordinate_transformation_mode need 16; the TorchScript-based
 # exporter writes up to 20.
@@ -155,18 +156,24 @@ def non_standard_ops(model):
                    if node.domain not in STANDARD_DOMAINS})
 
 
-def pytorch_detections(detector, img, meta):
-    """mmdet's own inference (``simple_test``, no rescaling) as ONNX-style arrays:
-    dets (N, 5), labels (N,), masks (N, H, W) bool, sorted by descending score."""
-    with torch.no_grad():
-        bbox_results, segm_results = detector.simple_test(img, [meta], rescale=False)[0]
+def flat_detections(bbox_results, segm_results, image_shape):
+    """mmdet's per-class results of one image as ONNX-style arrays: dets (N, 5) float32, labels
+    (N,) int64, masks (N, H, W) bool (H, W = ``image_shape`` when there are none), sorted by
+    descending score."""
     labels = np.concatenate([np.full(len(boxes), label, dtype=np.int64)
                              for label, boxes in enumerate(bbox_results)])
     dets = np.concatenate(bbox_results).astype(np.float32)
     masks = [mask for class_masks in segm_results for mask in class_masks]
-    masks = np.stack(masks) if masks else np.zeros((0,) + tuple(img.shape[-2:]), dtype=bool)
+    masks = np.stack(masks).astype(bool) if masks else np.zeros((0, *image_shape), dtype=bool)
     order = np.argsort(-dets[:, 4], kind='stable')
     return dets[order], labels[order], masks[order]
+
+
+def pytorch_detections(detector, img, meta):
+    """mmdet's own inference (``simple_test``, no rescaling) as :func:`flat_detections` gives it."""
+    with torch.no_grad():
+        bbox_results, segm_results = detector.simple_test(img, [meta], rescale=False)[0]
+    return flat_detections(bbox_results, segm_results, tuple(img.shape[-2:]))
 
 
 def _mask_iou(a, b):

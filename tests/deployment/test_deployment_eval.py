@@ -115,17 +115,14 @@ def padded_model(tiny_detector, tmp_path_factory):
 
 
 def _detections(results):
-    """Per image (dets, labels, masks) sorted by score, from mmdet's per-class results."""
-    import numpy as np
+    """Per image (dets, labels, masks) sorted by score, from mmdet's per-class results (masks
+    RLE-encoded, as the tools save them)."""
     import pycocotools.mask as mask_util
-    images = []
-    for bbox_results, segm_results in results:
-        labels = np.concatenate([np.full(len(b), c) for c, b in enumerate(bbox_results)])
-        dets = np.concatenate(bbox_results)
-        masks = np.stack([mask_util.decode(m) for c in segm_results for m in c]).astype(bool)
-        order = np.argsort(-dets[:, 4], kind='stable')
-        images.append((dets[order], labels[order], masks[order]))
-    return images
+
+    from mmdet_custom.deployment import flat_detections
+    return [flat_detections(bbox_results, [[mask_util.decode(m) for m in c] for c in segm_results],
+                            (0, 0))
+            for bbox_results, segm_results in results]
 
 
 def test_deployment_test_gives_pytorchs_results_on_padded_images(padded_model, tmp_path):

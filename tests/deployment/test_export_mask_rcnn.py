@@ -17,8 +17,9 @@ from mmdet.datasets.pipelines import Compose  # noqa: E402
 
 from mmdet_custom.datasets.synthetic_shapes import render_image  # noqa: E402
 from mmdet_custom.deployment import (ONNXRuntimeMaskRCNN, compare_detections,  # noqa: E402
-                                     default_input_shape, export_mask_rcnn, non_standard_ops,
-                                     prepare_input, pytorch_detections, pipeline_size_divisor)
+                                     default_input_shape, export_mask_rcnn, flat_detections,
+                                     non_standard_ops, prepare_input, pytorch_detections,
+                                     pipeline_size_divisor)
 from deployment_testlib import load_tool  # noqa: E402
 from tools_testlib import ROOT  # noqa: E402
 
@@ -119,16 +120,6 @@ def _pipeline_input(cfg, image, shape):
     return img.contiguous(), meta
 
 
-def _flat(results):
-    """(dets, labels, masks) sorted by score, from mmdet's per-class results."""
-    bbox_results, segm_results = results
-    labels = np.concatenate([np.full(len(boxes), label) for label, boxes in enumerate(bbox_results)])
-    dets = np.concatenate(bbox_results).astype(np.float32)
-    masks = np.stack([mask for class_masks in segm_results for mask in class_masks])
-    order = np.argsort(-dets[:, 4], kind='stable')
-    return dets[order], labels[order], masks[order]
-
-
 @pytest.mark.parametrize('ori_shape', [(96, 64), (40, 24)])
 def test_ort_detector_pastes_masks_on_the_original_image_as_mmdet(tiny_detector, static_export,
                                                                    ori_shape):
@@ -140,8 +131,8 @@ def test_ort_detector_pastes_masks_on_the_original_image_as_mmdet(tiny_detector,
     img, meta = _pipeline_input(cfg, image[:, :, ::-1].copy(), (64, 64))
     assert tuple(meta['ori_shape'][:2]) == ori_shape and meta['img_shape'][:2] != ori_shape
     with torch.no_grad():
-        reference = _flat(detector.simple_test(img, [meta], rescale=True)[0])
-    candidate = _flat(ONNXRuntimeMaskRCNN(path, num_classes=3)(img, meta))
+        reference = flat_detections(*detector.simple_test(img, [meta], rescale=True)[0], ori_shape)
+    candidate = flat_detections(*ONNXRuntimeMaskRCNN(path, num_classes=3)(img, meta), ori_shape)
     assert len(reference[0]) > 0 and candidate[2].shape[1:] == ori_shape
     assert compare_detections(reference, candidate, min_mask_iou=0.995) == []
 
