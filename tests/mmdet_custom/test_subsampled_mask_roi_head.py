@@ -79,9 +79,10 @@ def test_inference_is_the_standard_head():
         assert np.array_equal(np.array(got_masks), np.array(want_masks))
 
 
-@pytest.mark.parametrize('cap', [0, -3])
-def test_cap_must_be_positive(cap):
-    with pytest.raises(ValueError, match='max_mask_rois_per_img must be a positive number'):
+@pytest.mark.parametrize('cap', [0, -3, 6.0, 2.5, True])
+def test_cap_must_be_a_positive_whole_number(cap):
+    # A float passed the check and failed as a slice index only once an image had more positives.
+    with pytest.raises(ValueError, match='max_mask_rois_per_img must be a positive whole number'):
         _detector(type='SubsampledMaskRoIHead', max_mask_rois_per_img=cap)
 
 

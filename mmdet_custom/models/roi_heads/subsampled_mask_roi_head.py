@@ -2,10 +2,12 @@
 
 With half of the RoI samples allowed to be positive, the mask branch (RoIAlign at 14x14, its
 convolutions and their backward) becomes the costliest part of a CPU training step once the RPN
-finds the objects. The mask loss is an average over positives, so a random subset of them keeps
-it unbiased while the box head still learns from every sample.
+finds the objects. A random subset of an image's positives estimates the mask loss over all of
+them without bias. The loss averages over the batch's positives, though, so an image with fewer
+positives than the cap weighs more in it than before. The box head still learns from every sample.
 """
 import copy
+import numbers
 from typing import List, Optional
 
 import torch
@@ -26,8 +28,12 @@ class SubsampledMaskRoIHead(StandardRoIHead):
 
     def __init__(self, *args, max_mask_rois_per_img: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if max_mask_rois_per_img is not None and max_mask_rois_per_img < 1:
-            raise ValueError(f'max_mask_rois_per_img must be a positive number or None, got '
+        if max_mask_rois_per_img is not None and (
+                isinstance(max_mask_rois_per_img, bool)
+                or not isinstance(max_mask_rois_per_img, numbers.Integral)
+                or max_mask_rois_per_img < 1):
+            # An int, so that a slice takes it: a float fails only once an image has more positives.
+            raise ValueError(f'max_mask_rois_per_img must be a positive whole number or None, got '
                              f'{max_mask_rois_per_img!r}')
         if max_mask_rois_per_img is not None and self.with_mask and self.share_roi_extractor:
             # The shared-extractor path indexes the box features by the full sample list.
