@@ -54,8 +54,31 @@ def test_rois_in_image_order_with_equal_counts_float32():
 
 def test_no_rois_gives_an_empty_result():
     layer = GridSampleRoIAlign((7, 5), 0.5, 1)
-    result = layer(torch.randn(2, 3, 8, 8), torch.zeros(0, 5))
+    features = torch.randn(2, 3, 8, 8, requires_grad=True)
+    result = layer(features, torch.zeros(0, 5))
     assert result.shape == (0, 3, 7, 5)
+    # Still part of the graph, as mmcv's result: a backward reaches the features, with zeros.
+    grad, = torch.autograd.grad(result.sum(), features)
+    assert torch.equal(grad, torch.zeros_like(features))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_features_are_sampled_in_float32(dtype):
+    """torch's CPU grid_sample in float16/bfloat16 gave NaN and 3e38 on a map of this size."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 8, 200, 336, generator=generator)
+    rois = torch.tensor([[0., 10, 20, 300, 180], [0, 100, 40, 180, 150]])
+    expected = RoIAlign(7, 0.5, 2)(features.to(dtype).float(), rois)
+    result = GridSampleRoIAlign(7, 0.5, 2)(features.to(dtype), rois)
+    assert result.dtype == dtype
+    torch.testing.assert_close(result.float(), expected, rtol=0, atol=1e-2)
+
+
+def test_nan_rois_give_nan_features():
+    """As a diverged model's proposals: NaN features make a NaN loss, which stops training."""
+    result = GridSampleRoIAlign(7, 1.0, 1)(torch.randn(1, 3, 8, 8),
+                                           torch.tensor([[0., float('nan'), 0, 4, 4]]))
+    assert result.isnan().any()
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -72,6 +95,8 @@ def test_unsupported_settings_are_refused(kwargs, message):
     (torch.randn(3, 8, 8), torch.zeros(1, 5), r'features of shape \(N, C, H, W\)'),
     (torch.randn(1, 3, 8, 8), torch.zeros(1, 4), r'rois of shape \(K, 5\)'),
     (torch.randn(1, 3, 8, 8), torch.tensor([[1., 0, 0, 4, 4]]), 'features hold 1'),
+    (torch.randn(1, 3, 8, 8), torch.tensor([[0., 5, 0, 4, 4]]), r'x2 < x1 or y2 < y1'),
+    (torch.randn(1, 3, 8, 8), torch.tensor([[0., 0, 5, 4, 4]]), r'x2 < x1 or y2 < y1'),
 ])
 def test_bad_inputs_are_named(features, rois, message):
     with pytest.raises(ValueError, match=message):

@@ -68,12 +68,22 @@ class GridSampleRoIAlign(RoIAlign):
         num_images, channels = input.shape[:2]
         num_rois = rois.size(0)
         if num_rois == 0:
-            return input.new_zeros(0, channels, out_h, out_w)
+            # A view of the features, so that a backward through it gives them a (zero) gradient.
+            return input[:0, :, :1, :1].expand(0, channels, out_h, out_w)
         batch = rois[:, 0].long()
         if int(batch.min()) < 0 or int(batch.max()) >= num_images:
             raise ValueError(f'rois name images {int(batch.min())} to {int(batch.max())}, but the '
                              f'features hold {num_images}')
 
+        if self.aligned and bool((rois[:, 3:] < rois[:, 1:3]).any()):
+            # RoIAlign(aligned=True) refuses them too; sampled, they would be mirrored boxes. (NaN
+            # coordinates pass, to give NaN features and so a NaN loss, which stops training.)
+            raise ValueError('GridSampleRoIAlign got rois with x2 < x1 or y2 < y1')
+        # torch's CPU grid_sample in float16/bfloat16 overflows on large maps, and half-precision
+        # coordinates would move the samples: computed in float32, returned in the input's dtype.
+        dtype = input.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            input = input.float()
         boxes = rois[:, 1:].to(input.dtype) * self.spatial_scale
         if self.aligned:
             boxes = boxes - 0.5  # pixel centres at integer coordinates, as RoIAlign(aligned=True)
@@ -106,7 +116,7 @@ class GridSampleRoIAlign(RoIAlign):
             output = output.index_select(0, padded_row)  # unless RoIs came image by image, evenly
         if ratio > 1:
             output = F.avg_pool2d(output, ratio)
-        return output
+        return output.to(dtype)
 
 
 @ROI_EXTRACTORS.register_module()
