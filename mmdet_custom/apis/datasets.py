@@ -1,5 +1,6 @@
 """Building a dataset from its config with one clear error per failure, at building time and
 when an image fails in the pipeline later."""
+import math
 import os.path as osp
 
 from mmdet.datasets import build_dataset
@@ -59,13 +60,45 @@ def _base_datasets(dataset):
     return [dataset]
 
 
-def _check_boxes(dataset, name):
-    """Training annotations mmdet ignores for an empty box (under 1 px wide or high, or area 0):
-    a warning with their count, or a DatasetError when no other annotation is left."""
+def _check_classes(dataset, name):
+    """A DatasetError naming the config's class names that the annotation file's categories lack:
+    mmdet drops them, numbers the rest in turn, and so gives later classes' labels the names of
+    earlier ones (with a class misspelled, its annotations are ignored and the next class trains
+    under its name)."""
     coco = getattr(dataset, 'coco', None)
-    if coco is None or getattr(dataset, 'test_mode', True):
+    if coco is None:
+        return
+    known = [category.get('name') for category in coco.cats.values()]
+    missing = [cls for cls in dataset.CLASSES if cls not in known]
+    if missing:
+        raise DatasetError(f'{name}: the classes {", ".join(map(str, missing))} are not among the '
+                           f'annotation file\'s categories ({", ".join(map(str, known))}) (ann_file '
+                           f'{dataset.ann_file})')
+
+
+def _is_box(bbox):
+    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in bbox))
+
+
+def _check_boxes(dataset, name):
+    """Annotations of the classes without a box [x, y, width, height]: a DatasetError naming the
+    first (mmdet's loading and pycocotools' evaluation read every one). In training, those mmdet
+    ignores for an empty box (under 1 px wide or high, or area 0): a warning with their count, or
+    a DatasetError when no other annotation is left."""
+    coco = getattr(dataset, 'coco', None)
+    if coco is None:
         return
     annotations = [ann for ann in coco.anns.values() if ann.get('category_id') in dataset.cat_ids]
+    for ann in annotations:
+        if not _is_box(ann.get('bbox')):
+            found = repr(ann['bbox']) if 'bbox' in ann else 'missing'
+            raise DatasetError(f'{name}: annotation {ann.get("id")} (image {ann.get("image_id")}) '
+                               f'has no box of 4 numbers [x, y, width, height]: bbox {found} '
+                               f'(ann_file {dataset.ann_file})')
+    if getattr(dataset, 'test_mode', True):
+        return
     empty = sum(1 for ann in annotations
                 if ann.get('area', 1) <= 0 or ann['bbox'][2] < 1 or ann['bbox'][3] < 1)
     if empty and empty == len(annotations):
@@ -94,6 +127,8 @@ def load_dataset(dataset_cfg, name, default_args=None):
         dataset = build_dataset(dataset_cfg, default_args)
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
         raise DatasetError(f'{name}: cannot load the dataset: {_builder_error(error)}') from None
+    for base in _base_datasets(dataset):
+        _check_classes(base, name)
     if len(dataset) == 0:
         # Training leaves out images without annotations of the config's classes (mmdet's
         # filter_empty_gt): a class-name typo empties the dataset, and training would then run

@@ -1,5 +1,6 @@
 """tools/train.py refuses bad input with one clear line and a non-zero exit status, and checks
 the data before it builds the model (and downloads pretrained weights)."""
+import json
 import logging
 import os.path as osp
 import shutil
@@ -50,15 +51,59 @@ def test_mmdet_datasets_moves_the_data_root(train_tool, tmp_path, tiny_shapes, m
     assert f'annotation file not found: {tmp_path}/elsewhere/annotations/instances_train.json' in message
 
 
-def test_a_dataset_left_empty_by_the_class_names_isrefused(train_tool, tmp_path, tiny_config,
-                                                            tiny_shapes):
-    # Training keeps only images with annotations of the config's classes; without the check it
-    # ran no iteration and saved an untrained checkpoint.
+@pytest.mark.parametrize('classes, missing', [
+    ("('circle','triangel','rectangle')", 'triangel'),
+    ("('Circle','Triangle')", 'Circle, Triangle'),
+])
+def test_class_names_the_annotation_file_lacks_are_refused(train_tool, tmp_path, tiny_config,
+                                                           tiny_shapes, classes, missing):
+    # mmdet drops them and numbers the rest in turn: the rectangles trained as 'triangel', and
+    # with every name missing, training ran no iteration and saved an untrained checkpoint.
     message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
-                       '--cfg-options', "data.train.classes=('Circle','Triangle')")
+                      '--cfg-options', f'data.train.classes={classes}')
+    assert message.endswith(f"data.train: the classes {missing} are not among the annotation "
+                            "file's categories (circle, triangle, rectangle) (ann_file "
+                            f"{tiny_shapes}/annotations/instances_train.json)")
+
+
+def _edited_annotations(tiny_shapes, tmp_path, edit):
+    with open(osp.join(tiny_shapes, 'annotations', 'instances_train.json')) as f:
+        coco = json.load(f)
+    edit(coco)
+    path = tmp_path / 'edited.json'
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_a_dataset_left_empty_by_the_class_names_is_refused(train_tool, tmp_path, tiny_config,
+                                                            tiny_shapes):
+    # Training keeps only images with annotations of the config's classes: none, for a category
+    # without annotations.
+    ann_file = _edited_annotations(tiny_shapes, tmp_path, lambda coco: coco['categories'].append(
+        dict(id=4, name='hexagon')))
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                      '--cfg-options', "data.train.classes=('hexagon',)",
+                      f'data.train.ann_file={ann_file}')
     assert message.endswith('data.train: no images in the dataset that have annotations of the '
-                            f'classes Circle, Triangle (ann_file {tiny_shapes}/annotations/'
-                            'instances_train.json)')
+                            f'classes hexagon (ann_file {ann_file})')
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+@pytest.mark.parametrize('bbox', [None, [1, 2, 3], [1, 2, 'x', 4]])
+def test_an_annotation_without_a_box_is_named(train_tool, tmp_path, tiny_config, tiny_shapes,
+                                              split, bbox):
+    # Training read it with a KeyError traceback; evaluation's pycocotools, too.
+    def edit(coco):
+        if bbox is None:
+            del coco['annotations'][2]['bbox']
+        else:
+            coco['annotations'][2]['bbox'] = bbox
+    ann_file = _edited_annotations(tiny_shapes, tmp_path, edit)
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
+                      '--cfg-options', f'data.{split}.ann_file={ann_file}')
+    assert message.endswith(
+        f'data.{split}: annotation 3 (image 1) has no box of 4 numbers [x, y, width, height]: '
+        f"bbox {'missing' if bbox is None else bbox} (ann_file {ann_file})")
 
 
 def test_an_unknown_evaluation_metric_is_refused_before_training(train_tool, tmp_path, tiny_config):
