@@ -130,6 +130,61 @@ def check_output_path(path, option, folder=False):
         raise UsageError(f'{option} {path}: this user cannot write in {parent}')
 
 
+def _on_local_disk(dataset):
+    """Whether a dataset config reads its annotations and images from this machine's files
+    (not through a storage backend such as petrel, which mmdet reaches via file_client_args)."""
+    clients = [dataset.get('file_client_args')] + [
+        transform.get('file_client_args') for transform in dataset.get('pipeline', [])
+        if isinstance(transform, dict)]
+    return all(client is None or client.get('backend', 'disk') == 'disk' for client in clients)
+
+
+def dataset_files(dataset):
+    """The (annotation file, image folder) pairs a dataset config reads from local disk, through
+    mmdet's dataset wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root``
+    applied as mmdet's CustomDataset applies it; None for one it does not set or names by URI."""
+    if isinstance(dataset, (list, tuple)):
+        for item in dataset:
+            yield from dataset_files(item)
+        return
+    if 'dataset' in dataset or 'datasets' in dataset:
+        yield from dataset_files(dataset.get('dataset') or dataset.get('datasets'))
+        return
+    if not _on_local_disk(dataset):
+        return
+    root = dataset.get('data_root')
+
+    def local(path):
+        if not path or '://' in path:
+            return None
+        return osp.join(root, path) if root and not osp.isabs(path) else path
+    ann_files = dataset.get('ann_file')
+    ann_files = list(ann_files) if isinstance(ann_files, (list, tuple)) else [ann_files]
+    for ann_file in ann_files:
+        yield local(ann_file), local(dataset.get('img_prefix'))
+
+
+def check_not_over_images(cfg, path, option, folder=False):
+    """Refuse an output that would replace images the config's datasets read: with ``folder``, a
+    folder that is one of their image folders (drawings take their image's name); otherwise a
+    file that exists in one."""
+    if path is None:
+        return
+    target = osp.realpath(path)
+    for split in ('train', 'val', 'test'):
+        for _, img_prefix in dataset_files(cfg.data.get(split) or []):
+            if not img_prefix:
+                continue
+            images = osp.realpath(img_prefix)
+            if folder and target == images:
+                raise UsageError(f'{option} {path} is the image folder of data.{split}, whose '
+                                 f'images the drawings (named as their images) would replace: '
+                                 f'choose another folder')
+            if not folder and osp.isfile(target) and target.startswith(images + os.sep):
+                raise UsageError(f'{option} {path} is an image of data.{split} (in {img_prefix}), '
+                                 f'which the drawing would replace: choose another file')
+
+
 def build_model(cfg, config_path, training=False):
     """``build_detector`` of ``cfg.model`` (with ``cfg.train_cfg`` when ``training``); a model the
     config cannot describe (an unknown type, a wrong argument) is a UsageError naming the config."""

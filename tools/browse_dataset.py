@@ -13,7 +13,8 @@ from mmdet.core.visualization import imshow_det_bboxes  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import load_dataset  # noqa: E402
-from _usage import ConfigOptions, UsageError, check_output_path, one_line_errors, read_config  # noqa: E402
+from _usage import (ConfigOptions, UsageError, check_not_over_images, check_output_path,  # noqa: E402
+                    one_line_errors, read_config)
 
 # Steps that turn the annotated image into tensors; drawing needs the arrays before them.
 TENSOR_STEPS = ('Normalize', 'Pad', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
@@ -24,8 +25,9 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('--output-dir', default='browse_dataset', help='where the drawings go')
     parser.add_argument('--split', choices=['train', 'val', 'test'], default='train',
-                        help='data.<split> of the config (val/test use the train pipeline\'s '
-                        'annotation loading so that boxes and masks are drawn)')
+                        help='data.<split> of the config (val/test go through the train '
+                        'pipeline, random augmentation included, so that their boxes and masks '
+                        'are loaded and drawn)')
     parser.add_argument('--num', type=int, default=20, help='how many images to draw')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions, help='override config entries')
     args = parser.parse_args(argv)
@@ -34,11 +36,14 @@ def parse_args(argv=None):
     return args
 
 
-def wrapped_dataset(data_cfg):
+def wrapped_dataset(data_cfg, key):
     """The dataset inside mmdet's wrappers (RepeatDataset, ClassBalancedDataset), whose
-    pipeline is the one to draw: each image once."""
+    pipeline is the one to draw: each image once. ``key`` names the config entry."""
     while 'pipeline' not in data_cfg and 'dataset' in data_cfg:
         data_cfg = data_cfg.dataset
+    if 'pipeline' not in data_cfg:  # ConcatDataset's datasets (a list of them is refused earlier)
+        raise UsageError(f'{key} holds several datasets ({data_cfg.get("type")}); this tool draws '
+                         f'one: set {key} to one of them with --cfg-options')
     return data_cfg
 
 
@@ -47,12 +52,13 @@ def main(argv=None):
     with one_line_errors('tools/browse_dataset.py'):
         cfg = read_config(args.config, args.cfg_options,
                           required=('data.train', f'data.{args.split}'))
-        data_cfg = wrapped_dataset(cfg.data[args.split])
+        data_cfg = wrapped_dataset(cfg.data[args.split], f'data.{args.split}')
         if args.split != 'train':
-            data_cfg.pipeline = wrapped_dataset(cfg.data.train).pipeline
+            data_cfg.pipeline = wrapped_dataset(cfg.data.train, 'data.train').pipeline
             data_cfg.test_mode = False
         data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
         check_output_path(args.output_dir, '--output-dir', folder=True)
+        check_not_over_images(cfg, args.output_dir, '--output-dir', folder=True)
         dataset = load_dataset(data_cfg, f'data.{args.split}')
         count = min(args.num, len(dataset))
         # Drawings take their image's file name: in the image folder itself they would replace it.

@@ -24,7 +24,8 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import UsageError, build_model, check_output_path, one_line_errors, read_config  # noqa: E402
+from _usage import (UsageError, build_model, check_not_over_images, check_output_path,  # noqa: E402
+                    one_line_errors, read_config)
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -242,7 +243,11 @@ def main(argv=None):
         if image is None:
             raise UsageError(f'cannot read {args.img}: not an image file OpenCV decodes')
         image = mmcv.bgr2rgb(image)
+        if osp.isfile(args.out_file) and osp.samefile(args.out_file, args.img):
+            raise UsageError(f'--out-file {args.out_file} is the input image, which the drawing '
+                             f'would replace: choose another file')
         cfg = read_config(args.config, required=('model', 'data.test'))
+        check_not_over_images(cfg, args.out_file, '--out-file')
         model = build_for_inference(cfg, args.checkpoint, args.device)
     result = inference_detector(model, args.img)
     predicted = predicted_instances(result, model.CLASSES, args.score_thr)

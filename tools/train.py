@@ -38,8 +38,8 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  #
                                train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    evaluation_settings, join_process_group, one_line_errors, predicts_masks,
-                    read_config, select_gpu)
+                    dataset_files, evaluation_settings, join_process_group, one_line_errors,
+                    predicts_masks, read_config, select_gpu)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -96,40 +96,6 @@ def setup_multiprocessing(cfg):
     """
     mp.set_start_method(cfg.get('mp_start_method', 'fork'), force=True)
     cv2.setNumThreads(cfg.get('opencv_num_threads', 0))
-
-
-def _on_local_disk(dataset):
-    """Whether a dataset config reads its annotations and images from this machine's files
-    (not through a storage backend such as petrel, which mmdet reaches via file_client_args)."""
-    clients = [dataset.get('file_client_args')] + [
-        transform.get('file_client_args') for transform in dataset.get('pipeline', [])
-        if isinstance(transform, dict)]
-    return all(client is None or client.get('backend', 'disk') == 'disk' for client in clients)
-
-
-def dataset_files(dataset):
-    """The (annotation file, image folder) pairs a dataset config reads from local disk, through
-    mmdet's dataset wrappers (``dataset``/``datasets`` keys) and lists, with its ``data_root``
-    applied as mmdet's CustomDataset applies it; None for one it does not set or names by URI."""
-    if isinstance(dataset, (list, tuple)):
-        for item in dataset:
-            yield from dataset_files(item)
-        return
-    if 'dataset' in dataset or 'datasets' in dataset:
-        yield from dataset_files(dataset.get('dataset') or dataset.get('datasets'))
-        return
-    if not _on_local_disk(dataset):
-        return
-    root = dataset.get('data_root')
-
-    def local(path):
-        if not path or '://' in path:
-            return None
-        return osp.join(root, path) if root and not osp.isabs(path) else path
-    ann_files = dataset.get('ann_file')
-    ann_files = list(ann_files) if isinstance(ann_files, (list, tuple)) else [ann_files]
-    for ann_file in ann_files:
-        yield local(ann_file), local(dataset.get('img_prefix'))
 
 
 def check_training_data(cfg, validate):

@@ -69,10 +69,18 @@ def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config, tiny_shapes, 
 
 
 def test_refuses_to_draw_over_the_images_and_names_a_broken_one(tmp_path, tiny_config, tiny_shapes):
+    # File names with a folder (as COCO's train2017/...): the image folder is not img_prefix.
     images = osp.join(tiny_shapes, 'train')
+    with open(osp.join(tiny_shapes, 'annotations', 'instances_train.json')) as f:
+        coco = json.load(f)
+    for image in coco['images']:
+        image['file_name'] = 'train/' + image['file_name']
+    ann_file = tmp_path / 'in_subfolders.json'
+    ann_file.write_text(json.dumps(coco))
     with pytest.raises(SystemExit, match=f'^tools/browse_dataset.py: error: --output-dir {images} '
                                          'holds the images drawn'):
-        browse_dataset.main([tiny_config, '--output-dir', images, '--num', '2'])
+        browse_dataset.main([tiny_config, '--output-dir', images, '--num', '2', '--cfg-options',
+                             f'data.train.ann_file={ann_file}', f'data.train.img_prefix={tiny_shapes}/'])
     broken = tmp_path / 'images'
     shutil.copytree(images, broken)
     (broken / '000001.png').write_bytes(b'not a png')
@@ -80,6 +88,28 @@ def test_refuses_to_draw_over_the_images_and_names_a_broken_one(tmp_path, tiny_c
                                          r'\S+/000001.png \(image id 2\)'):
         browse_dataset.main([tiny_config, '--output-dir', str(tmp_path / 'out'), '--num', '2',
                              '--cfg-options', f'data.train.img_prefix={broken}/'])
+
+
+def test_refuses_to_draw_over_another_splits_images(tmp_path, tiny_shapes):
+    # Both splits name their images 000000.png...: the train drawings replaced the val images.
+    from tools_testlib import write_tiny_config
+    data = tmp_path / 'shapes'  # a copy: a drawing over it must not spoil the shared dataset
+    shutil.copytree(tiny_shapes, data)
+    config = write_tiny_config(tmp_path / 'copied.py', str(data))
+    with pytest.raises(SystemExit, match=f'^tools/browse_dataset.py: error: --output-dir '
+                                         f'{data}/val is the image folder of data.val, whose images '
+                                         'the drawings \\(named as their images\\) would replace'):
+        browse_dataset.main([config, '--output-dir', str(data / 'val'), '--num', '2'])
+
+
+def test_several_datasets_in_one_entry_are_refused(tmp_path, tiny_config):
+    from mmcv import Config
+    cfg = Config.fromfile(tiny_config)
+    cfg.data.train = dict(type='ConcatDataset', datasets=[cfg.data.train, cfg.data.train])
+    cfg.dump(str(tmp_path / 'concat.py'))
+    with pytest.raises(SystemExit, match='^tools/browse_dataset.py: error: data.train holds '
+                                         'several datasets \\(ConcatDataset\\); this tool draws one'):
+        browse_dataset.main([str(tmp_path / 'concat.py'), '--output-dir', str(tmp_path / 'out')])
 
 
 def test_a_count_below_one_is_an_argparse_error(tmp_path, tiny_config, capsys):

@@ -185,3 +185,25 @@ def test_demo_a_file_that_is_no_image_is_one_line_error(tmp_path, tiny_config):
     with pytest.raises(SystemExit, match=f'^tools/image_demo.py: error: cannot read {not_an_image}: '
                                          'not an image file OpenCV decodes$'):
         image_demo.main([str(not_an_image), tiny_config, 'x.pth'])
+
+
+@pytest.fixture
+def copied_shapes(tmp_path, tiny_shapes):
+    """A config on a copy of the tiny dataset: a test that failed to refuse would draw over it."""
+    from tools_testlib import write_tiny_config
+    data = tmp_path / 'shapes'
+    shutil.copytree(tiny_shapes, data)
+    return data, write_tiny_config(tmp_path / 'copied.py', str(data))
+
+
+def test_demo_refuses_to_draw_over_the_input_or_a_dataset_image(copied_shapes):
+    # It drew over them: the annotations then described another picture, silently.
+    data, config = copied_shapes
+    image, other = str(data / 'val' / '000000.png'), str(data / 'train' / '000003.png')
+    with pytest.raises(SystemExit, match=f'^tools/image_demo.py: error: --out-file {image} is the '
+                                         'input image, which the drawing would replace'):
+        image_demo.main([image, config, 'x.pth', '--out-file', image])
+    with pytest.raises(SystemExit, match=f'^tools/image_demo.py: error: --out-file {other} is an '
+                                         f'image of data.train \\(in {data}/train/\\), which the '
+                                         'drawing would replace: choose another file$'):
+        image_demo.main([image, config, 'x.pth', '--out-file', other])
