@@ -3,6 +3,7 @@
 ``--cfg-options`` parser, reading a config file, checking what a dataset's evaluation is asked
 for, joining the process group and choosing the GPU (``--gpu-id``). (Datasets are built by
 mmdet_custom.apis.load_dataset, whose DatasetError ends a tool the same way.)"""
+import ast
 import contextlib
 import inspect
 import os
@@ -91,6 +92,15 @@ def read_config(path, cfg_options=None, required=()):
     ``required`` names the (dotted) keys the tool needs, e.g. 'model' or 'data.test'."""
     if not osp.isfile(path):
         raise UsageError(f'config file not found: {path}')
+    if path.endswith('.py'):
+        # Checked before mmcv, whose check fails inside its temporary folder: after the error
+        # line, Python printed a traceback for the temporary file it could no longer delete.
+        try:
+            with open(path, encoding='utf-8') as f:
+                ast.parse(f.read(), filename=path)
+        except SyntaxError as error:
+            raise UsageError(f'cannot read config {path}: SyntaxError: {error.msg} (line '
+                             f'{error.lineno})') from None
     try:
         cfg = Config.fromfile(path)
     except Exception as error:
@@ -217,8 +227,10 @@ def evaluation_settings(cfg):
 # its base's evaluate() (e.g. the COCO-format datasets) accepts the same.
 _METRICS = {CocoDataset.evaluate: ('bbox', 'segm', 'proposal', 'proposal_fast'),
             CustomDataset.evaluate: ('mAP', 'recall')}
-# Metrics mmdet's evaluate() refuses (a KeyError, after inference) for results with masks.
+# Metrics mmdet's evaluate() refuses (a KeyError, after inference) for results with masks, and
+# for results without.
 _BOX_RESULTS_ONLY = ('proposal_fast',)
+_MASK_RESULTS_ONLY = ('segm',)
 # The names CocoDataset.evaluate() takes in metric_items (pycocotools' 12 summary figures).
 _COCO_METRIC_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR@100', 'AR@300',
                       'AR@1000', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000')
@@ -242,8 +254,9 @@ def check_evaluation(dataset_cfg, metrics, options, name, masks=False):
     if dataset_type is None:
         return  # build_dataset will name the unknown type
     known = _METRICS.get(dataset_type.evaluate)
-    if known is not None and masks:
-        known = tuple(metric for metric in known if metric not in _BOX_RESULTS_ONLY)
+    if known is not None:
+        refused = _BOX_RESULTS_ONLY if masks else _MASK_RESULTS_ONLY
+        known = tuple(metric for metric in known if metric not in refused)
     for metric in [metrics] if isinstance(metrics, str) else metrics or ():
         if known is not None and metric not in known:
             raise UsageError(f'{name}: {dataset_type.__name__} cannot evaluate {metric!r} '
@@ -260,3 +273,10 @@ def check_evaluation(dataset_cfg, metrics, options, name, masks=False):
             if item not in _COCO_METRIC_ITEMS:
                 raise UsageError(f'{name}: metric_items: CocoDataset has no {item!r} (it has '
                                  f'{", ".join(_COCO_METRIC_ITEMS)})')
+    counts = options.get('proposal_nums')
+    if dataset_type.evaluate is CocoDataset.evaluate and counts is not None and not (
+            isinstance(counts, (list, tuple)) and len(counts) >= 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts)):
+        # pycocotools' summary reads the third (its AR@1000 and the size-wise ARs).
+        raise UsageError(f'{name}: proposal_nums must list at least 3 positive whole numbers '
+                         f'(e.g. [100,300,1000]), got {counts!r}')

@@ -22,13 +22,14 @@ from mmcv.cnn import fuse_conv_bn  # noqa: E402
 from mmcv.runner import get_dist_info, wrap_fp16_model  # noqa: E402
 from mmdet.apis import single_gpu_test  # noqa: E402
 from mmdet.datasets import build_dataloader, replace_ImageToTensor  # noqa: E402
-from mmdet.utils import compat_cfg, get_device  # noqa: E402
+from mmdet.utils import compat_cfg, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
-from mmdet_custom.apis import (CheckpointError, evaluate_kwargs, load_dataset,  # noqa: E402
-                               load_detector_checkpoint, multi_process_test, wrap_model)
+from mmdet_custom.apis import (RANK_RESULTS_FOLDER, CheckpointError, evaluate_kwargs,  # noqa: E402
+                               load_dataset, load_detector_checkpoint, multi_process_test,
+                               wrap_model)
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    check_output_path, evaluation_settings, join_process_group,
+                    check_not_over_images, check_output_path, evaluation_settings, join_process_group,
                     one_line_errors, predicts_masks, read_config, registered_dataset, select_gpu)
 
 
@@ -52,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument('--gpu-collect', action='store_true',
                         help='gather the ranks\' results through GPU memory (CUDA only)')
     parser.add_argument('--tmpdir', help='shared folder to gather the ranks\' results through '
-                        '(when --gpu-collect is not given; CUDA only)')
+                        '(when --gpu-collect is not given; CUDA only): in a folder '
+                        f'{RANK_RESULTS_FOLDER}/ made in it and deleted after')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. data.test.ann_file=...')
     parser.add_argument('--eval-options', nargs='+', action=ConfigOptions,
@@ -78,8 +80,9 @@ def load_config(path, cfg_options):
     cfg = read_config(path, cfg_options, required=('model', 'data.test.pipeline'))
     try:
         cfg = compat_cfg(cfg)
-    except (AttributeError, KeyError) as error:  # e.g. no data.val, or neither runner nor total_epochs
-        raise UsageError(f'config {path} lacks a key mmdet reads from every config '
+    # e.g. no data.val, neither runner nor total_epochs, or samples_per_gpu set in two places
+    except (AttributeError, KeyError, AssertionError) as error:
+        raise UsageError(f'config {path} does not fit the layout mmdet reads from every config '
                          f'({type(error).__name__}: {error})') from None
     # Weights come from the checkpoint: skip downloading pretrained backbones.
     cfg.model.pretrained = None
@@ -114,6 +117,10 @@ def check_request(args, cfg):
     check_output_path(args.out, '--out')
     check_output_path(args.work_dir, '--work-dir', folder=True)
     check_output_path(getattr(args, 'show_dir', None), '--show-dir', folder=True)
+    check_not_over_images(cfg, getattr(args, 'show_dir', None), '--show-dir', folder=True)
+    prefix = (args.eval_options or {}).get('jsonfile_prefix')
+    if isinstance(prefix, str):
+        check_output_path(prefix + '.bbox.json', '--eval-options jsonfile_prefix')
     if args.eval:
         check_evaluation(cfg.data.test, args.eval, evaluation_options(args, cfg),
                          '--eval/--eval-options', masks=predicts_masks(cfg))
@@ -138,6 +145,10 @@ def run(args):
         torch.backends.cudnn.benchmark = True
     cfg.device = get_device()
     distributed = args.launcher != 'none'
+    if distributed and (args.show or args.show_dir):
+        # mmdet's multi-process test draws nothing; the run ended with no picture and status 0.
+        raise UsageError('--show and --show-dir draw in a single-process run only: run '
+                         'tools/test.py without a launcher')
     cfg.gpu_ids = select_gpu(args.gpu_id, distributed)
     if distributed:
         join_process_group(args.launcher, cfg)
@@ -151,14 +162,17 @@ def run(args):
 
     model = build_model(cfg, args.config)
     if cfg.get('fp16') is not None:
-        wrap_fp16_model(model)
+        if cfg.device == 'cuda':
+            wrap_fp16_model(model)
+        else:  # a config trained with --amp on a GPU: float16 convolutions do not run on the CPU
+            print(f'note: the config\'s fp16 applies on CUDA; testing in float32 on the {cfg.device}')
     # Check the checkpoint before building the data loader: its errors are the common ones.
-    checkpoint = load_detector_checkpoint(model, args.checkpoint)
+    checkpoint = load_detector_checkpoint(model, args.checkpoint, get_root_logger())
     if args.fuse_conv_bn:
         model = fuse_conv_bn(model)
     dataset = load_dataset(cfg.data.test, 'data.test')
     data_loader = build_dataloader(dataset, **loader_args)
-    model.CLASSES = checkpoint.get('meta', {}).get('CLASSES', dataset.CLASSES)
+    model.CLASSES = (checkpoint.get('meta') or {}).get('CLASSES', dataset.CLASSES)
 
     if distributed:
         model = wrap_model(model, cfg, distributed=True)

@@ -14,14 +14,20 @@ from mmdet.apis import multi_gpu_test
 from mmdet.core import DistEvalHook, encode_mask_results
 from torch.nn.modules.batchnorm import _BatchNorm
 
+RANK_RESULTS_FOLDER = 'results_by_rank'
+
 
 def evaluate_kwargs(options):
     """``dataset.evaluate()``'s keyword arguments from a config or the command line, in the types
-    mmdet's CocoDataset needs: ``iou_thrs`` an array (it goes to pycocotools, which compares it
-    with ==; a list failed once inference was done)."""
+    mmdet's CocoDataset needs, where other forms failed once inference was done: ``iou_thrs`` an
+    array (pycocotools compares it with ==, and takes its length), ``metric_items`` a list (mmdet
+    takes a tuple, as --eval-options gives (a,b), for one name)."""
     options = dict(options)
-    if isinstance(options.get('iou_thrs'), (list, tuple)):
-        options['iou_thrs'] = np.asarray(options['iou_thrs'], dtype=np.float64)
+    iou_thrs = options.get('iou_thrs')
+    if isinstance(iou_thrs, (list, tuple, int, float)) and not isinstance(iou_thrs, bool):
+        options['iou_thrs'] = np.atleast_1d(np.asarray(iou_thrs, dtype=np.float64))
+    if isinstance(options.get('metric_items'), tuple):
+        options['metric_items'] = list(options['metric_items'])
     return options
 
 
@@ -51,8 +57,14 @@ def _gather_on_cpu(model, data_loader):
 
 
 def multi_process_test(model, data_loader, tmpdir=None, gpu_collect=False):
-    """Test with one process per rank; returns all results on rank 0 and None elsewhere."""
+    """Test with one process per rank; returns all results on rank 0 and None elsewhere.
+
+    On CUDA, without ``gpu_collect``, the ranks pass their results through a folder in
+    ``tmpdir`` (``RANK_RESULTS_FOLDER``), which mmdet deletes afterwards: given ``tmpdir`` itself,
+    it deleted everything else in it too."""
     if torch.cuda.is_available():
+        if tmpdir is not None:
+            tmpdir = osp.join(tmpdir, RANK_RESULTS_FOLDER)
         return multi_gpu_test(model, data_loader, tmpdir=tmpdir, gpu_collect=gpu_collect)
     return _gather_on_cpu(model, data_loader)
 

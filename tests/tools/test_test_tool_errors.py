@@ -2,6 +2,7 @@
 import json
 import os.path as osp
 import re
+import shutil
 
 import pytest
 import torch
@@ -40,10 +41,17 @@ def _run_test_tool(*args):
 
 
 @pytest.mark.slow
-def test_bad_config_path(matching_checkpoint):
+def test_bad_config_path(matching_checkpoint, tmp_path):
     _, checkpoint = matching_checkpoint
     message = _run_test_tool('configs/no/such_config.py', checkpoint)
     assert 'config file not found: configs/no/such_config.py' in message
+    # mmcv's own syntax check left a temporary file that Python then failed to delete, with a
+    # traceback after the error line (_run_test_tool checks for none).
+    broken = tmp_path / 'broken.py'
+    broken.write_text("model = dict(\n")
+    message = _run_test_tool(str(broken), checkpoint)
+    assert message.endswith(f"cannot read config {broken}: SyntaxError: '(' was never closed "
+                            "(line 1)")
 
 
 @pytest.mark.slow
@@ -119,13 +127,32 @@ def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test
         "mAP_75, mAP_s, mAP_m, mAP_l, AR@100, AR@300, AR@1000, AR_s@1000, AR_m@1000, AR_l@1000)")
 
 
-def test_iou_thresholds_given_as_a_list_evaluate(test_tool, matching_checkpoint, capsys):
-    # mmdet hands iou_thrs to pycocotools as given, which failed on a list after inference.
+@pytest.mark.parametrize('options', [
+    ['iou_thrs=[0.5,0.75]', 'metric_items=[mAP,mAP_50]'],
+    ['iou_thrs=0.5', 'metric_items=(mAP,mAP_50)'],
+])
+def test_evaluation_options_in_each_form_evaluate(test_tool, matching_checkpoint, capsys, options):
+    # mmdet hands iou_thrs to pycocotools as given, which failed on a list or a number after
+    # inference, and took a tuple of metric_items for one name.
     config, checkpoint = matching_checkpoint
-    test_tool.main([config, checkpoint, '--eval', 'bbox', '--eval-options', 'iou_thrs=[0.5,0.75]',
-                    'metric_items=[mAP,mAP_50]'])
+    test_tool.main([config, checkpoint, '--eval', 'bbox', '--eval-options', *options])
     # (The metrics' OrderedDict prints its pairs as tuples before Python 3.12, as a dict since.)
     assert re.search(r"'bbox_mAP_50'(, |: )", capsys.readouterr().out)
+
+
+def test_evaluation_the_results_cannot_have_is_refused_before_inference(test_tool,
+                                                                        matching_checkpoint):
+    config, checkpoint = matching_checkpoint
+    # pycocotools' summary reads a third proposal count: an IndexError after inference.
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
+                   'proposal_nums=(100,300)').endswith(
+        '--eval/--eval-options: proposal_nums must list at least 3 positive whole numbers '
+        '(e.g. [100,300,1000]), got (100, 300)')
+    # A detector without a mask head has no masks to evaluate: a KeyError after inference.
+    assert refused(test_tool, config, checkpoint, '--eval', 'bbox', 'segm', '--cfg-options',
+                   'model.roi_head.mask_head=None').endswith(
+        "--eval/--eval-options: CocoDataset cannot evaluate 'segm' (it evaluates bbox, proposal, "
+        "proposal_fast)")
 
 
 def test_output_paths_that_cannot_be_written_are_refused_before_inference(test_tool,
@@ -143,6 +170,60 @@ def test_output_paths_that_cannot_be_written_are_refused_before_inference(test_t
                    str(a_file)).endswith(f'--work-dir {a_file} is a file, not a folder')
     assert refused(test_tool, config, checkpoint, '--show-dir', f'{a_file}/sub/pictures').endswith(
         f'--show-dir {a_file}/sub/pictures: {a_file} is a file, not a folder')
+    # The json files' folder, checked before inference too (a FileExistsError after it).
+    assert refused(test_tool, config, checkpoint, '--format-only', '--eval-options',
+                   f'jsonfile_prefix={a_file}/results').endswith(
+        f'--eval-options jsonfile_prefix {a_file}/results.bbox.json: {a_file} is a file, not a '
+        'folder')
+
+
+def test_pictures_over_the_test_images_or_from_several_processes_are_refused(
+        test_tool, matching_checkpoint, tmp_path, tiny_shapes):
+    config, checkpoint = matching_checkpoint
+    data = tmp_path / 'shapes'  # a copy: a test that failed to refuse would draw over it
+    shutil.copytree(tiny_shapes, data)
+    # mmdet names each picture as its image: they replaced the test set's images.
+    assert refused(test_tool, config, checkpoint, '--show-dir', str(data / 'val'), '--cfg-options',
+                   f'data.test.img_prefix={data}/val/',
+                   f'data.test.ann_file={data}/annotations/instances_val.json').endswith(
+        f'--show-dir {data}/val is the image folder of data.test, whose images the drawings '
+        '(named as their images) would replace: choose another folder')
+    # mmdet's multi-process test draws nothing: the run ended with status 0 and no picture.
+    assert refused(test_tool, config, checkpoint, '--show-dir', str(tmp_path / 'pictures'),
+                   '--launcher', 'pytorch').endswith(
+        '--show and --show-dir draw in a single-process run only: run tools/test.py without a '
+        'launcher')
+
+
+def test_a_float16_config_tests_in_float32_on_the_cpu(test_tool, matching_checkpoint, capsys):
+    # What train.py --amp saves on a GPU; wrapped for float16, the CPU convolutions failed.
+    config, checkpoint = matching_checkpoint
+    test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options', 'fp16.loss_scale=dynamic'])
+    out = capsys.readouterr().out
+    assert "note: the config's fp16 applies on CUDA; testing in float32 on the cpu" in out
+    assert 'bbox_mAP' in out
+
+
+def test_checkpoint_without_meta_and_with_extra_weights(test_tool, matching_checkpoint, tmp_path,
+                                                        caplog):
+    config, checkpoint = matching_checkpoint
+    state = torch.load(checkpoint, weights_only=True)
+    state['meta'] = None  # an AttributeError traceback
+    state['state_dict']['roi_head.extra_head.weight'] = torch.zeros(3)  # dropped without a word
+    altered = tmp_path / 'altered.pth'
+    torch.save(state, altered)
+    test_tool.main([config, str(altered), '--out', str(tmp_path / 'results.pkl')])
+    assert '1 checkpoint weights are not used by the model (first: roi_head.extra_head.weight)' \
+        in caplog.text
+    assert (tmp_path / 'results.pkl').is_file()
+
+
+def test_samples_per_gpu_given_twice_is_one_line(test_tool, matching_checkpoint):
+    config, checkpoint = matching_checkpoint
+    message = refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                      'data.test.samples_per_gpu=2', 'data.test_dataloader.samples_per_gpu=2')
+    assert f'config {config} does not fit the layout mmdet reads from every config ' \
+        '(AssertionError: ' in message
 
 
 def test_an_empty_test_set_is_named(test_tool, matching_checkpoint, tmp_path):
@@ -210,3 +291,14 @@ def test_show_without_a_window_is_refused(test_tool, matching_checkpoint, monkey
         "instead")
     monkeypatch.setattr(plt, 'get_backend', lambda: 'QtAgg')
     test_tool.check_window()  # an interactive backend passes
+
+
+def test_cuda_ranks_pass_results_through_a_folder_of_their_own(monkeypatch, tmp_path):
+    # mmdet deletes the folder it gathers through: given --tmpdir itself, all else in it went too.
+    from mmdet_custom.apis import test as apis_test
+    given = {}
+    monkeypatch.setattr(apis_test.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(apis_test, 'multi_gpu_test',
+                        lambda model, loader, tmpdir, gpu_collect: given.update(tmpdir=tmpdir))
+    apis_test.multi_process_test(None, None, tmpdir=str(tmp_path))
+    assert given['tmpdir'] == osp.join(tmp_path, 'results_by_rank')
