@@ -1,5 +1,5 @@
 """Timing shared by the benchmark tools: median wall time of calls that take turns, and the
-argument type of their counts (threads, repeats).
+argument type of their counts (threads, repeats, warm-up runs, batch and image sizes).
 
 Every candidate and its baseline run alternately within each repeat, so a change in machine load
 (other jobs on a shared machine) moves them alike and their ratio stays meaningful.
@@ -15,8 +15,9 @@ T = TypeVar('T')
 
 
 def count_at_least(least: int) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number of at least ``least`` (threads, repeats), else an
-    argparse error naming the option, before anything is built or timed."""
+    """An argparse ``type``: a whole number of at least ``least`` (threads, repeats, warm-up runs,
+    batch and image sizes), else an argparse error naming the option, before anything is built or
+    timed."""
     def count(text: str) -> int:
         try:
             value = int(text)
@@ -75,7 +76,8 @@ def median_graph_ms(calls: Dict[str, Callable[[], object]], warmup: int, repeats
     """Median GPU time in ms of one call of each named fn, from replays of a CUDA graph that
     holds ``calls_per_graph`` calls back to back: launch and Python overhead drop out, so this
     compares kernels, which per-call timing cannot once a kernel takes less time than its call.
-    The graphs take turns within every repeat, as in :func:`median_ms`."""
+    Each graph is replayed ``warmup`` times untimed, then the graphs take turns within every
+    repeat, as in :func:`median_ms`."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graph asks
@@ -91,8 +93,7 @@ def median_graph_ms(calls: Dict[str, Callable[[], object]], warmup: int, repeats
                 fn()
         graphs[name] = graph
     time_one = timer('cuda')
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, graph in graphs.items():
-            times[name].append(time_one(graph.replay) / calls_per_graph)
+    # The warm-up replays keep each graph's first replay, which uploads it, out of the timed ones.
+    times = take_turns({name: graph.replay for name, graph in graphs.items()},
+                       lambda replay: time_one(replay) / calls_per_graph, warmup, repeats)
     return {name: statistics.median(values) for name, values in times.items()}

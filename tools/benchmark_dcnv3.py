@@ -57,11 +57,13 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', choices=('float32', 'float64', 'float16', 'bfloat16'),
                         default='float32')
     parser.add_argument('--stages', type=int, nargs='+', choices=sorted(STAGES), default=sorted(STAGES))
-    parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'),
+    parser.add_argument('--image-size', type=count_at_least(1), nargs=2, default=(800, 1216),
+                        metavar=('H', 'W'),
                         help='input image size; stage s works at ceil(H/stride) x ceil(W/stride)')
-    parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--repeats', type=int, default=10, help='timed runs per figure (median)')
-    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--batch', type=count_at_least(1), default=1)
+    parser.add_argument('--repeats', type=count_at_least(1), default=10,
+                        help='timed runs per figure (median)')
+    parser.add_argument('--warmup', type=count_at_least(0), default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--check', action='store_true',
                         help='exit with status 1 if the stage-1 CPU targets (forward >= '
@@ -74,13 +76,13 @@ def parse_args(argv=None):
                         help='with --original: exit with status 1 unless ours is at least FWD '
                              'times faster (forward) and BWD times faster (backward) at every stage')
     args = parser.parse_args(argv)
-    if min(args.image_size) < 1 or args.batch < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error('--image-size and --batch must be positive, --repeats at least 1, '
-                     '--warmup at least 0')
     if args.check and (args.device != 'cpu' or 1 not in args.stages):
         parser.error('--check checks the stage-1 CPU targets: it needs --device cpu and stage 1')
     if args.check_original and not args.original:
         parser.error('--check-original needs --original DIR')
+    if args.check_original and args.dtype not in ORIGINAL_DTYPES:  # else nothing would be checked
+        parser.error(f'--check-original: the original op has no {args.dtype} kernels (it has '
+                     f'{", ".join(ORIGINAL_DTYPES)})')
     if args.original:
         if args.device != 'cuda':
             parser.error('--original needs --device cuda: the original DCNv3 op has CUDA kernels '

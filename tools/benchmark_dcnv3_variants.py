@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 sys.path.insert(0, str(ROOT / 'tools'))
 
-from _timing import median_graph_ms, timer  # noqa: E402
+from _timing import count_at_least, median_graph_ms, timer  # noqa: E402
 from benchmark_dcnv3 import KERNEL, STAGES, make_inputs, stage_shape  # noqa: E402
 
 CSRC = ROOT / 'ops_dcnv3' / 'csrc'
@@ -74,11 +74,13 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', choices=('float32', 'float16', 'bfloat16', 'float64'),
                         default='float32')
     parser.add_argument('--stages', type=int, nargs='+', choices=sorted(STAGES), default=sorted(STAGES))
-    parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=2)
+    # The counts are checked here, before the variants take minutes to build.
+    parser.add_argument('--image-size', type=count_at_least(1), nargs=2, default=(800, 1333),
+                        metavar=('H', 'W'))
+    parser.add_argument('--batch', type=count_at_least(1), default=2)
     parser.add_argument('--max-offset', type=float, default=3.0, help='offsets within +-this, px')
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=count_at_least(1), default=10)
+    parser.add_argument('--warmup', type=count_at_least(0), default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--build-dir', default=str(ROOT / 'build' / 'dcnv3_variants'))
     parser.add_argument('--build-only', action='store_true', help='build the variants and stop')

@@ -73,11 +73,16 @@ def parse_args(argv=None):
     parser.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS))
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--threads', type=count_at_least(1), default=2, help='CPU threads (torch.set_num_threads)')
-    parser.add_argument('--image-size', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'),
-                        help='input size (the 1333x800 test scale of a 4:3 image, padded to /32)')
-    parser.add_argument('--train-batch', type=int, default=2, help='images per training step')
-    parser.add_argument('--repeats', type=int, default=5, help='timed runs per figure (median)')
-    parser.add_argument('--warmup', type=int, default=1)
+    # At least 32: the backbone's last stage has 1/32 of the input's size.
+    parser.add_argument('--image-size', type=count_at_least(32), nargs=2, default=(800, 1216),
+                        metavar=('H', 'W'),
+                        help='input size; the default is a 3:2 image (such as 640x427) at the '
+                             '1333x800 test scale, 800x1199, padded to /32')
+    parser.add_argument('--train-batch', type=count_at_least(1), default=2,
+                        help='images per training step')
+    parser.add_argument('--repeats', type=count_at_least(1), default=5,
+                        help='timed runs per figure (median)')
+    parser.add_argument('--warmup', type=count_at_least(0), default=1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--check', action='store_true',
                         help='exit with status 1 unless InternImage-T meets the targets '
@@ -93,9 +98,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.breakdown and args.device != 'cpu':
         parser.error('--breakdown splits CPU time; it needs --device cpu')
-    if min(args.image_size) < 32 or args.repeats < 1 or args.warmup < 0 or args.train_batch < 1:
-        parser.error('--image-size must be at least 32x32, --repeats and --train-batch at least 1, '
-                     '--warmup at least 0')
     if args.check and 't' not in args.models:
         parser.error('--check needs t among --models')
     return args

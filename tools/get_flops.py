@@ -2,13 +2,20 @@
 
     python tools/get_flops.py CONFIG [--shape 1280 800]
 
-Conventions (those of mmcv's counter and of the published InternImage figures):
+Conventions (those of the published InternImage figures; mmcv's counter's but for the
+parameters):
 - one multiply-add counts as one FLOP;
 - the model runs ``forward_dummy`` (backbone, neck, RPN, and the RoI heads on 1000 random
   proposals, the first 100 for the mask head) on one image of shape 3 x H x W, ``--shape H W``;
 - mmcv counts the layers it knows (convs, linears, norms, ...); the DCNv3 core is a custom
   function it cannot see, so each DCNv3 layer adds 5 * h * w * K * C, with (h, w) its feature map
   (H/4 x W/4 at stage 0, halving per stage), C its channels and K its kernel points (3 x 3 = 9).
+  A layer on a core other than ours (e.g. core_op='DCNv3_original', the original kernel, CUDA
+  only) runs on the PyTorch core here: the count does not depend on the core;
+- the parameters are all of the model's, frozen ones included, as in the published detector
+  sizes; mmcv's counter would count only those that take gradients (the same for InternImage,
+  which freezes none, but 225,344 fewer for mmdet's R50 Mask R-CNN with its frozen stem and
+  first stage).
 """
 import argparse
 
@@ -20,6 +27,7 @@ from mmdet.models.detectors import TwoStageDetector  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from ops_dcnv3.modules import DCNv3, DCNv3_pytorch  # noqa: E402
+from ops_dcnv3.modules.dcnv3 import _DCNv3Base  # noqa: E402
 from _usage import ConfigOptions, build_model, one_line_errors, read_config  # noqa: E402
 
 
@@ -45,13 +53,13 @@ def dcnv3_core_flops(height, width, channels, kernel_points):
 
 
 class DCNv3CoreCounter:
-    """Adds ``dcnv3_core_flops`` for every DCNv3 layer call during a forward pass."""
+    """Adds ``dcnv3_core_flops`` for every DCNv3 layer call (any core) during a forward pass."""
 
     def __init__(self, model):
         self.flops = 0
         self.layers = 0
         self._handles = [module.register_forward_hook(self._count) for module in model.modules()
-                         if isinstance(module, (DCNv3, DCNv3_pytorch))]
+                         if isinstance(module, _DCNv3Base)]
 
     def _count(self, module, inputs, output):
         batch, height, width, channels = inputs[0].shape  # DCNv3 layers run channels-last
@@ -95,12 +103,15 @@ def count_complexity(cfg, height, width, per_layer=False):
     if not hasattr(model, 'forward_dummy'):
         raise SystemExit(f'{model.__class__.__name__} has no forward_dummy: FLOPs cannot be counted')
     model.forward = dummy_forward(model)
+    for module in model.modules():
+        if isinstance(module, _DCNv3Base) and not isinstance(module, (DCNv3, DCNv3_pytorch)):
+            module.__class__ = DCNv3_pytorch  # the same layer on the PyTorch core (module doc)
     dcn_counter = DCNv3CoreCounter(model)
     with torch.no_grad():
         generic_flops, _ = get_model_complexity_info(
             model, (3, height, width), print_per_layer_stat=per_layer, as_strings=False)
     dcn_counter.remove()
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())  # frozen ones too (module doc)
     return generic_flops + dcn_counter.flops, dcn_counter.flops, params
 
 
@@ -113,7 +124,7 @@ def main(argv=None):
     line = '=' * 40
     print(f'{line}\nConfig: {args.config}\nInput shape: (3, {height}, {width})\n'
           f'Flops: {flops / 1e9:.2f} GFLOPs (of which DCNv3 cores {dcn_flops / 1e9:.2f} G)\n'
-          f'Params: {params:,} ({params / 1e6:.2f} M)\n{line}')
+          f'Params: {params:,} ({params / 1e6:.2f} M, all parameters, frozen ones included)\n{line}')
     print('A multiply-add counts as one FLOP; forward_dummy runs the RoI heads on fixed random '
           'proposals. Check that the figures suit your comparison.')
 

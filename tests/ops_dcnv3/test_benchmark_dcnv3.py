@@ -2,6 +2,7 @@
 code path that times the original op (exercised here with a stand-in for it, since the original
 has CUDA kernels only)."""
 import argparse
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +57,27 @@ def test_stage_shapes_round_up(benchmark):
     (['--original', '.'], '--original needs --device cuda'),
     (['--check-original', '2', '2'], '--check-original needs --original DIR'),
     (['--device', 'cuda', '--original', '/nonexistent/original'], 'no load.py in that folder'),
-    (['--batch', '0'], '--batch must be positive'),
+    (['--batch', '0'], "argument --batch: must be a whole number of at least 1, got '0'"),
+    (['--repeats', '0'], "argument --repeats: must be a whole number of at least 1, got '0'"),
+    (['--warmup', '-1'], "argument --warmup: must be a whole number of at least 0, got '-1'"),
+    (['--image-size', '0', '8'], "argument --image-size: must be a whole number of at least 1, "
+                                 "got '0'"),
 ])
 def test_bad_options_are_named(benchmark, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_check_original_refuses_a_dtype_the_original_lacks(benchmark, capsys, tmp_path):
+    (tmp_path / 'load.py').write_text('')
+    argv = ['--device', 'cuda', '--original', str(tmp_path), '--check-original', '2', '2']
+    benchmark.parse_args(argv)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(argv + ['--dtype', 'bfloat16'])
+    assert exit_info.value.code == 2 and ('--check-original: the original op has no bfloat16 '
+                                          'kernels (it has float32, float64, float16)'
+                                          in capsys.readouterr().err)
 
 
 class _StandIn:
@@ -125,6 +141,28 @@ def test_options_it_cannot_honour_are_argparse_errors(benchmark, capsys, argv, m
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_graph_timing_leaves_the_warm_up_replays_out(benchmark, monkeypatch):
+    """median_graph_ms with torch.cuda's streams and graphs stubbed: its graph's n-th replay
+    takes n ms, so the time says which replay was timed (the first uploads the graph)."""
+    timing = sys.modules[benchmark.median_graph_ms.__module__]
+    replays = []
+
+    class _CudaStandIn:  # a stream and a graph
+        def wait_stream(self, other):
+            pass
+
+        def replay(self):
+            replays.append(None)
+
+    for name in ('Stream', 'current_stream', 'CUDAGraph'):
+        monkeypatch.setattr(torch.cuda, name, _CudaStandIn)
+    for name in ('stream', 'graph'):
+        monkeypatch.setattr(torch.cuda, name, lambda _: contextlib.nullcontext())
+    monkeypatch.setattr(timing, 'timer', lambda device: lambda fn: (fn(), len(replays))[1])
+    times = benchmark.median_graph_ms({'op': lambda: None}, warmup=2, repeats=1, calls_per_graph=1)
+    assert times == {'op': 3.0} and len(replays) == 3
 
 
 def test_original_failures_lists_slow_stages(benchmark):

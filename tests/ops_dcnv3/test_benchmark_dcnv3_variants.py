@@ -39,6 +39,17 @@ def test_bad_variant_names_are_rejected(variants, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('option,value,least', [
+    ('--repeats', '0', 1), ('--batch', '-1', 1), ('--warmup', '-1', 0), ('--image-size', '0', 1)])
+def test_bad_counts_are_refused_before_any_build(variants, capsys, option, value, least):
+    argv = ['a=HEAD', option, value] + (['8'] if option == '--image-size' else [])
+    with pytest.raises(SystemExit) as exit_info:
+        variants.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert (f'argument {option}: must be a whole number of at least {least}, got {value!r}'
+            in capsys.readouterr().err)
+
+
 def test_a_variant_is_a_file_or_a_git_revision(variants, tmp_path):
     kernel = tmp_path / 'kernel.cu'
     kernel.write_text('// a kernel\n')

@@ -73,7 +73,12 @@ def test_floor_puts_r50s_other_operators_in_place_of_ts(benchmark, capsys):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--image-size', '16', '64'], '--image-size must be at least 32x32'),
+    (['--image-size', '16', '64'], "argument --image-size: must be a whole number of at least 32, "
+                                   "got '16'"),
+    (['--repeats', '0'], "argument --repeats: must be a whole number of at least 1, got '0'"),
+    (['--train-batch', '0'], "argument --train-batch: must be a whole number of at least 1, "
+                             "got '0'"),
+    (['--warmup', '-1'], "argument --warmup: must be a whole number of at least 0, got '-1'"),
     (['--models', 's', '--check'], '--check needs t among --models'),
     (['--models', 'l'], "invalid choice: 'l'"),
     (['--breakdown', '--device', 'cuda'], '--breakdown splits CPU time; it needs --device cpu'),
@@ -83,6 +88,18 @@ def test_bad_options_are_named(benchmark, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_default_image_size_is_a_3_2_image_at_the_test_scale(benchmark, capsys):
+    import mmcv
+    width, height = mmcv.rescale_size((640, 427), (1333, 800))  # the test pipeline's Resize
+    padded = tuple(-(-size // 32) * 32 for size in (height, width))
+    assert (height, width) == (800, 1199) and padded == benchmark.parse_args([]).image_size
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--help'])
+    assert ' '.join(capsys.readouterr().out.split()).count(
+        'the default is a 3:2 image (such as 640x427) at the 1333x800 test scale, 800x1199, '
+        'padded to /32') == 1
 
 
 def test_every_config_exists(benchmark):

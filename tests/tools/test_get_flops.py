@@ -1,5 +1,6 @@
 """tools/get_flops.py: generic counter plus the DCNv3 cores, against the published figures."""
 import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -31,6 +32,41 @@ def test_dcnv3_cores_are_added_per_layer_and_level(monkeypatch):
     assert dcn == expected
     assert len(generic_counts) == 1 and generic_counts[0] > 0
     assert total == generic_counts[0] + dcn and params > 0
+
+
+def test_every_dcnv3_core_counts_alike_on_the_cpu():
+    """Any DCNv3 layer is counted, and runs on the PyTorch core: the original kernel's layer
+    (CUDA only) counts as the compiled op's."""
+    import original_dcnv3_core  # noqa: F401  (registers core_op='DCNv3_original')
+    from mmcv import Config
+    counts = {}
+    for core_op in ('DCNv3', 'DCNv3_original'):
+        cfg = Config.fromfile(QUICKSTART_CONFIG)
+        cfg.model.backbone.core_op = core_op
+        counts[core_op] = get_flops.count_complexity(cfg, 128, 96)
+    assert counts['DCNv3_original'] == counts['DCNv3'] and counts['DCNv3'][1] > 0
+
+
+def test_parameters_are_all_of_the_models_frozen_ones_included(capsys):
+    # mmdet's R50 Mask R-CNN freezes its stem and first stage: mmcv's counter gives 44,170,992.
+    get_flops.main([osp.join(ROOT, 'configs', '_base_', 'models', 'mask_rcnn_r50_fpn.py'),
+                    '--shape', '64'])
+    assert 'Params: 44,396,336 (44.40 M, all parameters, frozen ones included)\n' in \
+        capsys.readouterr().out
+
+
+def test_the_documented_command_counts_one_config_a_run():
+    """docs/benchmarks.md's command, run by the shell with get_flops.py replaced by an echo of
+    the arguments it would get."""
+    with open(osp.join(ROOT, 'docs', 'benchmarks.md')) as f:
+        commands = [line for line in f.read().splitlines()
+                    if '.venv/bin/python tools/get_flops.py' in line]
+    script = 'get_flops() { echo "$*"; }\n' + '\n'.join(
+        command.replace('.venv/bin/python tools/get_flops.py', 'get_flops') for command in commands)
+    result = subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == [
+        f'configs/coco/mask_rcnn_internimage_{size}_fpn_1x_coco.py --shape 1280 800'
+        for size in 'tsb']
 
 
 # Published: flops at 1280x800 and parameter counts of the COCO Mask R-CNN models.
