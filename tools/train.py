@@ -215,7 +215,17 @@ def train(args):
     # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise. Without
     # --seed a resumed run keeps the seed it began with: its data order and augmentations go on
     # as if it had not stopped.
-    kept_seed = stored_seed(cfg.resume_from) if cfg.resume_from and args.seed is None else None
+    begun_with = stored_seed(cfg.resume_from) if cfg.resume_from else None
+    if args.seed is not None and begun_with is not None and args.seed != begun_with:
+        if args.resume_from is None:
+            # Found by --auto-resume: a run with another seed in the same work dir went on from
+            # (or, finished, stood in for) the first seed's.
+            raise UsageError(f'--seed {args.seed}: {cfg.resume_from}, which --auto-resume would go '
+                             f'on from, trained with seed {begun_with}: leave out --seed to go on '
+                             f'with that run, or give another --work-dir for a new one')
+        logger.warning(f'--seed {args.seed}: {cfg.resume_from} trained with seed {begun_with}; '
+                       f'the rest of the run draws other data orders and augmentations')
+    kept_seed = begun_with if args.seed is None else None
     seed = init_random_seed(args.seed if kept_seed is None else kept_seed, device=cfg.device)
     if args.diff_seed:
         seed += get_dist_info()[0]

@@ -6,6 +6,7 @@ import os.path as osp
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip('mmdet')
 from tools_testlib import (PYTHON, ROOT, free_port, load_script, refused, run_tool,  # noqa: E402
@@ -217,6 +218,26 @@ def test_resuming_a_finished_run_says_nothing_is_left(train_tool, tmp_path, tiny
             'runner.max_epochs to train longer)') in log
     assert 'has no optimizer state: the optimizer starts afresh' in log
     assert tf32_flag.allow_tf32  # training uses TF32, as the original's train.py does
+
+
+def test_auto_resume_refuses_a_run_of_another_seed(train_tool, tmp_path, tiny_config):
+    # The quick start's SEED=1 went on from (or, finished, reported) the seed-0 run in its folder.
+    torch.save(dict(state_dict={}, meta=dict(seed=0, epoch=1)), tmp_path / 'epoch_1.pth')
+    assert refused(train_tool, tiny_config, '--work-dir', str(tmp_path), '--auto-resume',
+                   '--seed', '1').endswith(
+        f'--seed 1: {tmp_path}/epoch_1.pth, which --auto-resume would go on from, trained with '
+        'seed 0: leave out --seed to go on with that run, or give another --work-dir for a new one')
+
+
+def test_resuming_with_another_seed_by_name_is_warned_of(train_tool, tmp_path, tiny_config,
+                                                          caplog):
+    checkpoint = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict={}, meta=dict(seed=0, epoch=1)), checkpoint)
+    # (The empty weights do not fit the model: the run stops there, after the warning.)
+    assert 'does not fit the model' in refused(train_tool, tiny_config, '--work-dir', str(tmp_path),
+                                               '--resume-from', str(checkpoint), '--seed', '1')
+    assert (f'--seed 1: {checkpoint} trained with seed 0; the rest of the run draws other data '
+            'orders and augmentations') in caplog.text
 
 
 def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
