@@ -10,7 +10,8 @@
 # Environment variables:
 #   CONFIG     config to train (default configs/shapes/mask_rcnn_internimage_pico_fpn_shapes.py)
 #   DATA_DIR   dataset folder, generated when absent (default data/shapes)
-#   WORK_DIR   logs and checkpoints (default work_dirs/<config name>)
+#   WORK_DIR   logs and checkpoints (default work_dirs/<config name>, or
+#              work_dirs/<config name>_seed<SEED> for a SEED other than 0)
 #   SEED       training seed (default 0)
 #   NUM_TRAIN, NUM_VAL   images to generate (default 400 and 100)
 # Rerunning continues an interrupted training from its last checkpoint (--auto-resume).
@@ -21,8 +22,13 @@ cd "$ROOT"
 CONFIG=${CONFIG:-configs/shapes/mask_rcnn_internimage_pico_fpn_shapes.py}
 CONFIG_NAME="$(basename "$CONFIG" .py)"
 DATA_DIR=${DATA_DIR:-data/shapes}
-WORK_DIR=${WORK_DIR:-work_dirs/$CONFIG_NAME}
 SEED=${SEED:-0}
+# A run per seed: --auto-resume would go on from another seed's checkpoints (train.py refuses).
+if [ "$SEED" = 0 ]; then
+  WORK_DIR=${WORK_DIR:-work_dirs/$CONFIG_NAME}
+else
+  WORK_DIR=${WORK_DIR:-work_dirs/${CONFIG_NAME}_seed$SEED}
+fi
 NUM_TRAIN=${NUM_TRAIN:-400}
 NUM_VAL=${NUM_VAL:-100}
 DEMO_IMAGE="$DATA_DIR/val/000000.png"
@@ -40,14 +46,15 @@ generate=("$PY" mmdet_custom/datasets/synthetic_shapes.py --out "$DATA_DIR"
 if [ -f "$DATA_DIR/annotations/instances_train.json" ] && [ -f "$DATA_DIR/annotations/instances_val.json" ]; then
   step "1/4 environment (scripts/setup_env.sh); dataset found in $DATA_DIR (delete it to regenerate)"
   bash scripts/setup_env.sh
+  DATASET_NOTE="found, not regenerated"
 else
   step "1/4 environment (scripts/setup_env.sh), generating the dataset in $DATA_DIR alongside"
   bash scripts/setup_env.sh --beside "${generate[@]}"
+  DATASET_NOTE="generated"
 fi
-# The config's data_root is data/shapes/; the tools read another one from MMDET_DATASETS.
-if [ "$(realpath -m "$DATA_DIR")" != "$(realpath -m data/shapes)" ]; then
-  export MMDET_DATASETS="${DATA_DIR%/}/"
-fi
+# The config's data_root is data/shapes/; the tools read the one here from MMDET_DATASETS (set
+# even for data/shapes, over one the caller's environment may hold for another dataset).
+export MMDET_DATASETS="${DATA_DIR%/}/"
 train_start=$(date +%s)
 
 step "2/4 training $CONFIG (log and checkpoints in $WORK_DIR; a line every few iterations with the ETA)"
@@ -65,13 +72,14 @@ step "4/4 drawing the prediction for $DEMO_IMAGE and plotting the training"
 end=$(date +%s)
 newest() { ls -t "$@" 2>/dev/null | head -n1; }
 METRICS_JSON="$(newest "$WORK_DIR"/eval_*.json)"
-MAPS="$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metric"]; print("box mAP %.3f, mask mAP %.3f" % (m["bbox_mAP"], m["segm_mAP"]))' "$METRICS_JSON")"
+# The val images counted in the annotations evaluated (a dataset found may have another count).
+MAPS="$("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["metric"]; n = len(json.load(open(sys.argv[2]))["images"]); print("box mAP %.3f, mask mAP %.3f on the %d val images" % (m["bbox_mAP"], m["segm_mAP"], n))' "$METRICS_JSON" "$DATA_DIR/annotations/instances_val.json")"
 cat <<SUMMARY
 
 Quick start finished in $(elapsed "$start" "$end"): setup and data $(elapsed "$start" "$train_start"), training $(elapsed "$train_start" "$train_done"), evaluation and pictures $(elapsed "$train_done" "$end").
-Result: $MAPS on the $NUM_VAL val images.
-Files written:
-  dataset:        $DATA_DIR/train/*.png, $DATA_DIR/val/*.png, $DATA_DIR/annotations/instances_{train,val}.json
+Result: $MAPS.
+Files:
+  dataset:        $DATA_DIR/train/*.png, $DATA_DIR/val/*.png, $DATA_DIR/annotations/instances_{train,val}.json ($DATASET_NOTE)
   config used:    $WORK_DIR/$CONFIG_NAME.py
   checkpoints:    $(cd "$WORK_DIR" && ls epoch_*.pth | sort -V | tr '\n' ' ')(latest: $CHECKPOINT)
   training log:   $(newest "$WORK_DIR"/*.log)  (json lines: $(newest "$WORK_DIR"/*.log.json))

@@ -48,3 +48,13 @@ def test_quickstart_script_runs_every_step(tmp_path):
     for written in ('annotations/instances_{train,val}.json', 'epoch_1.pth', 'latest.pth', '.log.json',
                     eval_files[-1].name, 'demo.png', 'training.png', 'box mAP'):
         assert written in summary, written
+    assert 'on the 4 val images.' in summary and '(generated)' in summary
+
+    # Rerun: training finished, the dataset found. The summary once counted NUM_VAL's default
+    # (100) images, and an MMDET_DATASETS the caller had set for another dataset took over.
+    env = {'DATA_DIR': str(data_dir), 'WORK_DIR': str(work_dir), 'MMDET_DATASETS': '/no/coco/'}
+    result = run_tool(['bash', 'scripts/quickstart.sh', '--cfg-options', 'runner.max_epochs=1'],
+                      env=env, timeout=1200)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    summary = result.stdout[result.stdout.index('Quick start finished'):]
+    assert 'on the 4 val images.' in summary and '(found, not regenerated)' in summary
