@@ -4,7 +4,9 @@
 
 Reads what the tools write into a work dir: the json training logs of ``tools/train.py``
 (``*.log.json``; several when a run was resumed: later entries replace earlier ones) and the
-newest ``eval_*.json`` of ``tools/test.py --work-dir``. Needs only matplotlib, so it also runs
+newest ``eval_*.json`` of ``tools/test.py --work-dir``. A log that begins where a run begins (at
+the first entry any of the logs has) starts the run plotted: earlier logs, and evaluations
+older than it, belong to a run trained before in the same folder. Needs only matplotlib, so it also runs
 where mmcv is not installed. mmdet's own ``analyze_logs.py`` reads the same json logs.
 """
 import argparse
@@ -28,14 +30,17 @@ class PlotError(Exception):
 
 
 def read_train_log(work_dir):
-    """Training entries of every ``*.log.json`` in ``work_dir``, keyed by (epoch, iter)."""
+    """Training entries of the newest run's ``*.log.json`` files in ``work_dir`` (module doc), in
+    (epoch, iter) order, and the name of the log that began it."""
     # Names start with a timestamp; the work dir's own name may hold glob's [ ] * ?.
     log_files = sorted(path for path in glob.glob(osp.join(glob.escape(work_dir), '*.log.json'))
                        if osp.isfile(path))
     if not log_files:
         raise PlotError(f'no training log (*.log.json) in {work_dir}: train with tools/train.py first')
-    entries = {}
+    logs = []
     for log_file in log_files:
+        entries = {}
+        logs.append(entries)
         with open(log_file) as f:
             for line_number, line in enumerate(f, 1):
                 if not line.strip():
@@ -49,16 +54,25 @@ def read_train_log(work_dir):
                 if not {'epoch', 'iter'} <= entry.keys():
                     raise PlotError(f'{log_file}, line {line_number}: a training entry without '
                                     f'its epoch and iter: not an mmcv json log?')
-                entries[entry['epoch'], entry['iter']] = entry  # a resumed run overrides
-    if not entries:
+                entries[entry['epoch'], entry['iter']] = entry
+    firsts = [min(entries) for entries in logs if entries]
+    if not firsts:
         raise PlotError(f'the training logs in {work_dir} hold no loss entries yet')
-    return [entries[key] for key in sorted(entries)]
+    # A resumed run goes on after a checkpoint; a log from the very first entry is a new run.
+    start = max(index for index, entries in enumerate(logs)
+                if entries and min(entries) == min(firsts))
+    merged = {}
+    for entries in logs[start:]:
+        merged.update(entries)  # a resumed run overrides
+    return [merged[key] for key in sorted(merged)], osp.basename(log_files[start])
 
 
-def read_metrics(work_dir):
-    """The box and mask mAPs (METRICS) of the newest ``eval_*.json`` in ``work_dir``; empty when
-    there is none or it has none (e.g. only proposal recall was evaluated)."""
-    eval_files = sorted(glob.glob(osp.join(glob.escape(work_dir), 'eval_*.json')))
+def read_metrics(work_dir, since=''):
+    """The box and mask mAPs (METRICS) of the newest ``eval_*.json`` in ``work_dir`` not older
+    than the file name ``since`` (timestamps alike: YYYYmmdd_HHMMSS); empty when there is none or
+    it has none (e.g. only proposal recall was evaluated)."""
+    eval_files = sorted(path for path in glob.glob(osp.join(glob.escape(work_dir), 'eval_*.json'))
+                        if osp.basename(path)[len('eval_'):] >= since)
     if not eval_files:
         return {}
     with open(eval_files[-1]) as f:
@@ -137,8 +151,8 @@ def main(argv=None):
             raise PlotError(f'--out {out_file}: name a picture matplotlib writes, e.g. training.png')
         if not osp.isdir(args.work_dir):
             raise PlotError(f'work dir not found: {args.work_dir}')
-        entries = read_train_log(args.work_dir)
-        metrics = read_metrics(args.work_dir)
+        entries, first_log = read_train_log(args.work_dir)
+        metrics = read_metrics(args.work_dir, since=first_log)
     except PlotError as error:
         sys.exit(f'tools/plot_training.py: error: {error}')
     try:
