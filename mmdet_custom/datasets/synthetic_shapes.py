@@ -41,8 +41,10 @@ SPLIT_IDS = {'train': 0, 'val': 1}
 MIN_VISIBLE_FRACTION = 0.5
 # Smallest and largest shape, as a fraction of the image side (circumscribed-circle radius).
 MIN_RADIUS_FRACTION = 0.07
-# Below this side a shape of MIN_RADIUS_FRACTION is a pixel or two, and none is ever annotated.
-MIN_SIDE = 16
+# A shape needs MIN_SHAPE_PIXELS; below MIN_SIDE even the largest triangle has fewer (about
+# 1.3 * (MAX_RADIUS_FRACTION * side)^2 pixels), so that images that small held no triangle.
+MIN_SHAPE_PIXELS = 30
+MIN_SIDE = 24
 MAX_RADIUS_FRACTION = 0.2
 # Background textures blend two colours at most this far apart per RGB channel (0-255); shape
 # colours closer than MIN_COLOUR_CONTRAST (Euclidean) to either of them are redrawn, so that
@@ -165,7 +167,7 @@ def render_image(seed, split, index, size=256, min_instances=2, max_instances=6)
             outline = _shape_outline(CLASSES[label], centre, radius, rng.uniform(0, 2 * np.pi), rng)
             mask = _fill_mask(outline, height, width)
             covered = [inst['mask'] & ~mask for inst in instances]
-            acceptable = mask.sum() >= 30 and all(
+            acceptable = mask.sum() >= MIN_SHAPE_PIXELS and all(
                 remaining.sum() >= MIN_VISIBLE_FRACTION * inst['shape_area'] and not _has_hole(remaining)
                 for inst, remaining in zip(instances, covered))
             if acceptable:
@@ -251,6 +253,15 @@ def parse_args(argv=None):
         parser.error(f'--seed must not be negative (numpy seeds are 0 to 2**32 - 1); got {args.seed}')
     if osp.exists(args.out) and not osp.isdir(args.out):
         parser.error(f'--out {args.out} is a file, not a folder')
+    # The folders it makes, checked before any image is drawn (else a traceback at the first).
+    for folder in (osp.join(args.out, name) for name in ('train', 'val', 'annotations')):
+        if osp.exists(folder) and not osp.isdir(folder):
+            parser.error(f'--out {args.out}: {folder} is a file, not a folder')
+    parent = osp.dirname(osp.abspath(args.out))
+    while not osp.exists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        parser.error(f'--out {args.out}: {parent} is a file, not a folder')
     height, width = args.size * 2 if len(args.size) == 1 else args.size
     args.size = (height, width)
     return args

@@ -163,7 +163,7 @@ def test_bad_size_is_named(size):
     (['--size', '64', '64', '3'], '--size takes one side or a height and a width'),
     (['--size', '0'], '--size takes one side or a height and a width'),
     (['--num-val', '-1'], '--num-train and --num-val must not be negative'),
-    (['--size', '12'], 'each at least 16 (smaller images hold no shape big enough to annotate)'),
+    (['--size', '20'], 'each at least 24 (smaller images hold no shape big enough to annotate)'),
     (['--seed', '-1'], '--seed must not be negative'),
     (['--out', __file__], 'is a file, not a folder'),
 ])
@@ -171,6 +171,26 @@ def test_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         synthetic_shapes.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_command_line_names_a_file_where_a_folder_goes(tmp_path, capsys):
+    # They ended in a NotADirectoryError or FileExistsError traceback.
+    (tmp_path / 'notes.txt').write_text('')
+    (tmp_path / 'data' / 'train').mkdir(parents=True)
+    (tmp_path / 'data' / 'val').write_text('')
+    for out, file in ((tmp_path / 'notes.txt' / 'shapes', tmp_path / 'notes.txt'),
+                      (tmp_path / 'data', tmp_path / 'data' / 'val')):
+        with pytest.raises(SystemExit):
+            synthetic_shapes.main(['--out', str(out)])
+        assert f'--out {out}: {file} is a file, not a folder' in capsys.readouterr().err
+
+
+def test_the_smallest_images_allowed_hold_every_class():
+    # Below 24 pixels a side the triangle never met the pixel minimum: two classes, not three.
+    side = synthetic_shapes.MIN_SIDE
+    labels = {inst['label'] for index in range(40)
+              for inst in render_image(0, 'train', index, side)[1]}
+    assert labels == {0, 1, 2}
 
 
 def test_runs_by_file_path_without_mmcv_mmdet_or_torch(tmp_path):
