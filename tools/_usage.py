@@ -101,6 +101,9 @@ def read_config(path, cfg_options=None, required=()):
         except SyntaxError as error:
             raise UsageError(f'cannot read config {path}: SyntaxError: {error.msg} (line '
                              f'{error.lineno})') from None
+        except UnicodeDecodeError as error:
+            raise UsageError(f'cannot read config {path}: not UTF-8 text ({error.reason} at byte '
+                             f'{error.start})') from None
     try:
         cfg = Config.fromfile(path)
     except Exception as error:

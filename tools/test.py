@@ -29,8 +29,9 @@ from mmdet_custom.apis import (RANK_RESULTS_FOLDER, CheckpointError, evaluate_kw
                                load_dataset, load_detector_checkpoint, multi_process_test,
                                wrap_model)
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    check_not_over_images, check_output_path, evaluation_settings, join_process_group,
-                    one_line_errors, predicts_masks, read_config, registered_dataset, select_gpu)
+                    check_not_over_images, check_output_path, evaluation_settings,
+                    join_process_group, one_line_errors, predicts_masks, read_config,
+                    registered_dataset, select_gpu)
 
 
 def parse_args(argv=None):

@@ -52,6 +52,10 @@ def test_bad_config_path(matching_checkpoint, tmp_path):
     message = _run_test_tool(str(broken), checkpoint)
     assert message.endswith(f"cannot read config {broken}: SyntaxError: '(' was never closed "
                             "(line 1)")
+    broken.write_bytes(b"model = '\xff'\n")
+    message = _run_test_tool(str(broken), checkpoint)
+    assert message.endswith(f"cannot read config {broken}: not UTF-8 text (invalid start byte at "
+                            "byte 9)")
 
 
 @pytest.mark.slow
