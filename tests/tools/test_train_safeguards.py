@@ -159,11 +159,13 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
 
 def test_a_resumed_runs_checkpoints_record_that_run(train_tool, tmp_path, tiny_config):
     # mmcv's resume replaced the run's meta with the checkpoint's: later checkpoints had no
-    # config and the first segment's seed, which the next --auto-resume then took.
+    # config and the first segment's seed, which the next --auto-resume then took. (Another seed
+    # by name: --auto-resume refuses one.)
     work = tmp_path / 'work'
     train_tool.main([tiny_config, '--no-validate', '--seed', '1', '--work-dir', str(work)])
-    train_tool.main([tiny_config, '--no-validate', '--seed', '7', '--auto-resume', '--work-dir',
-                     str(work), '--cfg-options', 'runner.max_epochs=2'])
+    train_tool.main([tiny_config, '--no-validate', '--seed', '7', '--resume-from',
+                     str(work / 'epoch_1.pth'), '--work-dir', str(work), '--cfg-options',
+                     'runner.max_epochs=2'])
     meta = read_checkpoint(str(work / 'epoch_2.pth'))['meta']
     assert meta['seed'] == 7 and 'runner' in meta['config'] and meta['epoch'] == 2
 
