@@ -7,11 +7,16 @@ Differences from ``mmdet.apis.train_detector``:
   epochs exactly as an uninterrupted run would;
 - ``auto_resume`` looks where the checkpoint hook writes (``checkpoint_config.out_dir`` too) and
   skips a checkpoint left half-written by a killed run (``resume_checkpoint``; tools/train.py
-  keeps the resumed run's seed unless ``--seed`` is given), and resuming keeps the
-  config's optimizer update implementation (``fused``), which ``load_state_dict`` alone would take
-  from the checkpoint (``configured_update_implementation``), refuses a checkpoint whose weights
-  do not fit the model or an optimizer state of another optimizer type, recounts the iterations
-  for the current batch size and number of processes (the lr schedule reads them), warns when
+  keeps the resumed run's seed unless ``--seed`` is given);
+- iteration checkpoints (``checkpoint_config.by_epoch=False``) of an EpochBasedRunner run are
+  ``iter_N.pth`` and go on in their epoch (``ResumableEpochBasedRunner``, the sampler's
+  ``skip_next``): the rest of the epoch sees the images the run had left, in the same order,
+  with other random draws (later epochs are re-seeded as usual);
+- resuming keeps the config's optimizer update implementation (``fused``), which
+  ``load_state_dict`` alone would take from the checkpoint (``configured_update_implementation``),
+  refuses a checkpoint whose weights do not fit the model or an optimizer state of another
+  optimizer type, recounts the iterations for the current batch size and number of processes
+  (the lr schedule reads them), warns when
   the checkpoint's lr or weight decay differ from the config's or its epoch was never evaluated,
   and takes the evaluation hook's best-checkpoint record from the newest ``best_*.pth``, since an
   epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
@@ -49,7 +54,7 @@ import torch
 
 import mmcv.runner.epoch_based_runner
 from mmcv.parallel import collate, is_module_wrapper
-from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
+from mmcv.runner import EpochBasedRunner, Hook, OptimizerHook, build_runner, get_dist_info
 from mmdet.apis.train import auto_scale_lr
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, replace_ImageToTensor
@@ -68,14 +73,30 @@ from .seeding import EpochSeedHook
 from .test import DistEvalHookAnyDevice, evaluate_kwargs
 
 
-def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **loader_kwargs):
-    """A training loader whose order depends only on (seed, epoch), in one process or many.
+class ResumableGroupSampler(DistributedGroupSampler):
+    """mmdet's DistributedGroupSampler (images of one aspect-ratio group per batch, shuffled from
+    seed + epoch), whose next epoch can start part-way through, for a run resumed mid-epoch."""
 
-    mmdet's DistributedGroupSampler (images of one aspect-ratio group per batch, shuffled from
-    seed + epoch) is used with every world size, including 1.
-    """
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._samples_to_skip = 0
+
+    def skip_next(self, num_samples: int):
+        """Leave out the first ``num_samples`` of the next epoch's order (once). Its length stays
+        the epoch's: mmcv's runner counts the run's iterations from it."""
+        self._samples_to_skip = num_samples
+
+    def __iter__(self):
+        order = list(super().__iter__())[self._samples_to_skip:]
+        self._samples_to_skip = 0
+        return iter(order)
+
+
+def build_train_dataloader(dataset, samples_per_gpu, workers_per_gpu, seed, **loader_kwargs):
+    """A training loader whose order depends only on (seed, epoch), in one process or many: the
+    group sampler is used with every world size, including 1."""
     rank, world_size = get_dist_info()
-    sampler = DistributedGroupSampler(dataset, samples_per_gpu, world_size, rank, seed=seed or 0)
+    sampler = ResumableGroupSampler(dataset, samples_per_gpu, world_size, rank, seed=seed or 0)
     if workers_per_gpu == 0:
         loader_kwargs.pop('multiprocessing_context', None)  # loading in this process: none to start
     start_worker_server(dict(loader_kwargs, workers_per_gpu=workers_per_gpu))
@@ -400,7 +421,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     model = wrap_model(model, cfg, distributed, cfg.get('find_unused_parameters', False))
     auto_scale_lr(cfg, distributed, logger)  # the linear scaling rule, if auto_scale_lr.enable
     optimizer = build_optimizer(model, cfg.optimizer)
-    runner = build_runner(cfg.runner, default_args=dict(
+    runner_cfg = dict(cfg.runner)
+    if runner_cfg.get('type') == 'EpochBasedRunner':  # iteration checkpoints that resume mid-epoch
+        runner_cfg['type'] = 'ResumableEpochBasedRunner'
+    runner = build_runner(runner_cfg, default_args=dict(
         model=model, optimizer=optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta))
     runner.timestamp = timestamp  # so the .log and .log.json files share a name
 
@@ -466,7 +490,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         if configured:
             _check_resumed_optimizer(runner.optimizer, configured, cfg.resume_from, logger)
         if isinstance(runner, EpochBasedRunner):
-            _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger)
+            _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger,
+                                resumed_meta.get('epoch_position'))
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
             try:
@@ -495,25 +520,72 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
                               f'{_where_to_resume(cfg)}') from None
 
 
-def _resume_epoch_based(runner, train_loader, cfg, validate, logger):
-    """After ``runner.resume`` of an epoch checkpoint: the iteration count, the best-checkpoint
-    record, and what is left to do."""
-    # Epoch checkpoints end an epoch, so the iterations done are epochs * this loader's length;
-    # the stored count was made with the checkpoint's batch size and number of processes, and
-    # the lr schedule reads runner.iter.
-    iterations = runner.epoch * len(train_loader)
+def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None):
+    """After ``runner.resume`` of an epoch checkpoint, or of an iteration checkpoint saved in an
+    epoch (``epoch_position``, see ResumableEpochBasedRunner): the iteration count, where the
+    epoch under way goes on, the best-checkpoint record, and what is left to do."""
+    batches_done = 0
+    if epoch_position:
+        batches_done = _go_on_mid_epoch(runner, train_loader, cfg.resume_from, epoch_position,
+                                        logger)
+    # The iterations done are the finished epochs * this loader's length and the batches of
+    # the epoch under way: the stored count was made with the checkpoint's batch size and
+    # number of processes, and the lr schedule reads runner.iter.
+    iterations = runner.epoch * len(train_loader) + batches_done
     if runner.iter != iterations:
+        in_epoch = f' and {batches_done} batches' if batches_done else ''
         logger.info(f'{cfg.resume_from}: {runner.iter} iterations were counted with another batch '
                     f'size or number of processes; going on from {iterations} '
-                    f'({runner.epoch} epochs of {len(train_loader)})')
+                    f'({runner.epoch} epochs of {len(train_loader)}{in_epoch})')
         runner._iter = iterations
     if validate:
         best_dir = hook_output_dir(cfg.work_dir, cfg.get('evaluation', {}).get('out_dir'))
         restore_best_record(runner.meta, best_dir, runner.epoch, logger)
-        if (_evaluates_after(runner.epoch, cfg.get('evaluation', {}))
+        # (A checkpoint saved in a later epoch does not hold the unevaluated epoch's weights.)
+        if (not epoch_position and _evaluates_after(runner.epoch, cfg.get('evaluation', {}))
                 and runner.epoch not in _evaluated_epochs(cfg.work_dir)):
             logger.warning(f'epoch {runner.epoch} was saved but not evaluated (the run stopped in '
                            f'between): tools/test.py with {cfg.resume_from} evaluates it')
     if runner.epoch >= runner.max_epochs:
         logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
                        f'nothing left to train (raise runner.max_epochs to train longer)')
+
+
+def _go_on_mid_epoch(runner, train_loader, path, position, logger):
+    """Set the epoch under way to go on after the batches ``position`` says were done, and
+    return how many of this loader's batches those are."""
+    _, world_size = get_dist_info()
+    layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
+    batches = position['batches']
+    if layout != (world_size, train_loader.batch_size):
+        # Another layout orders the epoch's images otherwise: go on after as many images.
+        images_done = batches * layout[0] * layout[1]
+        batches = min(len(train_loader),
+                      math.ceil(images_done / (world_size * train_loader.batch_size)))
+        logger.warning(f'{path} was saved {position["batches"]} batches into epoch '
+                       f'{runner.epoch + 1} by {layout[0]} process(es) of {layout[1]} images '
+                       f'each; with {world_size} of {train_loader.batch_size}, the epoch goes on '
+                       f'after {batches} batches, in another image order than the run that saved '
+                       f'it had')
+    train_loader.sampler.skip_next(batches * train_loader.batch_size)
+    runner.register_hook(_CountFromEpochPosition(runner.epoch, batches), priority='VERY_HIGH')
+    if batches < len(train_loader):
+        logger.info(f'{path} was saved in epoch {runner.epoch + 1}: it goes on from batch '
+                    f'{batches + 1} of {len(train_loader)}')
+    else:
+        logger.info(f'{path} was saved after the last batch of epoch {runner.epoch + 1}: what '
+                    f'follows an epoch (its evaluation, its checkpoint) comes next')
+    return batches
+
+
+class _CountFromEpochPosition(Hook):
+    """The resumed epoch's iterations keep their place in it (``runner.inner_iter``, which the
+    logger shows and mmcv's end-of-epoch checks read): mmcv counts them from 0."""
+
+    def __init__(self, epoch: int, batches_done: int):
+        self.epoch = epoch
+        self.batches_done = batches_done
+
+    def before_train_iter(self, runner):
+        if runner.epoch == self.epoch:
+            runner._inner_iter += self.batches_done

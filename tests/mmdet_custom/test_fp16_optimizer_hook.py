@@ -12,6 +12,7 @@ pytestmark = pytest.mark.filterwarnings('ignore:.*GradScaler')
 from mmcv.runner import CheckpointHook, EpochBasedRunner, Fp16OptimizerHook  # noqa: E402
 
 from mmdet_custom.apis.train import without_epoch_transition_sleeps  # noqa: E402
+from mmdet_custom.core import ResumableEpochBasedRunner  # noqa: E402
 from mmdet_custom.core.hooks import SyncFreeFp16OptimizerHook  # noqa: E402
 
 ITERS_PER_EPOCH = 3
@@ -31,14 +32,15 @@ class _Regressor(nn.Module):
         return dict(loss=loss, log_vars=dict(loss=float(loss.detach())), num_samples=len(inputs))
 
 
-def _train(hook_type, work_dir, epochs=2, resume_from=None, by_epoch=True, grad_clip=None):
+def _train(hook_type, work_dir, epochs=2, resume_from=None, by_epoch=True, grad_clip=None,
+           runner_type=EpochBasedRunner):
     """Train _Regressor under ``hook_type`` with an enabled CPU GradScaler that doubles its scale
     every step; returns (runner, hook, number of scaler state reads)."""
     torch.manual_seed(1)
     data = [(torch.randn(2, 4), torch.randn(2, 1)) for _ in range(ITERS_PER_EPOCH)]
     model = _Regressor()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
-    runner = EpochBasedRunner(model, optimizer=optimizer, work_dir=str(work_dir),
+    runner = runner_type(model, optimizer=optimizer, work_dir=str(work_dir),
                               logger=logging.getLogger('fp16-hook-test'), meta=dict(),
                               max_epochs=epochs)
     hook = hook_type(grad_clip=grad_clip, loss_scale=dict(init_scale=256.0, growth_interval=1))
@@ -75,6 +77,18 @@ def test_iteration_checkpoints_get_the_current_state_too(tmp_path):
     # (An epoch-based runner names every save after the epoch: the last one is kept.)
     saved = _saved(tmp_path / 'epoch_1.pth')['meta']['fp16']['loss_scaler']
     assert saved['scale'] == 256.0 * 2 ** ITERS_PER_EPOCH
+
+
+def test_mid_epoch_checkpoints_of_the_resumable_runner_get_the_current_state(tmp_path):
+    runner, _, reads = _train(SyncFreeFp16OptimizerHook, tmp_path, epochs=1, by_epoch=False,
+                              runner_type=ResumableEpochBasedRunner)
+    assert reads == ITERS_PER_EPOCH
+    for iteration in range(1, ITERS_PER_EPOCH + 1):
+        meta = _saved(tmp_path / f'iter_{iteration}.pth')['meta']
+        assert meta['fp16']['loss_scaler']['scale'] == 256.0 * 2 ** iteration
+        assert (meta['epoch'], meta['iter'], meta['epoch_position']['batches']) == (0, iteration,
+                                                                                   iteration)
+    assert 'save_checkpoint' not in vars(runner)
 
 
 @pytest.mark.parametrize('grad_clip', [None, dict(max_norm=0.05)])

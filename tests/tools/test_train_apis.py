@@ -58,6 +58,15 @@ def test_data_order_and_augmentation_randomness_depend_only_on_seed_and_epoch(wo
         assert len({i % 2 for i in batch}) == 1
 
 
+def test_a_resumed_epoch_goes_on_with_the_images_its_run_had_left():
+    loader = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=0, seed=7)
+    whole = _epoch_draws(loader, 1)[0]
+    loader.sampler.skip_next(3 * 2)
+    assert _epoch_draws(loader, 1)[0] == whole[3:]
+    assert len(loader) == len(whole)  # the epoch's length, which mmcv counts iterations from
+    assert _epoch_draws(loader, 1)[0] == whole  # once only
+
+
 def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
     forked = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2,
                                     seed=7)

@@ -1,6 +1,8 @@
 """A run killed mid-epoch and continued with --auto-resume ends with the weights of an
-uninterrupted run with the same seed."""
+uninterrupted run with the same seed; iteration checkpoints of an epoch-based run resume in
+their epoch."""
 import os.path as osp
+import re
 import signal
 
 import pytest
@@ -72,3 +74,56 @@ def test_killed_and_auto_resumed_run_matches_uninterrupted_run(tmp_path, tiny_sh
     for key, state in expected['optimizer']['state'].items():
         torch.testing.assert_close(actual['optimizer']['state'][key]['exp_avg'], state['exp_avg'],
                                    rtol=1e-5, atol=1e-7)
+
+
+def _trained_iterations(log):
+    """(epoch, batch, batches per epoch, lr) of each training iteration the text log shows."""
+    return [(int(e), int(b), int(n), float(lr)) for e, b, n, lr in
+            re.findall(r'Epoch \[(\d+)\]\[(\d+)/(\d+)\]\s+lr: ([0-9.e+-]+)', log)]
+
+
+@pytest.mark.slow
+def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, tiny_shapes):
+    # 4 iterations per epoch, a checkpoint every 2: iter_4.pth ends epoch 1, iter_6.pth is
+    # half-way through epoch 2. mmcv's own hook saved those as epoch_1.pth and epoch_2.pth, and
+    # resuming from the second skipped the rest of epoch 2.
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes, epochs=2)
+
+    def train(work_dir, *args, options=()):
+        run = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work_dir), '--seed', '3',
+                        *args, '--cfg-options', 'checkpoint_config.by_epoch=False',
+                        'checkpoint_config.interval=2', *options], timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+
+    straight_dir = tmp_path / 'straight'
+    straight = _trained_iterations(train(straight_dir, '--no-validate'))
+    assert sorted(p.name for p in straight_dir.glob('*.pth')) == [  # max_keep_ckpts=3
+        'iter_4.pth', 'iter_6.pth', 'iter_8.pth', 'latest.pth']
+    meta = _weights(straight_dir / 'iter_6.pth')['meta']
+    assert (meta['epoch'], meta['iter']) == (1, 6)  # 1 epoch finished, 6 iterations done
+    assert meta['epoch_position'] == dict(batches=2, world_size=1, samples_per_gpu=2)
+
+    # The rest of epoch 2, at the learning rates of the uninterrupted run.
+    log = train(tmp_path / 'rest', '--no-validate', '--resume-from',
+                str(straight_dir / 'iter_6.pth'))
+    assert 'goes on from batch 3 of 4' in log
+    assert _trained_iterations(log) == straight[-2:]
+    assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['iter'] == 8
+
+    # Saved after epoch 1's last batch: epoch 1's evaluation comes next, then all of epoch 2.
+    log = train(tmp_path / 'end', '--resume-from', str(straight_dir / 'iter_4.pth'),
+                options=['evaluation.interval=1'])
+    assert 'after the last batch of epoch 1' in log
+    assert 'saved but not evaluated' not in log  # it is evaluated now
+    assert 'Epoch(val) [1][4]' in log and 'Epoch(val) [2][4]' in log
+    assert _trained_iterations(log) == straight[4:]
+
+    # With 1 image per batch (8 per epoch), epoch 2 goes on after the 4 images done.
+    log = train(tmp_path / 'relaid', '--no-validate', '--resume-from',
+                str(straight_dir / 'iter_6.pth'), options=['data.samples_per_gpu=1'])
+    assert ('by 1 process(es) of 2 images each; with 1 of 1, the epoch goes on after 4 batches'
+            in log)
+    assert [(e, b, n) for e, b, n, _ in _trained_iterations(log)] == [(2, 5, 8), (2, 6, 8),
+                                                                       (2, 7, 8), (2, 8, 8)]
+    assert _weights(tmp_path / 'relaid' / 'iter_16.pth')['meta']['iter'] == 16

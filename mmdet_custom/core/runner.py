@@ -1,0 +1,59 @@
+"""ResumableEpochBasedRunner: mmcv's EpochBasedRunner whose checkpoints saved after an iteration
+resume where they were saved."""
+import os.path as osp
+import platform
+import shutil
+from typing import Optional
+
+import mmcv
+from mmcv.runner import RUNNERS, EpochBasedRunner, get_dist_info
+from mmcv.runner import save_checkpoint as save_checkpoint_file
+
+
+@RUNNERS.register_module()
+class ResumableEpochBasedRunner(EpochBasedRunner):
+    """EpochBasedRunner, except for checkpoints saved by an ``after_train_iter`` hook (mmcv's
+    CheckpointHook with ``by_epoch=False``).
+
+    mmcv names those after the epoch under way and records that epoch as finished: the weights
+    after 3 of an epoch's 4 iterations became ``epoch_1.pth``, evaluated and resumed as if the
+    epoch were over, so a resumed run skipped the rest of it. Here they are ``iter_N.pth`` (N
+    iterations done: the name mmcv's CheckpointHook records as the last checkpoint and prunes by
+    ``max_keep_ckpts``), and their meta holds the finished epochs, the iterations done and
+    ``epoch_position``: the batches of the epoch under way each process has trained on, and the
+    batch layout they were counted in, from which ``train_detector`` resumes. ``train_detector``
+    builds this runner where the config names EpochBasedRunner.
+    """
+
+    _hook_being_called: Optional[str] = None
+
+    def call_hook(self, fn_name: str) -> None:
+        self._hook_being_called = fn_name
+        try:
+            super().call_hook(fn_name)
+        finally:
+            self._hook_being_called = None
+
+    def save_checkpoint(self, out_dir: str, filename_tmpl: Optional[str] = None,
+                        save_optimizer: bool = True, meta: Optional[dict] = None,
+                        create_symlink: bool = True) -> None:
+        if self._hook_being_called != 'after_train_iter':
+            return super().save_checkpoint(out_dir, filename_tmpl or 'epoch_{}.pth',
+                                           save_optimizer, meta, create_symlink)
+        iterations_done = self.iter + 1  # self.iter counts this iteration once its hooks ran
+        meta = dict(meta or {}, **(self.meta or {}))
+        _, world_size = get_dist_info()
+        samples_per_gpu = getattr(self.data_loader, 'batch_size', None)  # None: not a DataLoader
+        meta.update(epoch=self.epoch, iter=iterations_done,
+                    epoch_position=dict(batches=self.inner_iter + 1, world_size=world_size,
+                                        samples_per_gpu=samples_per_gpu))
+        filename = (filename_tmpl or 'iter_{}.pth').format(iterations_done)
+        filepath = osp.join(out_dir, filename)
+        save_checkpoint_file(self.model, filepath,
+                             optimizer=self.optimizer if save_optimizer else None, meta=meta)
+        if create_symlink:  # as EpochBasedRunner does
+            latest = osp.join(out_dir, 'latest.pth')
+            if platform.system() != 'Windows':
+                mmcv.symlink(filename, latest)
+            else:
+                shutil.copy(filepath, latest)
