@@ -272,9 +272,10 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
     for name, status, _ in steps:
         log = osp.join(logs_dir, f'{name}.log')
         if name.startswith(('benchmark-', 'candidates-')) and osp.isfile(log):
-            # A candidates table is a row per variant and stage (4 stages), and a last line
-            # naming any variant that computed something else.
-            lines = 8 if name.startswith('benchmark-') else 24
+            # A benchmark table with the original kernel's columns is 9 lines from its header;
+            # a candidates table a row per variant and stage (4 stages), and a last line naming
+            # any variant that computed something else.
+            lines = 10 if name.startswith('benchmark-') else 24
             print(f'\n{name} ({status}), the end of its output:\n{_tail(log, lines)}')
     if runs:
         print('\nInternImage-T Mask R-CNN training, 2 images per GPU, through tools/train.py:')

@@ -1,12 +1,15 @@
 """scripts/gpu_check.sh: its dry run on the CPU (so the GPU run does not fail on a typo), its
 --prepare step, and the helper that times training runs and decides the verdict."""
+import hashlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -227,6 +230,17 @@ def test_prepare_writes_each_kernel_candidate(tmp_path):
     assert 'reference data, 1 kernel candidates' in result.stdout
     assert (repo / '.device' / 'candidates' / 'upper.cu').read_text() == 'one\nTWO\nthree\n'
     assert kernel.read_text() == KERNEL_TEXT  # the checkout's kernel is left as it is
+    # The kernel they were made from, which the GPU run compares with its own.
+    recorded = (repo / '.device' / 'candidates' / '.kernel.sha256').read_text().strip()
+    assert recorded == hashlib.sha256(KERNEL_TEXT.encode()).hexdigest()
+
+
+def test_a_gpu_run_refuses_too_few_epochs_to_time(tmp_path):
+    result = subprocess.run(['bash', str(GPU_CHECK), '--out', str(tmp_path)], capture_output=True,
+                            text=True, env=dict(os.environ, GPU_CHECK_TRAIN_EPOCHS='2'))
+    assert result.returncode == 2
+    assert 'GPU_CHECK_TRAIN_EPOCHS must be at least 3' in result.stderr
+    assert not (tmp_path / 'gpu_check.log').exists()  # refused before anything ran
 
 
 @pytest.mark.skipif(shutil.which('patch') is None, reason='no patch command')
@@ -299,6 +313,28 @@ def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
     assert 'profiler is profiling' not in log and 'Self CPU time total' not in log
     # Without profiled iterations every iteration after the warm-up is timed (2 epochs of 2).
     assert 'train-float32: ' in log and '(median of 4 after 0' in log
+
+
+@pytest.mark.slow
+def test_a_stopped_run_still_writes_its_summary_and_fails(tmp_path):
+    """As a lease's time limit stops it: SIGTERM to the whole process group."""
+    pytest.importorskip('mmdet')
+    run = subprocess.Popen(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True,
+                           env=dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1'))
+    log = tmp_path / 'gpu_check.log'
+    deadline = time.monotonic() + 300
+    while '=== cuda-tests (limit' not in (log.read_text() if log.exists() else ''):
+        assert run.poll() is None and time.monotonic() < deadline, 'cuda-tests never started'
+        time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGTERM)
+    assert run.wait(timeout=120) != 0
+    summary = (tmp_path / 'summary.txt').read_text()
+    lines = summary.splitlines()
+    assert any(line.split()[:3] == ['gpu_check', 'FAILED', '(stopped'] for line in lines), summary
+    assert any(line.split()[:3] == ['cuda-tests', 'FAILED', '(stopped'] for line in lines), summary
+    assert 'gpu_check: stopped by a signal' in log.read_text()
 
 
 def test_profiled_iterations_must_fit_in_the_run(tmp_path):
