@@ -11,8 +11,20 @@ torchrun_tool() {
     echo "$(basename "$0"): error: the number of processes must be a whole number of at least 1, got '$nproc'" >&2
     exit 2
   fi
-  if ! [[ "$port" =~ ^[1-9][0-9]*$ ]] || [ "$port" -gt 65535 ]; then
+  if ! [[ "$port" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$port" -gt 65535 ]; then
     echo "$(basename "$0"): error: PORT must be a port number (1 to 65535), got '$port'" >&2
+    exit 2
+  fi
+  # A NODE_RANK left in the environment (NNODES unset: 1) had torchrun wait for ever, silently,
+  # for nodes that never come; so did nodes other than the first meeting at their own loopback.
+  if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ && "$node_rank" =~ ^[0-9]+$ ]] || ((node_rank >= nnodes)); then
+    echo "$(basename "$0"): error: NNODES must be a whole number of at least 1 and NODE_RANK one" \
+      "from 0 to NNODES - 1, got NNODES='$nnodes' NODE_RANK='$node_rank'" >&2
+    exit 2
+  fi
+  if ((nnodes > 1)) && [[ "$master_addr" =~ ^(127\.|localhost$|::1$) ]]; then
+    echo "$(basename "$0"): error: with NNODES=$nnodes, MASTER_ADDR must be the first node's" \
+      "address as the other nodes reach it, not '$master_addr'" >&2
     exit 2
   fi
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +34,7 @@ torchrun_tool() {
   # Every node reaches the rendezvous at MASTER_ADDR: a name that does not resolve made torchrun
   # retry for ever. The first node hosts it on PORT: one taken (e.g. by a run still going) ended in
   # torchrun's traceback. Only "in use" counts (SO_REUSEADDR, as torch binds: a port a finished
-  # run left in TIME_WAIT is free).
+  # run left in TIME_WAIT is free), on any address: torch's store listens on all of them.
   local rendezvous_check=0
   "$python" -c '
 import errno, socket, sys
@@ -35,18 +47,29 @@ if hosts:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((address, port))
+        sock.bind(("", port))
     except OSError as error:
-        sys.exit(error.errno == errno.EADDRINUSE)' "$master_addr" "$port" "$node_rank" >/dev/null \
-    || rendezvous_check=$?
+        sys.exit(4 if error.errno == errno.EADDRINUSE else 0)' "$master_addr" "$port" "$node_rank" \
+    >/dev/null 2>&1 || rendezvous_check=$?
   if [ "$rendezvous_check" = 3 ]; then
     echo "$(basename "$0"): error: MASTER_ADDR '$master_addr' does not resolve to an address" >&2
     exit 2
-  elif [ "$rendezvous_check" != 0 ]; then
+  elif [ "$rendezvous_check" = 4 ]; then
     echo "$(basename "$0"): error: port $port of $master_addr is in use (another run?): set PORT to a free one" >&2
     exit 1
+  elif [ "$rendezvous_check" != 0 ]; then
+    echo "$(basename "$0"): error: $python does not run (exit $rendezvous_check); run" \
+      "scripts/setup_env.sh or set PYTHON" >&2
+    exit 2
   fi
-  PYTHONPATH="$root:${PYTHONPATH:-}" exec "$python" -m torch.distributed.run \
+  # torchrun gives each process one CPU thread unless OMP_NUM_THREADS says otherwise: right beside
+  # GPUs, but on a machine without them training ran on one core per process.
+  if [ -z "${OMP_NUM_THREADS:-}" ] && ! nvidia-smi -L >/dev/null 2>&1; then
+    local cores
+    cores=$(nproc 2>/dev/null || echo 1)
+    export OMP_NUM_THREADS=$((cores / nproc > 1 ? cores / nproc : 1))
+  fi
+  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m torch.distributed.run \
     --nnodes="$nnodes" --node_rank="$node_rank" --master_addr="$master_addr" --master_port="$port" \
     --nproc_per_node="$nproc" "$root/tools/$tool" "$@"
 }

@@ -46,10 +46,11 @@ class ConfigOptions(DictAction):
 
 
 def join_process_group(launcher, cfg):
-    """``init_distributed`` with the config's backend; a process not started by ``launcher``
-    (its variables missing) is a UsageError. Returns the backend used."""
+    """``init_distributed`` with the config's backend and port; a process not started by
+    ``launcher`` (its variables missing) is a UsageError. Returns the backend used."""
     try:
-        return init_distributed(launcher, cfg.get('dist_params', {}).get('backend'))
+        dist_params = cfg.get('dist_params', {})
+        return init_distributed(launcher, dist_params.get('backend'), dist_params.get('port'))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -60,7 +60,9 @@ def parse_args(argv=None):
                         help='do not evaluate checkpoints during training')
     parser.add_argument('--seed', type=int, default=None, help='random seed')
     parser.add_argument('--diff-seed', action='store_true',
-                        help='give every rank a different seed (seed + rank)')
+                        help='(mmdet\'s flag) ranks draw their own augmentations anyway: the rank '
+                             'is mixed into every epoch\'s seed, while the data order keeps the '
+                             'seed the ranks share, so that they split the images between them')
     parser.add_argument('--deterministic', action='store_true',
                         help='use deterministic algorithms (cuDNN and torch)')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
@@ -212,9 +214,8 @@ def train(args):
 
     # The checkpoint to go on from (--auto-resume's, resolved once; train_detector reads it here).
     cfg.resume_from = resume_checkpoint(cfg, logger)
-    # Ranks agree on one seed (broadcast from rank 0) unless --diff-seed asks otherwise. Without
-    # --seed a resumed run keeps the seed it began with: its data order and augmentations go on
-    # as if it had not stopped.
+    # Ranks agree on one seed (broadcast from rank 0). Without --seed a resumed run keeps the
+    # seed it began with: its data order and augmentations go on as if it had not stopped.
     begun_with = stored_seed(cfg.resume_from) if cfg.resume_from else None
     if args.seed is not None and begun_with is not None and args.seed != begun_with:
         if args.resume_from is None:
@@ -228,7 +229,10 @@ def train(args):
     kept_seed = begun_with if args.seed is None else None
     seed = init_random_seed(args.seed if kept_seed is None else kept_seed, device=cfg.device)
     if args.diff_seed:
-        seed += get_dist_info()[0]
+        # mmdet adds the rank to the seed; here that would give each rank another data order,
+        # so that ranks trained on some images twice and never saw others.
+        logger.info('--diff-seed: every rank draws its own augmentations already (the rank is '
+                    'mixed into each epoch\'s seed); the data order keeps the shared seed')
     kept_from = '' if kept_seed is None else f' (that of {cfg.resume_from})'
     logger.info(f'Set random seed to {seed}{kept_from}, deterministic: {args.deterministic}')
     set_random_seed(seed, deterministic=args.deterministic)

@@ -22,22 +22,30 @@ _LAUNCHED_BY = {'pytorch': 'torchrun (tools/dist_train.sh, tools/dist_test.sh)',
                 'slurm': 'srun (tools/slurm_train.sh, tools/slurm_test.sh)'}
 
 
-def init_distributed(launcher, backend=None):
-    """Join the process group for ``launcher`` ('pytorch' or 'slurm'); returns the backend used."""
+def init_distributed(launcher, backend=None, port=None):
+    """Join the process group for ``launcher`` ('pytorch' or 'slurm'); returns the backend used.
+
+    ``port`` (the config's ``dist_params.port``, as in mmdet) is the rendezvous port of a slurm
+    run, so that two jobs on one node can be told apart; torchrun's comes from its launcher
+    (``PORT`` for tools/dist_train.sh), and a ``port`` there is refused.
+    """
     needed = _LAUNCHER_VARIABLES.get(launcher, ())
     missing = [name for name in needed if name not in os.environ]
     if missing:
         raise ValueError(f'--launcher {launcher} needs the variables its launcher sets '
                          f'({", ".join(missing)} missing): start the processes with '
                          f'{_LAUNCHED_BY[launcher]}')
+    if port is not None and launcher != 'slurm':
+        raise ValueError(f'dist_params.port={port} sets the port of slurm runs; torchrun\'s is '
+                         f'the PORT variable of tools/dist_train.sh and tools/dist_test.sh')
     if torch.cuda.is_available():
         backend = backend or 'nccl'
-        init_dist(launcher, backend=backend)
+        init_dist(launcher, backend=backend, **({} if port is None else dict(port=port)))
         return backend
     if backend in (None, 'nccl'):
         backend = 'gloo'  # configs name nccl for GPU nodes; it has no CPU implementation
     if launcher == 'slurm':
-        _export_slurm_env()
+        _export_slurm_env(port)
     elif launcher != 'pytorch':
         raise ValueError(f'launcher {launcher!r} is not supported on CPU (use pytorch or slurm)')
     # torchrun (or the slurm variables above) supplies RANK, WORLD_SIZE, MASTER_ADDR/PORT.
@@ -45,12 +53,15 @@ def init_distributed(launcher, backend=None):
     return backend
 
 
-def _export_slurm_env():
-    """Translate slurm's task variables into the ones torch.distributed reads."""
+def _export_slurm_env(port=None):
+    """Translate slurm's task variables into the ones torch.distributed reads (the port: ``port``,
+    else MASTER_PORT, else 29500, as mmcv's slurm set-up on GPUs)."""
     proc_id = int(os.environ['SLURM_PROCID'])
     os.environ['RANK'] = str(proc_id)
     os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
     os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
     os.environ.setdefault('MASTER_PORT', '29500')
     if 'MASTER_ADDR' not in os.environ:
         node_list = os.environ['SLURM_NODELIST']

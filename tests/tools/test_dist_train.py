@@ -1,6 +1,8 @@
 """tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
+import json
 import os.path as osp
 import shutil
+import sys
 
 import pytest
 import torch
@@ -8,8 +10,10 @@ import torch
 pytest.importorskip('mmdet')
 from tools_testlib import ROOT, free_port, run_tool, write_tiny_config  # noqa: E402
 
-# Each rank saves its own weights at the end, so the ranks can be compared with each other.
+# Each rank saves its own weights at the end, and the images it trained on in each epoch, so
+# the ranks can be compared with each other.
 DUMP_HOOK = '''
+import json
 import os.path as osp
 import torch
 from mmcv.runner import HOOKS, Hook
@@ -17,9 +21,18 @@ from mmcv.runner import HOOKS, Hook
 
 @HOOKS.register_module()
 class DumpRankWeightsHook(Hook):
+    def before_run(self, runner):
+        self.images = {}
+
+    def after_train_iter(self, runner):
+        metas = runner.data_batch['img_metas'].data[0]
+        self.images.setdefault(runner.epoch, []).extend(meta['ori_filename'] for meta in metas)
+
     def after_run(self, runner):
         model = getattr(runner.model, 'module', runner.model)
         torch.save(model.state_dict(), osp.join(runner.work_dir, f'rank{runner.rank}_weights.pth'))
+        with open(osp.join(runner.work_dir, f'rank{runner.rank}_images.json'), 'w') as f:
+            json.dump(self.images, f)
 '''
 
 
@@ -35,11 +48,17 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
     env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
     # Validation after the last epoch exercises the distributed evaluation hook as well.
     result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
-                       '--seed', '0'], env=env, pythonpath=[tmp_path], timeout=900)
+                       '--seed', '0', '--diff-seed'], env=env, pythonpath=[tmp_path], timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     assert '2 processes, gloo' in log
     assert 'bbox_mAP' in log  # the DistEvalHook ran on CPU
+
+    # The ranks split each epoch's 8 images between them, --diff-seed or not (mmdet's seed +
+    # rank gave each rank its own order: some images twice, others never).
+    images = [json.loads((work_dir / f'rank{rank}_images.json').read_text()) for rank in (0, 1)]
+    for epoch in ('0', '1'):
+        assert sorted(images[0][epoch] + images[1][epoch]) == [f'{i:06d}.png' for i in range(8)]
 
     rank0 = torch.load(work_dir / 'rank0_weights.pth', weights_only=True)
     rank1 = torch.load(work_dir / 'rank1_weights.pth', weights_only=True)
@@ -129,3 +148,59 @@ def test_launchers_refuse_a_process_count_or_port_that_is_no_number(processes, p
                       env={'PORT': port})
     assert result.returncode == 2
     assert result.stderr == f'dist_train.sh: error: {message}\n'
+
+
+def test_a_configs_dist_params_port_is_the_slurm_runs_and_refused_for_torchrun(monkeypatch):
+    # It was dropped: two slurm jobs on one node met at port 29500.
+    import os
+    from mmdet_custom.apis.distributed import _export_slurm_env, init_distributed
+    for name, value in dict(SLURM_PROCID='1', SLURM_NTASKS='2', SLURM_NODELIST='node1',
+                            MASTER_ADDR='node1', MASTER_PORT='29500').items():
+        monkeypatch.setenv(name, value)
+    _export_slurm_env(29655)
+    assert (os.environ['MASTER_PORT'], os.environ['RANK'], os.environ['WORLD_SIZE']) == (
+        '29655', '1', '2')
+    with pytest.raises(ValueError, match='dist_params.port=29655 sets the port of slurm runs; '
+                                         "torchrun's is the PORT variable"):
+        init_distributed('pytorch', 'gloo', port=29655)
+
+
+@pytest.mark.parametrize('variables, message', [
+    (dict(NODE_RANK='1'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
+                          "NNODES - 1, got NNODES='1' NODE_RANK='1'"),
+    (dict(NNODES='x'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
+                       "NNODES - 1, got NNODES='x' NODE_RANK='0'"),
+    (dict(NNODES='2', NODE_RANK='1'), "with NNODES=2, MASTER_ADDR must be the first node's address "
+                                      "as the other nodes reach it, not '127.0.0.1'"),
+    (dict(PORT='99999999999999999999'), "PORT must be a port number (1 to 65535), got "
+                                        "'99999999999999999999'"),
+    (dict(PYTHON='/nonexistent/python'), '/nonexistent/python does not run (exit 127); run '
+                                         'scripts/setup_env.sh or set PYTHON')])
+def test_launchers_refuse_a_node_layout_that_would_hang_and_say_what_failed(
+        tmp_path, variables, message):
+    # The first two waited for ever with nothing printed; a missing interpreter was "port in use".
+    checkout = tmp_path / 'checkout'  # without a .venv, so that PYTHON decides
+    (checkout / 'tools').mkdir(parents=True)
+    for name in ('dist_train.sh', '_torchrun.sh'):
+        shutil.copy(osp.join(ROOT, 'tools', name), checkout / 'tools' / name)
+    result = run_tool(['bash', str(checkout / 'tools' / 'dist_train.sh'), 'config.py', '2'],
+                      env=dict(dict(PYTHON=sys.executable), **variables))
+    assert result.returncode == 2
+    assert result.stderr == f'dist_train.sh: error: {message}\n'
+
+
+def test_launchers_leave_the_current_folder_off_the_import_path(tmp_path):
+    # An empty PYTHONPATH left "ROOT:", which puts the current folder first: an mmdet/ folder
+    # there (an mmdetection checkout) replaced the installed package.
+    checkout = tmp_path / 'checkout'
+    (checkout / 'tools').mkdir(parents=True)
+    for name in ('dist_train.sh', '_torchrun.sh'):
+        shutil.copy(osp.join(ROOT, 'tools', name), checkout / 'tools' / name)
+    venv_python = checkout / '.venv' / 'bin' / 'python'
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text('#!/bin/sh\necho "PYTHONPATH=[$PYTHONPATH]"\n')
+    venv_python.chmod(0o755)
+    result = run_tool(['bash', str(checkout / 'tools' / 'dist_train.sh'), 'config.py', '2'],
+                      env={'PYTHONPATH': '', 'PORT': str(free_port())})
+    assert result.returncode == 0, result.stderr
+    assert f'PYTHONPATH=[{checkout}]' in result.stdout
