@@ -21,7 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/_build_common.sh
 source "$ROOT/scripts/_build_common.sh"
-CACHE="${INTERNIMAGE_CACHE:-$HOME/.cache/internimage-mmdet}"
+CACHE="${INTERNIMAGE_CACHE:-${HOME:?is not set: set INTERNIMAGE_CACHE, the folder for built wheels}/.cache/internimage-mmdet}"
 MMCV_VERSION=1.7.2
 MMCV_SDIST_SHA256=aa276a2c68fa84db9bbcdcf6ae941e30f0cb4a7f175bd283516669e00bab3759
 
@@ -40,6 +40,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$PY" ] || die "--python PY is required (the interpreter whose torch mmcv is built for)"
+# An absolute path (the build runs it from other folders), the venv's link itself, not its target.
+given_py=$PY
+case "$PY" in
+  */*) PY="$(cd "$(dirname "$PY")" 2>/dev/null && pwd)/$(basename "$PY")" ;;
+  *) PY="$(command -v "$PY" || true)" ;;
+esac
+"$PY" -c '' 2>/dev/null || die "--python $given_py does not run"
 if [ ${#COMPILE_ONLY[@]} -gt 0 ]; then
   [ "$WITH_CUDA" = 1 ] || die "--compile-only compiles CUDA sources: add --cuda"
   [ -z "$WHEEL_DIR" ] || die "--compile-only builds no wheel: drop --wheel-dir"
@@ -99,7 +106,7 @@ fi
 start=$SECONDS
 if ! "${build[@]}" 2>&1 | tee "$log"; then
   first_compiler_error "$log" >&2
-  die "the mmcv-full build failed after $((SECONDS - start)) s (first compiler error above)"
+  die "the mmcv-full build failed after $((SECONDS - start)) s (its first compiler error, or the end of its log, above)"
 fi
 echo "[build_mmcv] done in $((SECONDS - start)) s"
 if [ -n "$WHEEL_DIR" ]; then

@@ -21,7 +21,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-CACHE="${INTERNIMAGE_CACHE:-$HOME/.cache/internimage-mmdet}"
+CACHE="${INTERNIMAGE_CACHE:-${HOME:?is not set: set INTERNIMAGE_CACHE, the folder for built wheels}/.cache/internimage-mmdet}"
 REQUIREMENTS="$ROOT/requirements.txt"
 MMCV_VERSION=1.7.2
 
@@ -128,7 +128,8 @@ JOBS=()
 start_job() {  # start_job LOG CMD...: run CMD in the background, output to LOG ('-' = ours)
   local log=$1
   shift
-  if [ "$log" = - ]; then setsid "$@" & else setsid "$@" >"$log" 2>&1 & fi
+  # Without the checkout's lock (fd 9): a job orphaned by a killed setup must not hold it.
+  if [ "$log" = - ]; then setsid "$@" 9>&- & else setsid "$@" >"$log" 2>&1 9>&- & fi
   JOBS+=("$!")
 }
 wait_job() {  # wait_job PID: its exit status, after which it is no longer ended on exit
@@ -224,9 +225,11 @@ if [ "${DCNV3_WITH_CUDA:-1}" != 0 ] && cuda_build_env "$PY" "$ROOT"; then
   with_kernels="CPU and CUDA kernels; CUDA toolkit $CUDA_HOME, architectures $TORCH_CUDA_ARCH_LIST"
 fi
 # The sources and the choices the build depends on: a CPU-only build is redone once nvcc is there,
-# and a CUDA build once the GPUs it is for change.
-sources_hash="$(cd "$ROOT" && { cat setup.py $(find ops_dcnv3/csrc -type f | sort)
-  echo "DCNV3_WITH_CUDA=${DCNV3_WITH_CUDA:-1} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} CUDA_HOME=${CUDA_HOME:-} nvcc=$(command -v nvcc || true)"
+# a CUDA build once the GPUs it is for change, and either for another torch (an extension built
+# for one torch may still import under another).
+torch_version="$("$PY" -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null || true)"
+sources_hash="$(cd "$ROOT" && { cat setup.py $(find ops_dcnv3/csrc -type f | LC_ALL=C sort)
+  echo "torch=$torch_version DCNV3_WITH_CUDA=${DCNV3_WITH_CUDA:-1} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} CUDA_HOME=${CUDA_HOME:-} nvcc=$(command -v nvcc || true)"
 } | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c 'import ops_dcnv3._C' 2>/dev/null; then
   say "building the DCNv3 extension ($with_kernels)"
@@ -236,7 +239,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sources_hash" ] || ! "$PY" -c '
       die "the CUDA toolkit at $CUDA_HOME (CUDA ${toolkit:-?}) does not match torch's CUDA $("$PY" -c 'import torch; print(torch.version.cuda)'): set CUDA_HOME to a matching toolkit, or DCNV3_WITH_CUDA=0 for CPU kernels only (log: $VENV/dcnv3-build.log)"
     fi
     first_compiler_error "$VENV/dcnv3-build.log" >&2
-    die "building the DCNv3 extension failed (first compiler error above; full log: $VENV/dcnv3-build.log)"
+    die "building the DCNv3 extension failed (its first compiler error, or the end of its log, above; full log: $VENV/dcnv3-build.log)"
   fi
   echo "$sources_hash" >"$stamp"
 fi
@@ -248,7 +251,7 @@ if [ -n "$mmcv_build_pid" ]; then
     reason="$(grep -m1 '^\[build_mmcv\] ERROR: ' "$mmcv_log" | sed 's/^\[build_mmcv\] ERROR: //' || true)"
     [ -z "$reason" ] || die "building mmcv-full failed: $reason (log: $mmcv_log)"
     first_compiler_error "$mmcv_log" >&2
-    die "building mmcv-full failed (first compiler error above; full log: $mmcv_log). Check that g++ supports -std=c++20 (gcc >= 10) and, for CUDA ops, that CUDA_HOME points at a toolkit matching torch."
+    die "building mmcv-full failed (its first compiler error, or the end of its log, above; full log: $mmcv_log). Check that g++ supports -std=c++20 (gcc >= 10) and, for CUDA ops, that CUDA_HOME points at a toolkit matching torch."
   fi
 fi
 if [ -n "$mmcv_wheel_dir" ]; then

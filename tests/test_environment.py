@@ -1,6 +1,7 @@
 """The installed environment: what README's setup promises."""
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def test_cuda_build_env_exports_the_arch_list(monkeypatch):
     common = ROOT / 'scripts' / '_build_common.sh'
     monkeypatch.delenv('TORCH_CUDA_ARCH_LIST', raising=False)
     env = dict(os.environ)
-    script = f'source {common} && cuda_build_env {sys.executable} {ROOT} && echo "$TORCH_CUDA_ARCH_LIST"'
+    script = (f'source {shlex.quote(str(common))} && cuda_build_env {shlex.quote(sys.executable)} '
+              f'{shlex.quote(str(ROOT))} && echo "$TORCH_CUDA_ARCH_LIST"')
     resolved = subprocess.run(['bash', '-c', script], env=env, capture_output=True, text=True)
     assert resolved.returncode == 0, resolved.stderr
     expected = _setup_module().cuda_arch_list()

@@ -4,6 +4,8 @@ A full CUDA build of mmcv-full takes many minutes; compiling two of its CUDA sou
 very same script, flags and header folders catches a broken set-up (e.g. a toolkit without
 cusparse.h, which every mmcv CUDA source needs through torch's headers) in well under a minute.
 """
+import os
+import shlex
 import shutil
 import sys
 import subprocess
@@ -16,6 +18,10 @@ BUILD_MMCV = ROOT / 'scripts' / 'build_mmcv.sh'
 BUILD_COMMON = ROOT / 'scripts' / '_build_common.sh'
 
 needs_nvcc = pytest.mark.skipif(shutil.which('nvcc') is None, reason='no nvcc: no CUDA toolkit to build with')
+
+
+def _quoted(path):
+    return shlex.quote(str(path))  # a checkout's path may hold spaces
 
 
 def _bash(script, **kwargs):
@@ -58,8 +64,8 @@ def test_cuda_build_env_puts_torch_cusparse_headers_on_cpath():
         import nvidia  # noqa: F401  (torch's CUDA wheels)
     except ImportError:
         pytest.skip("torch's nvidia-* wheels are not installed")
-    result = _bash(f'source {BUILD_COMMON} && cuda_build_env {sys.executable} {ROOT} && '
-                   'echo "$CUDA_HOME" && echo "$CPATH"')
+    result = _bash(f'source {_quoted(BUILD_COMMON)} && cuda_build_env {_quoted(sys.executable)} '
+                   f'{_quoted(ROOT)} && echo "$CUDA_HOME" && echo "$CPATH"')
     assert result.returncode == 0, result.stderr
     cuda_home, cpath = result.stdout.splitlines()[:2]
     assert (Path(cuda_home) / 'include' / 'cuda_runtime.h').is_file()
@@ -77,7 +83,7 @@ def test_first_compiler_error_shows_nvcc_error(tmp_path):
     assert compiled.returncode != 0
     log.write_text('running build_ext\n' + compiled.stdout + compiled.stderr +
                    'Traceback (most recent call last):\nRuntimeError: Error compiling objects for extension\n')
-    result = _bash(f'source {BUILD_COMMON} && first_compiler_error {log}')
+    result = _bash(f'source {_quoted(BUILD_COMMON)} && first_compiler_error {_quoted(log)}')
     assert 'first compiler error' in result.stdout
     assert 'header_that_does_not_exist.h' in result.stdout
 
@@ -85,7 +91,19 @@ def test_first_compiler_error_shows_nvcc_error(tmp_path):
 def test_first_compiler_error_falls_back_to_log_end(tmp_path):
     log = tmp_path / 'build.log'
     log.write_text(''.join(f'line {i}\n' for i in range(100)) + 'Killed\n')
-    result = _bash(f'source {BUILD_COMMON} && first_compiler_error {log}')
+    result = _bash(f'source {_quoted(BUILD_COMMON)} && first_compiler_error {_quoted(log)}')
     assert 'no compiler error found' in result.stdout and 'Killed' in result.stdout
     assert 'line 10\n' not in result.stdout
 
+
+
+def test_a_relative_python_is_taken_from_the_current_folder(tmp_path):
+    # The build runs it from the source folder: a relative path was "not found" there.
+    relative = os.path.relpath(sys.executable, tmp_path)
+    result = subprocess.run(['bash', str(BUILD_MMCV), '--python', relative], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.stderr.strip() == ('[build_mmcv] ERROR: --wheel-dir DIR (or --compile-only '
+                                     'SOURCES) is required')
+    result = subprocess.run(['bash', str(BUILD_MMCV), '--python', 'no/python', '--wheel-dir', 'w'],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.stderr.strip() == '[build_mmcv] ERROR: --python no/python does not run'
