@@ -54,7 +54,7 @@ import torch
 
 import mmcv.runner.epoch_based_runner
 from mmcv.parallel import collate, is_module_wrapper
-from mmcv.runner import EpochBasedRunner, Hook, OptimizerHook, build_runner, get_dist_info
+from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
 from mmdet.apis.train import auto_scale_lr
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, replace_ImageToTensor
@@ -62,6 +62,7 @@ from mmdet.datasets.samplers import DistributedGroupSampler
 from mmdet.utils import compat_cfg, get_root_logger
 from torch.utils.data import DataLoader
 
+from ..core import ResumableEpochBasedRunner
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable_checkpoint,
@@ -554,6 +555,11 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
 def _go_on_mid_epoch(runner, train_loader, path, position, logger):
     """Set the epoch under way to go on after the batches ``position`` says were done, and
     return how many of this loader's batches those are."""
+    if not isinstance(runner, ResumableEpochBasedRunner):  # a runner type of the config's own
+        raise CheckpointError(f'{path} was saved {position["batches"]} batches into epoch '
+                              f'{runner.epoch + 1}: going on there needs runner type '
+                              f'EpochBasedRunner (train_detector builds it as '
+                              f'ResumableEpochBasedRunner), not {type(runner).__name__}')
     _, world_size = get_dist_info()
     layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
     batches = position['batches']
@@ -568,7 +574,7 @@ def _go_on_mid_epoch(runner, train_loader, path, position, logger):
                        f'after {batches} batches, in another image order than the run that saved '
                        f'it had')
     train_loader.sampler.skip_next(batches * train_loader.batch_size)
-    runner.register_hook(_CountFromEpochPosition(runner.epoch, batches), priority='VERY_HIGH')
+    runner.go_on_in_epoch(batches)
     if batches < len(train_loader):
         logger.info(f'{path} was saved in epoch {runner.epoch + 1}: it goes on from batch '
                     f'{batches + 1} of {len(train_loader)}')
@@ -576,16 +582,3 @@ def _go_on_mid_epoch(runner, train_loader, path, position, logger):
         logger.info(f'{path} was saved after the last batch of epoch {runner.epoch + 1}: what '
                     f'follows an epoch (its evaluation, its checkpoint) comes next')
     return batches
-
-
-class _CountFromEpochPosition(Hook):
-    """The resumed epoch's iterations keep their place in it (``runner.inner_iter``, which the
-    logger shows and mmcv's end-of-epoch checks read): mmcv counts them from 0."""
-
-    def __init__(self, epoch: int, batches_done: int):
-        self.epoch = epoch
-        self.batches_done = batches_done
-
-    def before_train_iter(self, runner):
-        if runner.epoch == self.epoch:
-            runner._inner_iter += self.batches_done

@@ -21,13 +21,23 @@ class ResumableEpochBasedRunner(EpochBasedRunner):
     iterations done: the name mmcv's CheckpointHook records as the last checkpoint and prunes by
     ``max_keep_ckpts``), and their meta holds the finished epochs, the iterations done and
     ``epoch_position``: the batches of the epoch under way each process has trained on, and the
-    batch layout they were counted in, from which ``train_detector`` resumes. ``train_detector``
-    builds this runner where the config names EpochBasedRunner.
+    batch layout they were counted in, from which ``train_detector`` resumes (``go_on_in_epoch``).
+    ``train_detector`` builds this runner where the config names EpochBasedRunner.
     """
 
     _hook_being_called: Optional[str] = None
+    _batches_done_in_epoch = 0  # of the resumed epoch, self.epoch at go_on_in_epoch
+    _resumed_epoch: Optional[int] = None
+
+    def go_on_in_epoch(self, batches_done: int) -> None:
+        """The epoch under way goes on after ``batches_done`` batches (the loader's sampler leaves
+        them out): its iterations keep their place in it (``inner_iter``, which the logger shows
+        and mmcv's end-of-epoch checks read), where mmcv would count them from 0."""
+        self._resumed_epoch, self._batches_done_in_epoch = self.epoch, batches_done
 
     def call_hook(self, fn_name: str) -> None:
+        if fn_name == 'before_train_iter' and self.epoch == self._resumed_epoch:
+            self._inner_iter += self._batches_done_in_epoch
         self._hook_being_called = fn_name
         try:
             super().call_hook(fn_name)

@@ -67,6 +67,25 @@ def test_a_resumed_epoch_goes_on_with_the_images_its_run_had_left():
     assert _epoch_draws(loader, 1)[0] == whole  # once only
 
 
+def test_a_mid_epoch_checkpoint_needs_the_runner_that_goes_on_in_its_epoch():
+    from mmcv.runner import EpochBasedRunner
+    from mmdet_custom.apis.train import _go_on_mid_epoch
+
+    class ConfigsOwnRunner(EpochBasedRunner):  # e.g. registered by a config's custom_imports
+        pass
+
+    runner = object.__new__(ConfigsOwnRunner)
+    runner._epoch = 0
+    loader = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=0, seed=7)
+    position = dict(batches=3, world_size=1, samples_per_gpu=2)
+    with pytest.raises(CheckpointError, match=r'^iter_3.pth was saved 3 batches into epoch 1: '
+                                              r'going on there needs runner type '
+                                              r'EpochBasedRunner \(train_detector builds it as '
+                                              r'ResumableEpochBasedRunner\), not '
+                                              r'ConfigsOwnRunner$'):
+        _go_on_mid_epoch(runner, loader, 'iter_3.pth', position, logging.getLogger('mid-epoch'))
+
+
 def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
     forked = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=2,
                                     seed=7)
