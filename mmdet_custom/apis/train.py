@@ -350,6 +350,15 @@ def resume_checkpoint(cfg, logger=None):
     return None
 
 
+def _divergence_remedy(cfg):
+    """What to change before resuming a run whose loss or weights diverged."""
+    clip = (cfg.get('optimizer_config') or {}).get('grad_clip')
+    if clip and clip.get('max_norm') is not None:
+        return (f'a lower optimizer.lr or a lower optimizer_config.grad_clip.max_norm '
+                f'(now {clip["max_norm"]})')
+    return 'a lower optimizer.lr or gradient clipping (optimizer_config.grad_clip)'
+
+
 def _where_to_resume(cfg):
     checkpoint = find_resumable_checkpoint(checkpoint_dir(cfg))
     if checkpoint is None:
@@ -510,8 +519,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         raise KeyboardInterrupt(_where_to_resume(cfg)) from None
     except NonFiniteLossError as error:
         raise TrainingStopped(f'training stopped: {error}, before a checkpoint of those weights '
-                              f'was saved; {_where_to_resume(cfg)}, with a lower '
-                              f'optimizer.lr or gradient clipping (optimizer_config.grad_clip)') from None
+                              f'was saved; {_where_to_resume(cfg)}, with '
+                              f'{_divergence_remedy(cfg)}') from None
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise

@@ -79,8 +79,18 @@ def test_diverged_weights_are_never_saved(train_tool, tmp_path, tiny_shapes, poi
     assert message.endswith(
         f'training stopped: {what}, before a checkpoint of those weights was saved; the newest '
         f'complete checkpoint is {work}/epoch_1.pth (--auto-resume goes on from it), with a lower '
-        'optimizer.lr or gradient clipping (optimizer_config.grad_clip)')
+        'optimizer.lr or a lower optimizer_config.grad_clip.max_norm (now 10.0)')
     assert sorted(p.name for p in work.glob('*.pth')) == ['epoch_1.pth', 'latest.pth']
+
+
+def test_a_diverged_run_without_clipping_is_told_to_clip(train_tool, tmp_path, tiny_shapes):
+    # The tests above clip (the shapes config's max_norm 10), as the COCO configs do not.
+    config = write_tiny_config(tmp_path / 'unclipped.py', tiny_shapes, epochs=3, extra=(
+        "custom_hooks = [dict(type='PoisonWeightsAtEpochTwoHook')]\n"
+        "optimizer_config = dict(grad_clip=None)"))
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert message.endswith('(--auto-resume goes on from it), with a lower optimizer.lr or '
+                            'gradient clipping (optimizer_config.grad_clip)')
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(train_tool, tmp_path,
