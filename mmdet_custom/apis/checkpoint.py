@@ -1,5 +1,6 @@
 """Reading detector checkpoints with one clear error per failure, and finding where to resume."""
 import glob
+import os
 import os.path as osp
 import pickle
 import re
@@ -197,26 +198,47 @@ def stored_seed(path):
     return int(seed) if isinstance(seed, (int, np.integer)) else None
 
 
+def _training_progress(path):
+    """How far the run had trained when ``path`` was saved, from its meta: the finished epochs,
+    the images done in the epoch under way (an iteration checkpoint's ``epoch_position``) and the
+    iterations done; None where the file holds no readable meta."""
+    try:
+        meta = load_safely(path, mmap=True).get('meta') or {}
+        position = meta.get('epoch_position') or {}
+        images = (int(position.get('batches', 0)) * int(position.get('world_size') or 1)
+                  * int(position.get('samples_per_gpu') or 1))
+        return int(meta.get('epoch', 0)), images, int(meta.get('iter', 0))
+    except Exception:  # not a checkpoint of a run: resuming from it says why
+        return None
+
+
 def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
-    """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` (older than the
-    checkpoint ``older_than``, if given; ``latest.pth`` stands for the one it links to), or None.
+    """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, or None; with
+    ``older_than`` (a damaged checkpoint; ``latest.pth`` stands for the one it links to), the
+    newest written before it.
 
-    Unlike mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
-    half-written by a killed run is skipped in favour of the one before it.
+    Newest by the training progress each file's meta records, not by N: an iteration
+    checkpoint's N counts batches of its run's batch layout, so after a resume with another
+    batch size or number of processes the older run's files carry the higher numbers, and
+    ``epoch_12`` would lose to ``iter_2000``. Unlike mmdet's ``find_latest_checkpoint`` (which
+    trusts ``latest.pth``), a checkpoint left half-written by a killed run is skipped in favour
+    of the one before it.
     """
-    def number(path):
-        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
-        return int(match.group(1)) if match else None
-
-    below = number(osp.realpath(older_than)) if older_than is not None else None
-    numbered = []
+    damaged = osp.realpath(older_than) if older_than is not None else None
+    written_before = os.stat(damaged).st_mtime_ns if damaged and osp.exists(damaged) else None
+    ranked = []
     for path in glob.glob(osp.join(glob.escape(work_dir), '*.pth')):
-        n = number(path)
-        if n is not None and (below is None or n < below):
-            numbered.append((n, path))
-    for _, path in sorted(numbered, reverse=True):
-        if _is_complete_torch_file(path):
-            return path
-        if logger is not None:
-            logger.warning(f'skipping incomplete checkpoint {path}')
-    return None
+        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
+        if match is None or (damaged is not None and osp.realpath(path) == damaged):
+            continue
+        written = os.stat(path).st_mtime_ns
+        if written_before is not None and written >= written_before:
+            continue
+        if not _is_complete_torch_file(path):
+            if logger is not None:
+                logger.warning(f'skipping incomplete checkpoint {path}')
+            continue
+        # Files without a readable meta come last; equal progress goes to the later write.
+        progress = _training_progress(path) or (-1, -1, -1)
+        ranked.append((progress, written, int(match.group(1)), path))
+    return max(ranked)[-1] if ranked else None

@@ -1,6 +1,7 @@
 """Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints;
 and of the epoch-transition sleeps single-process training skips."""
 import logging
+import os
 import os.path as osp
 import time
 import unittest.mock
@@ -122,8 +123,9 @@ def _save(path, state_dict, meta=None):
 def test_find_resumable_checkpoint_skips_a_half_written_one(tmp_path):
     assert find_resumable_checkpoint(str(tmp_path)) is None
     for epoch in (1, 2, 10):
-        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(3) * epoch})
-    assert find_resumable_checkpoint(str(tmp_path)).endswith('epoch_10.pth')  # numeric, not text order
+        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(3) * epoch},
+              meta=dict(epoch=epoch, iter=4 * epoch))
+    assert find_resumable_checkpoint(str(tmp_path)).endswith('epoch_10.pth')  # not text order
     data = (tmp_path / 'epoch_10.pth').read_bytes()
     (tmp_path / 'epoch_10.pth').write_bytes(data[:len(data) // 2])
     assert find_resumable_checkpoint(str(tmp_path)).endswith('epoch_2.pth')
@@ -140,9 +142,41 @@ def test_checkpoints_are_found_in_work_dirs_whose_names_glob_would_read_as_patte
     assert meta['hook_msgs']['best_ckpt'] == str(work / 'best_bbox_mAP_epoch_1.pth')
 
 
+def _iteration_checkpoint(path, epochs_done, batches, world_size, samples_per_gpu, written):
+    """As ResumableEpochBasedRunner saves one after ``batches`` of epoch ``epochs_done + 1``
+    (4 images an epoch), with its modification time ``written`` seconds from now."""
+    per_epoch = 4 // (world_size * samples_per_gpu)
+    _save(path, {'w': torch.ones(1)}, meta=dict(
+        epoch=epochs_done, iter=epochs_done * per_epoch + batches,
+        epoch_position=dict(batches=batches, world_size=world_size, samples_per_gpu=samples_per_gpu)))
+    os.utime(path, (time.time() + written,) * 2)
+
+
+def test_the_newest_checkpoint_is_the_furthest_trained_not_the_highest_numbered(tmp_path):
+    # A run of 1 image a batch saved iter_8 at the end of epoch 2, then was resumed with 4 a
+    # batch: its files after epochs 3 and 4 are iter_3 and iter_4 (1 batch an epoch).
+    _iteration_checkpoint(tmp_path / 'iter_8.pth', 1, 4, 1, 1, written=-30)
+    _iteration_checkpoint(tmp_path / 'iter_3.pth', 2, 1, 1, 4, written=-20)
+    _iteration_checkpoint(tmp_path / 'iter_4.pth', 3, 1, 1, 4, written=-10)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    # An epoch's end checkpoint comes after the iteration checkpoint of its last batch, and
+    # epoch_5 after iter_4, though 5 < 8.
+    _save(tmp_path / 'epoch_5.pth', {'w': torch.ones(1)}, meta=dict(epoch=5, iter=5))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_5.pth')
+    _iteration_checkpoint(tmp_path / 'iter_5.pth', 4, 1, 1, 4, written=-5)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_5.pth')
+    # Mid-epoch, images done count across layouts: 3 of 4 (3 batches of 1) after 2 of 4.
+    _iteration_checkpoint(tmp_path / 'iter_23.pth', 5, 3, 1, 1, written=-3)
+    _iteration_checkpoint(tmp_path / 'iter_11.pth', 5, 1, 2, 1, written=-1)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_23.pth')
+
+
 def test_the_one_before_a_damaged_latest_is_the_one_before_the_file_it_links_to(tmp_path):
-    for epoch in (1, 2):
-        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(1)})
+    for epoch in (1, 2, 3):
+        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(1)}, meta=dict(epoch=epoch))
+    (tmp_path / 'epoch_2.pth').write_bytes(b'damaged')
+    for epoch in (1, 2, 3):  # written in turn, a second apart
+        os.utime(tmp_path / f'epoch_{epoch}.pth', (time.time() - 10 + epoch,) * 2)
     (tmp_path / 'latest.pth').symlink_to('epoch_2.pth')  # as mmcv's save_checkpoint links it
     previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'latest.pth'))
     assert previous == str(tmp_path / 'epoch_1.pth')
