@@ -54,7 +54,9 @@ import torch
 
 import mmcv.runner.epoch_based_runner
 from mmcv.parallel import collate, is_module_wrapper
-from mmcv.runner import EpochBasedRunner, OptimizerHook, build_runner, get_dist_info
+from mmcv.runner import EpochBasedRunner
+from mmcv.runner import EvalHook as MmcvEvalHook
+from mmcv.runner import OptimizerHook, build_runner, get_dist_info
 from mmdet.apis.train import auto_scale_lr
 from mmdet.core import EvalHook, build_optimizer
 from mmdet.datasets import build_dataloader, replace_ImageToTensor
@@ -536,13 +538,33 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
     epoch under way goes on, the best-checkpoint record, and what is left to do."""
     batches_done = 0
     if epoch_position:
-        batches_done = _go_on_mid_epoch(runner, train_loader, cfg.resume_from, epoch_position,
-                                        logger)
+        batches_done = _batches_done(runner, train_loader, cfg.resume_from, epoch_position, logger)
+        epoch = runner.epoch + 1  # under way when it was saved
+        evaluation_due = validate and _evaluates_after(epoch, cfg.get('evaluation', {}))
+        evaluated = evaluation_due and epoch in _evaluated_epochs(cfg.work_dir)
+        if batches_done == len(train_loader) and (evaluated or not evaluation_due):
+            # Nothing of the epoch is left: going on in it would evaluate it once more.
+            done = 'whose evaluation is in the log' if evaluated else 'and no evaluation is due'
+            logger.info(f'{cfg.resume_from} was saved after the last batch of epoch {epoch}, '
+                        f'{done}: going on after it')
+            runner._epoch, batches_done = epoch, 0
+        elif runner.epoch < runner.max_epochs:
+            _go_on_mid_epoch(runner, train_loader, cfg.resume_from, batches_done, logger)
     # The iterations done are the finished epochs * this loader's length and the batches of
     # the epoch under way: the stored count was made with the checkpoint's batch size and
     # number of processes, and the lr schedule reads runner.iter.
     iterations = runner.epoch * len(train_loader) + batches_done
-    if runner.iter != iterations:
+    if not epoch_position and runner.epoch and runner.iter % runner.epoch:
+        # No layout counts the same batches in every epoch and gets there: mmcv's own runner
+        # names a checkpoint saved after an iteration after the epoch under way.
+        logger.warning(f'{cfg.resume_from} records {runner.iter} iterations, which are not '
+                       f'{runner.epoch} whole epochs: it was saved in the middle of epoch '
+                       f'{runner.epoch} (as mmcv\'s EpochBasedRunner names checkpoints saved with '
+                       f'checkpoint_config.by_epoch=False), and the rest of that epoch is '
+                       f'skipped; going on from {iterations} ({runner.epoch} epochs of '
+                       f'{len(train_loader)})')
+        runner._iter = iterations
+    elif runner.iter != iterations:
         in_epoch = f' and {batches_done} batches' if batches_done else ''
         logger.info(f'{cfg.resume_from}: {runner.iter} iterations were counted with another batch '
                     f'size or number of processes; going on from {iterations} '
@@ -561,14 +583,9 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
                        f'nothing left to train (raise runner.max_epochs to train longer)')
 
 
-def _go_on_mid_epoch(runner, train_loader, path, position, logger):
-    """Set the epoch under way to go on after the batches ``position`` says were done, and
-    return how many of this loader's batches those are."""
-    if not isinstance(runner, ResumableEpochBasedRunner):  # a runner type of the config's own
-        raise CheckpointError(f'{path} was saved {position["batches"]} batches into epoch '
-                              f'{runner.epoch + 1}: going on there needs runner type '
-                              f'EpochBasedRunner (train_detector builds it as '
-                              f'ResumableEpochBasedRunner), not {type(runner).__name__}')
+def _batches_done(runner, train_loader, path, position, logger):
+    """How many of this loader's batches of the epoch under way the batches ``position`` says
+    were done stand for."""
     _, world_size = get_dist_info()
     layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
     batches = position['batches']
@@ -582,12 +599,26 @@ def _go_on_mid_epoch(runner, train_loader, path, position, logger):
                        f'each; with {world_size} of {train_loader.batch_size}, the epoch goes on '
                        f'after {batches} batches, in another image order than the run that saved '
                        f'it had')
+    return batches
+
+
+def _go_on_mid_epoch(runner, train_loader, path, batches, logger):
+    """Set the epoch under way to go on after ``batches`` of this loader's batches."""
+    if not isinstance(runner, ResumableEpochBasedRunner):  # a runner type of the config's own
+        raise CheckpointError(f'{path} was saved {batches} batches into epoch '
+                              f'{runner.epoch + 1}: going on there needs runner type '
+                              f'EpochBasedRunner (train_detector builds it as '
+                              f'ResumableEpochBasedRunner), not {type(runner).__name__}')
     train_loader.sampler.skip_next(batches * train_loader.batch_size)
     runner.go_on_in_epoch(batches)
+    # With evaluation.start set, mmcv's eval hook scores the resumed weights before the first
+    # epoch, as the epoch under way's: here those of part of it, which save_best could keep.
+    for hook in runner.hooks:
+        if isinstance(hook, MmcvEvalHook):
+            hook.initial_flag = False
     if batches < len(train_loader):
         logger.info(f'{path} was saved in epoch {runner.epoch + 1}: it goes on from batch '
                     f'{batches + 1} of {len(train_loader)}')
     else:
         logger.info(f'{path} was saved after the last batch of epoch {runner.epoch + 1}: what '
                     f'follows an epoch (its evaluation, its checkpoint) comes next')
-    return batches

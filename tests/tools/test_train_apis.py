@@ -78,13 +78,12 @@ def test_a_mid_epoch_checkpoint_needs_the_runner_that_goes_on_in_its_epoch():
     runner = object.__new__(ConfigsOwnRunner)
     runner._epoch = 0
     loader = build_train_dataloader(_FlaggedDataset(), samples_per_gpu=2, workers_per_gpu=0, seed=7)
-    position = dict(batches=3, world_size=1, samples_per_gpu=2)
     with pytest.raises(CheckpointError, match=r'^iter_3.pth was saved 3 batches into epoch 1: '
                                               r'going on there needs runner type '
                                               r'EpochBasedRunner \(train_detector builds it as '
                                               r'ResumableEpochBasedRunner\), not '
                                               r'ConfigsOwnRunner$'):
-        _go_on_mid_epoch(runner, loader, 'iter_3.pth', position, logging.getLogger('mid-epoch'))
+        _go_on_mid_epoch(runner, loader, 'iter_3.pth', 3, logging.getLogger('mid-epoch'))
 
 
 def test_workers_from_a_forkserver_draw_what_forked_workers_draw():

@@ -104,11 +104,13 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert (meta['epoch'], meta['iter']) == (1, 6)  # 1 epoch finished, 6 iterations done
     assert meta['epoch_position'] == dict(batches=2, world_size=1, samples_per_gpu=2)
 
-    # The rest of epoch 2, at the learning rates of the uninterrupted run.
-    log = train(tmp_path / 'rest', '--no-validate', '--resume-from',
-                str(straight_dir / 'iter_6.pth'))
+    # The rest of epoch 2, at the learning rates of the uninterrupted run, then its evaluation:
+    # with evaluation.start, mmcv also scored the half-trained weights first, as epoch 2's.
+    log = train(tmp_path / 'rest', '--resume-from', str(straight_dir / 'iter_6.pth'),
+                options=['evaluation.start=1', 'evaluation.interval=1'])
     assert 'goes on from batch 3 of 4' in log
     assert _trained_iterations(log) == straight[-2:]
+    assert log.count('Evaluating bbox') == 1 and 'Epoch(val) [2][4]' in log
     assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['iter'] == 8
 
     # Saved after epoch 1's last batch: epoch 1's evaluation comes next, then all of epoch 2.
@@ -118,6 +120,15 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert 'saved but not evaluated' not in log  # it is evaluated now
     assert 'Epoch(val) [1][4]' in log and 'Epoch(val) [2][4]' in log
     assert _trained_iterations(log) == straight[4:]
+    # That run is finished: going on from its last checkpoint, saved before epoch 2's
+    # evaluation, evaluated epoch 2 once more.
+    log = train(tmp_path / 'end', '--auto-resume', options=['evaluation.interval=1'])
+    assert ('iter_8.pth was saved after the last batch of epoch 2, whose evaluation is in the '
+            'log: going on after it') in log
+    assert 'nothing left to train' in log and 'Evaluating bbox' not in log
+    log = train(tmp_path / 'straight', '--no-validate', '--auto-resume')
+    assert 'after the last batch of epoch 2, and no evaluation is due: going on after it' in log
+    assert 'nothing left to train' in log
 
     # With 1 image per batch (8 per epoch), epoch 2 goes on after the 4 images done.
     log = train(tmp_path / 'relaid', '--no-validate', '--resume-from',

@@ -167,6 +167,25 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
     assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
 
 
+def test_a_checkpoint_mmcv_saved_mid_epoch_is_named_as_such(train_tool, tmp_path, tiny_config,
+                                                            mmdet_log):
+    # mmcv's EpochBasedRunner saves after an iteration as epoch_N.pth, N the epoch under way:
+    # here after batch 1 of epoch 2's 4. The recount blamed another batch size.
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work)
+    checkpoint = read_checkpoint(str(work / 'epoch_1.pth'))
+    checkpoint['meta'].update(epoch=2, iter=5)
+    torch.save(checkpoint, tmp_path / 'epoch_2.pth')
+    train_tool.main([tiny_config, '--no-validate', '--resume-from', str(tmp_path / 'epoch_2.pth'),
+                     '--work-dir', str(tmp_path / 'resumed'), '--cfg-options', 'runner.max_epochs=3'])
+    assert (f'{tmp_path}/epoch_2.pth records 5 iterations, which are not 2 whole epochs: it was '
+            'saved in the middle of epoch 2 (as mmcv\'s EpochBasedRunner names checkpoints saved '
+            'with checkpoint_config.by_epoch=False), and the rest of that epoch is skipped; going '
+            'on from 8 (2 epochs of 4)') in _text(mmdet_log)
+    assert 'counted with another batch size' not in _text(mmdet_log)
+    assert read_checkpoint(str(tmp_path / 'resumed' / 'epoch_3.pth'))['meta']['iter'] == 12
+
+
 def test_a_resumed_runs_checkpoints_record_that_run(train_tool, tmp_path, tiny_config):
     # mmcv's resume replaced the run's meta with the checkpoint's: later checkpoints had no
     # config and the first segment's seed, which the next --auto-resume then took. (Another seed
