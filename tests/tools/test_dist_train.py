@@ -46,9 +46,11 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
               "custom_hooks = [dict(type='NumClassCheckHook'), dict(type='DumpRankWeightsHook')]\n")
     work_dir = tmp_path / 'work'
     env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
-    # Validation after the last epoch exercises the distributed evaluation hook as well.
+    # Validation after the last epoch exercises the distributed evaluation hook as well; a
+    # checkpoint after every iteration, the resume in an epoch below.
     result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
-                       '--seed', '0', '--diff-seed'], env=env, pythonpath=[tmp_path], timeout=900)
+                       '--seed', '0', '--diff-seed', '--cfg-options', 'checkpoint_config.by_epoch=False',
+                       'checkpoint_config.interval=1'], env=env, pythonpath=[tmp_path], timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     assert '2 processes, gloo' in log
@@ -62,15 +64,27 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
 
     rank0 = torch.load(work_dir / 'rank0_weights.pth', weights_only=True)
     rank1 = torch.load(work_dir / 'rank1_weights.pth', weights_only=True)
-    checkpoint = torch.load(work_dir / 'epoch_2.pth', weights_only=True)
+    checkpoint = torch.load(work_dir / 'iter_4.pth', weights_only=True)
     # 8 images, 2 per process: 2 iterations per epoch.
     assert checkpoint['meta']['iter'] == 4
     for key, value in rank0.items():
         assert torch.equal(rank1[key], value), key
         assert torch.equal(checkpoint['state_dict'][key], value), key
 
+    # Resumed after epoch 2's first batch, each rank trains on the images it had left.
+    assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['epoch_position'] == dict(
+        batches=1, world_size=2, samples_per_gpu=2)
     env['PORT'] = str(free_port())
-    result = run_tool(['bash', 'tools/dist_test.sh', config, str(work_dir / 'epoch_2.pth'), '2',
+    resumed_dir = tmp_path / 'resumed'
+    result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(resumed_dir),
+                       '--seed', '0', '--no-validate', '--resume-from', str(work_dir / 'iter_3.pth')],
+                      env=env, pythonpath=[tmp_path], timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rest = [json.loads((resumed_dir / f'rank{rank}_images.json').read_text()) for rank in (0, 1)]
+    assert [r['1'] for r in rest] == [i['1'][2:] for i in images]
+
+    env['PORT'] = str(free_port())
+    result = run_tool(['bash', 'tools/dist_test.sh', config, str(work_dir / 'iter_4.pth'), '2',
                        '--eval', 'bbox', 'segm', '--out', str(tmp_path / 'results.pkl')],
                       env=env, pythonpath=[tmp_path], timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
