@@ -17,7 +17,7 @@ torchrun_tool() {
   fi
   # A NODE_RANK left in the environment (NNODES unset: 1) had torchrun wait for ever, silently,
   # for nodes that never come; so did nodes other than the first meeting at their own loopback.
-  if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ && "$node_rank" =~ ^[0-9]+$ ]] || ((node_rank >= nnodes)); then
+  if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ && "$node_rank" =~ ^(0|[1-9][0-9]*)$ ]] || ((node_rank >= nnodes)); then
     echo "$(basename "$0"): error: NNODES must be a whole number of at least 1 and NODE_RANK one" \
       "from 0 to NNODES - 1, got NNODES='$nnodes' NODE_RANK='$node_rank'" >&2
     exit 2

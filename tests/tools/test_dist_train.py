@@ -1,5 +1,6 @@
 """tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
 import json
+import os
 import os.path as osp
 import shutil
 import sys
@@ -179,11 +180,40 @@ def test_a_configs_dist_params_port_is_the_slurm_runs_and_refused_for_torchrun(m
         init_distributed('pytorch', 'gloo', port=29655)
 
 
+@pytest.mark.parametrize('gpus, omp_num_threads, expected', [
+    (False, None, '8'),  # 16 cores, 2 processes
+    (True, None, ''),  # torchrun's 1 a process, beside GPUs
+    (False, '3', '3')])
+def test_launchers_share_the_cores_between_processes_without_gpus(tmp_path, gpus, omp_num_threads,
+                                                                  expected):
+    checkout = tmp_path / 'checkout'
+    (checkout / 'tools').mkdir(parents=True)
+    for name in ('dist_train.sh', '_torchrun.sh'):
+        shutil.copy(osp.join(ROOT, 'tools', name), checkout / 'tools' / name)
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name, text in (('python', 'echo "OMP_NUM_THREADS=$OMP_NUM_THREADS"'), ('nproc', 'echo 16'),
+                       ('nvidia-smi', 'exit 0' if gpus else 'exit 9')):
+        (bin_dir / name).write_text(f'#!/bin/sh\n{text}\n')
+        (bin_dir / name).chmod(0o755)
+    env = {'PYTHON': str(bin_dir / 'python'), 'PATH': f'{bin_dir}:{os.environ["PATH"]}'}
+    if omp_num_threads is not None:
+        env['OMP_NUM_THREADS'] = omp_num_threads
+    unset = [] if omp_num_threads else ['env', '-u', 'OMP_NUM_THREADS']
+    result = run_tool([*unset, 'bash', str(checkout / 'tools' / 'dist_train.sh'), 'config.py', '2'],
+                      env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f'OMP_NUM_THREADS={expected}'
+
+
 @pytest.mark.parametrize('variables, message', [
     (dict(NODE_RANK='1'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
                           "NNODES - 1, got NNODES='1' NODE_RANK='1'"),
     (dict(NNODES='x'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
                        "NNODES - 1, got NNODES='x' NODE_RANK='0'"),
+    # bash reads a leading 0 as octal: "08: value too great for base", and the check passed.
+    (dict(NNODES='16', NODE_RANK='08'), "NNODES must be a whole number of at least 1 and NODE_RANK "
+                                        "one from 0 to NNODES - 1, got NNODES='16' NODE_RANK='08'"),
     (dict(NNODES='2', NODE_RANK='1'), "with NNODES=2, MASTER_ADDR must be the first node's address "
                                       "as the other nodes reach it, not '127.0.0.1'"),
     (dict(PORT='99999999999999999999'), "PORT must be a port number (1 to 65535), got "
