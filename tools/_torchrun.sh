@@ -69,7 +69,8 @@ if hosts:
     cores=$(nproc 2>/dev/null || echo 1)
     export OMP_NUM_THREADS=$((cores / nproc > 1 ? cores / nproc : 1))
   fi
-  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m torch.distributed.run \
+  # torchrun, ending in one line (tools/_torchrun.py) where it ended in a traceback.
+  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$python" "$root/tools/_torchrun.py" \
     --nnodes="$nnodes" --node_rank="$node_rank" --master_addr="$master_addr" --master_port="$port" \
     --nproc_per_node="$nproc" "$root/tools/$tool" "$@"
 }

@@ -2,8 +2,12 @@
 import json
 import os
 import os.path as osp
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -94,6 +98,44 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
     assert len(mmcv.load(str(tmp_path / 'results.pkl'))) == 4  # every val image, in order, once
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_a_failed_process_ends_the_launcher_in_one_line_with_its_status(tmp_path, tiny_config):
+    # torchrun printed some 40 lines of its own traceback under the process's message, exit 1.
+    missing = tmp_path / 'missing.pth'
+    result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir',
+                       str(tmp_path / 'work'), '--resume-from', str(missing)],
+                      env={'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}, timeout=300)
+    assert result.returncode == 1
+    assert f'tools/train.py: error: --resume-from: checkpoint not found: {missing}' in result.stderr
+    assert re.fullmatch(r'torchrun: \S+/tools/train\.py ended first in process [01], with exit '
+                        r'status 1 \(what it printed is above\); the other processes were stopped',
+                        result.stderr.splitlines()[-1]), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_ctrl_c_ends_the_launcher_with_130_after_the_resume_hint(tmp_path, tiny_config):
+    log = tmp_path / 'train.log'
+    with open(log, 'w') as out:
+        run = subprocess.Popen(
+            ['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir', str(tmp_path / 'work'),
+             '--no-validate', '--cfg-options', 'runner.max_epochs=50'],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1',
+                     PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')])))
+        deadline = time.monotonic() + 300
+        while 'Saving checkpoint at 2 epochs' not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+        assert run.wait(timeout=120) == 130
+    lines = log.read_text().splitlines()
+    assert lines[-1] == 'torchrun: stopped by SIGINT'
+    assert sum('interrupted; the newest complete checkpoint is' in line for line in lines) == 2
+    assert not any(line.startswith('Traceback') for line in lines)
+
+
 def _stand_in_interpreter(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('#!/bin/sh\necho "launched by $0 with $*"\n')
@@ -117,7 +159,7 @@ def test_launchers_prefer_the_checkouts_venv_to_python(tmp_path, script, args):
         result = run_tool(['bash', str(checkout / 'tools' / script), *args],
                           env={'PYTHON': str(named)})
         assert result.returncode == 0, result.stderr
-        assert ' with -m torch.distributed.run ' in result.stdout, result.stdout
+        assert f' with {checkout}/tools/_torchrun.py --nnodes=1 ' in result.stdout, result.stdout
         return result.stdout.split()[2]
 
     assert launched_by() == str(venv)
