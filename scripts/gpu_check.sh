@@ -320,7 +320,7 @@ fi
 
 # --- 2. CUDA tests -------------------------------------------------------------------------------------
 # The training configs are written (here) and checked (during the benchmarks) in the background:
-# imports and a model build on the CPU, about 35 s that the budget cannot spare in the open.
+# imports and a model build on the CPU, about 35 s that the budget cannot spare one after another.
 # Iterations: 2 images each; the last PROFILE_WARMUP + PROFILE_ACTIVE run under torch.profiler
 # (its per-operator table lands in the log) and are left out of the timing.
 EPOCHS=${GPU_CHECK_TRAIN_EPOCHS:-5}; SKIP_ITERS=10 PROFILE_WARMUP=2 PROFILE_ACTIVE=4
