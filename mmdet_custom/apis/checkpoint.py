@@ -187,14 +187,19 @@ def hook_output_dir(work_dir, out_dir=None):
     return osp.join(out_dir, osp.basename(osp.abspath(work_dir)))
 
 
+def _stored_meta(path):
+    """The meta ``path`` stores, read without its weights, or None where the file cannot be read
+    as a checkpoint (damaged, not a zip archive, not a dict: resuming from it says which)."""
+    try:
+        return load_safely(path, mmap=True).get('meta') or {}
+    except Exception:
+        return None
+
+
 def stored_seed(path):
     """The seed the run that saved ``path`` trained with (its ``meta['seed']``), or None where
     the file does not say or cannot be read (resuming from it reports why)."""
-    try:
-        checkpoint = load_safely(path, mmap=True)
-        seed = (checkpoint.get('meta') or {}).get('seed')
-    except Exception:  # damaged, not a zip archive, or not a dict: resuming says which
-        return None
+    seed = (_stored_meta(path) or {}).get('seed')
     return int(seed) if isinstance(seed, (int, np.integer)) else None
 
 
@@ -202,13 +207,15 @@ def _training_progress(path):
     """How far the run had trained when ``path`` was saved, from its meta: the finished epochs,
     the images done in the epoch under way (an iteration checkpoint's ``epoch_position``) and the
     iterations done; None where the file holds no readable meta."""
+    meta = _stored_meta(path)
+    if meta is None:
+        return None
     try:
-        meta = load_safely(path, mmap=True).get('meta') or {}
         position = meta.get('epoch_position') or {}
         images = (int(position.get('batches', 0)) * int(position.get('world_size') or 1)
                   * int(position.get('samples_per_gpu') or 1))
         return int(meta.get('epoch', 0)), images, int(meta.get('iter', 0))
-    except Exception:  # not a checkpoint of a run: resuming from it says why
+    except (AttributeError, TypeError, ValueError):  # a meta of another kind of file
         return None
 
 
