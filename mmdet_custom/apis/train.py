@@ -550,19 +550,31 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
             runner._epoch, batches_done = epoch, 0
         elif runner.epoch < runner.max_epochs:
             _go_on_mid_epoch(runner, train_loader, cfg.resume_from, batches_done, logger)
+        # With evaluation.start set, mmcv's eval hook scores the resumed weights before the
+        # first epoch as the last finished one's: here those of part of an epoch (which
+        # save_best could keep), or of an epoch whose evaluation is in the log already.
+        for hook in runner.hooks:
+            if isinstance(hook, MmcvEvalHook):
+                hook.initial_flag = False
     # The iterations done are the finished epochs * this loader's length and the batches of
     # the epoch under way: the stored count was made with the checkpoint's batch size and
     # number of processes, and the lr schedule reads runner.iter.
     iterations = runner.epoch * len(train_loader) + batches_done
-    if not epoch_position and runner.epoch and runner.iter % runner.epoch:
-        # No layout counts the same batches in every epoch and gets there: mmcv's own runner
-        # names a checkpoint saved after an iteration after the epoch under way.
-        logger.warning(f'{cfg.resume_from} records {runner.iter} iterations, which are not '
-                       f'{runner.epoch} whole epochs: it was saved in the middle of epoch '
-                       f'{runner.epoch} (as mmcv\'s EpochBasedRunner names checkpoints saved with '
-                       f'checkpoint_config.by_epoch=False), and the rest of that epoch is '
-                       f'skipped; going on from {iterations} ({runner.epoch} epochs of '
-                       f'{len(train_loader)})')
+    # mmcv's own runner saves after an iteration (checkpoint_config.by_epoch=False) as
+    # epoch_N.pth, N the epoch under way, before counting that iteration: after batch b of
+    # epoch N, its meta says N epochs and (N - 1) * batches an epoch + b - 1 iterations. (A
+    # run of another layout can land in that window too; the message says which count it read.)
+    last_batch = runner.iter - (runner.epoch - 1) * len(train_loader) + 1
+    if not epoch_position and runner.epoch and 1 <= last_batch <= len(train_loader):
+        skipped = last_batch < len(train_loader)
+        (logger.warning if skipped else logger.info)(
+            f'{cfg.resume_from} records {runner.iter} iterations: with {len(train_loader)} '
+            f'batches an epoch, that is batch {last_batch} of epoch {runner.epoch}, where mmcv\'s '
+            f'EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) and '
+            f'names the file after the epoch under way; '
+            + ('resumed as a finished epoch, the rest of that epoch is skipped' if skipped else
+               'that was the epoch\'s last batch')
+            + f'; going on from {iterations} ({runner.epoch} epochs of {len(train_loader)})')
         runner._iter = iterations
     elif runner.iter != iterations:
         in_epoch = f' and {batches_done} batches' if batches_done else ''
@@ -611,11 +623,6 @@ def _go_on_mid_epoch(runner, train_loader, path, batches, logger):
                               f'ResumableEpochBasedRunner), not {type(runner).__name__}')
     train_loader.sampler.skip_next(batches * train_loader.batch_size)
     runner.go_on_in_epoch(batches)
-    # With evaluation.start set, mmcv's eval hook scores the resumed weights before the first
-    # epoch, as the epoch under way's: here those of part of it, which save_best could keep.
-    for hook in runner.hooks:
-        if isinstance(hook, MmcvEvalHook):
-            hook.initial_flag = False
     if batches < len(train_loader):
         logger.info(f'{path} was saved in epoch {runner.epoch + 1}: it goes on from batch '
                     f'{batches + 1} of {len(train_loader)}')

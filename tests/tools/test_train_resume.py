@@ -126,6 +126,12 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert ('iter_8.pth was saved after the last batch of epoch 2, whose evaluation is in the '
             'log: going on after it') in log
     assert 'nothing left to train' in log and 'Evaluating bbox' not in log
+    # Trained longer, with evaluation.start set: mmcv's eval hook scored epoch 2 again first.
+    log = train(tmp_path / 'end', '--auto-resume', options=['evaluation.interval=1',
+                                                            'evaluation.start=1',
+                                                            'runner.max_epochs=3'])
+    assert 'going on after it' in log
+    assert log.count('Evaluating bbox') == 1 and 'Epoch(val) [3][4]' in log
     log = train(tmp_path / 'straight', '--no-validate', '--auto-resume')
     assert 'after the last batch of epoch 2, and no evaluation is due: going on after it' in log
     assert 'nothing left to train' in log

@@ -167,21 +167,33 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
     assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
 
 
+@pytest.mark.parametrize('epoch, stored_iter, message', [
+    # mmcv's EpochBasedRunner saves after an iteration as epoch_N.pth, N the epoch under way,
+    # before counting that iteration (its meta as a plain mmcv run with 4 batches an epoch and
+    # checkpoint_config.by_epoch=False wrote it). The recount blamed another batch size.
+    (2, 4, 'records 4 iterations: with 4 batches an epoch, that is batch 1 of epoch 2, where '
+           'mmcv\'s EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) '
+           'and names the file after the epoch under way; resumed as a finished epoch, the rest '
+           'of that epoch is skipped; going on from 8 (2 epochs of 4)'),
+    (1, 2, 'records 2 iterations: with 4 batches an epoch, that is batch 3 of epoch 1, '),
+    # After an epoch's last batch, nothing of it is skipped.
+    (2, 7, 'records 7 iterations: with 4 batches an epoch, that is batch 4 of epoch 2, where '
+           'mmcv\'s EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) '
+           'and names the file after the epoch under way; that was the epoch\'s last batch; '
+           'going on from 8 (2 epochs of 4)'),
+])
 def test_a_checkpoint_mmcv_saved_mid_epoch_is_named_as_such(train_tool, tmp_path, tiny_config,
-                                                            mmdet_log):
-    # mmcv's EpochBasedRunner saves after an iteration as epoch_N.pth, N the epoch under way:
-    # here after batch 1 of epoch 2's 4. The recount blamed another batch size.
+                                                            mmdet_log, epoch, stored_iter,
+                                                            message):
     work = tmp_path / 'work'
     _train_one_epoch(train_tool, tiny_config, work)
     checkpoint = read_checkpoint(str(work / 'epoch_1.pth'))
-    checkpoint['meta'].update(epoch=2, iter=5)
-    torch.save(checkpoint, tmp_path / 'epoch_2.pth')
-    train_tool.main([tiny_config, '--no-validate', '--resume-from', str(tmp_path / 'epoch_2.pth'),
-                     '--work-dir', str(tmp_path / 'resumed'), '--cfg-options', 'runner.max_epochs=3'])
-    assert (f'{tmp_path}/epoch_2.pth records 5 iterations, which are not 2 whole epochs: it was '
-            'saved in the middle of epoch 2 (as mmcv\'s EpochBasedRunner names checkpoints saved '
-            'with checkpoint_config.by_epoch=False), and the rest of that epoch is skipped; going '
-            'on from 8 (2 epochs of 4)') in _text(mmdet_log)
+    checkpoint['meta'].update(epoch=epoch, iter=stored_iter)
+    torch.save(checkpoint, tmp_path / f'epoch_{epoch}.pth')
+    train_tool.main([tiny_config, '--no-validate', '--resume-from',
+                     str(tmp_path / f'epoch_{epoch}.pth'), '--work-dir', str(tmp_path / 'resumed'),
+                     '--cfg-options', 'runner.max_epochs=3'])
+    assert f'{tmp_path}/epoch_{epoch}.pth {message}' in _text(mmdet_log)
     assert 'counted with another batch size' not in _text(mmdet_log)
     assert read_checkpoint(str(tmp_path / 'resumed' / 'epoch_3.pth'))['meta']['iter'] == 12
 
