@@ -205,8 +205,13 @@ def stored_seed(path):
 
 def _training_progress(path):
     """How far the run had trained when ``path`` was saved, from its meta: the finished epochs,
-    the images done in the epoch under way (an iteration checkpoint's ``epoch_position``) and the
-    iterations done; None where the file holds no readable meta."""
+    the images done in the epoch under way (an iteration checkpoint's ``epoch_position``), and
+    for an ``iter_N.pth`` without one (IterBasedRunner's) the iterations done; None where the
+    file holds no readable meta.
+
+    The iteration count only ranks files that nothing else does: it counts batches of the
+    saving run's layout, so two files as far into training by epochs and images are equal,
+    whatever their counts."""
     meta = _stored_meta(path)
     if meta is None:
         return None
@@ -214,7 +219,8 @@ def _training_progress(path):
         position = meta.get('epoch_position') or {}
         images = (int(position.get('batches', 0)) * int(position.get('world_size') or 1)
                   * int(position.get('samples_per_gpu') or 1))
-        return int(meta.get('epoch', 0)), images, int(meta.get('iter', 0))
+        by_iteration = not position and osp.basename(path).startswith('iter_')
+        return int(meta.get('epoch', 0)), images, int(meta.get('iter', 0)) if by_iteration else 0
     except (AttributeError, TypeError, ValueError):  # a meta of another kind of file
         return None
 
@@ -222,24 +228,30 @@ def _training_progress(path):
 def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
     """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, or None; with
     ``older_than`` (a damaged checkpoint; ``latest.pth`` stands for the one it links to), the
-    newest written before it.
+    newest of those before it: of its own kind, by the N in the name (copying files rewrites
+    their modification times), of the other kind, written before it.
 
     Newest by the training progress each file's meta records, not by N: an iteration
     checkpoint's N counts batches of its run's batch layout, so after a resume with another
     batch size or number of processes the older run's files carry the higher numbers, and
-    ``epoch_12`` would lose to ``iter_2000``. Unlike mmdet's ``find_latest_checkpoint`` (which
-    trusts ``latest.pth``), a checkpoint left half-written by a killed run is skipped in favour
-    of the one before it.
+    ``epoch_12`` would lose to ``iter_2000``. Equal progress goes to the later write. Unlike
+    mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
+    half-written by a killed run is skipped in favour of the one before it.
     """
+    name_pattern = r'(epoch|iter)_(\d+)\.pth'
     damaged = osp.realpath(older_than) if older_than is not None else None
     written_before = os.stat(damaged).st_mtime_ns if damaged and osp.exists(damaged) else None
+    damaged_name = re.fullmatch(name_pattern, osp.basename(damaged)) if damaged else None
     ranked = []
     for path in glob.glob(osp.join(glob.escape(work_dir), '*.pth')):
-        match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
+        match = re.fullmatch(name_pattern, osp.basename(path))
         if match is None or (damaged is not None and osp.realpath(path) == damaged):
             continue
         written = os.stat(path).st_mtime_ns
-        if written_before is not None and written >= written_before:
+        if damaged_name is not None and match.group(1) == damaged_name.group(1):
+            if int(match.group(2)) >= int(damaged_name.group(2)):
+                continue
+        elif written_before is not None and written >= written_before:
             continue
         if not _is_complete_torch_file(path):
             if logger is not None:
@@ -247,5 +259,5 @@ def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
             continue
         # Files without a readable meta come last; equal progress goes to the later write.
         progress = _training_progress(path) or (-1, -1, -1)
-        ranked.append((progress, written, int(match.group(1)), path))
+        ranked.append((progress, written, int(match.group(2)), path))
     return max(ranked)[-1] if ranked else None

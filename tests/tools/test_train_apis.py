@@ -170,6 +170,38 @@ def test_the_newest_checkpoint_is_the_furthest_trained_not_the_highest_numbered(
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_23.pth')
 
 
+def test_checkpoints_as_far_into_training_go_to_the_later_write(tmp_path):
+    # 2 images into epoch 2 both: an abandoned run of 1 image a batch (iter_6), then a run
+    # resumed from epoch_1 with 2 a batch (iter_3). The higher iteration count won.
+    _iteration_checkpoint(tmp_path / 'iter_6.pth', 1, 2, 1, 1, written=-50)
+    _iteration_checkpoint(tmp_path / 'iter_3.pth', 1, 1, 1, 2, written=-10)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_3.pth')
+    # IterBasedRunner's files record no place in an epoch: their counts rank them.
+    for iteration, written in ((200, -2), (100, -1)):
+        _save(tmp_path / f'iter_{iteration}.pth', {'w': torch.ones(1)},
+              meta=dict(epoch=3, iter=iteration))
+        os.utime(tmp_path / f'iter_{iteration}.pth', (time.time() + written,) * 2)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_200.pth')
+
+
+def test_the_one_before_a_damaged_copied_checkpoint_goes_by_the_number_in_its_name(tmp_path):
+    # `cp run/*.pth copy/` writes epoch_10..12 before epoch_2: by modification time, the one
+    # before a damaged epoch_2 was epoch_12.
+    for order, epoch in enumerate((1, 10, 11, 12, 2, 3)):  # in the order the copy wrote them
+        _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(1)}, meta=dict(epoch=epoch))
+        os.utime(tmp_path / f'epoch_{epoch}.pth', (time.time() - 10 + order,) * 2)
+    damaged = (tmp_path / 'epoch_2.pth').read_bytes()[:100]
+    (tmp_path / 'epoch_2.pth').write_bytes(damaged)
+    os.utime(tmp_path / 'epoch_2.pth', (time.time() - 6,) * 2)
+    previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'epoch_2.pth'))
+    assert previous == str(tmp_path / 'epoch_1.pth')
+    # Of the other kind, what was written before it.
+    _iteration_checkpoint(tmp_path / 'iter_6.pth', 1, 2, 1, 1, written=-9.5)
+    _iteration_checkpoint(tmp_path / 'iter_7.pth', 1, 3, 1, 1, written=-5)
+    previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'epoch_2.pth'))
+    assert previous == str(tmp_path / 'iter_6.pth')
+
+
 def test_the_one_before_a_damaged_latest_is_the_one_before_the_file_it_links_to(tmp_path):
     for epoch in (1, 2, 3):
         _save(tmp_path / f'epoch_{epoch}.pth', {'w': torch.ones(1)}, meta=dict(epoch=epoch))
