@@ -7,7 +7,8 @@ torchrun_tool() {
   shift 2
   local root nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} port=${PORT:-29500}
   local master_addr=${MASTER_ADDR:-127.0.0.1}
-  if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+  # Counts of at most 5 digits: bash's arithmetic wraps past 2^63 (a NODE_RANK of 2^64 - 1 is -1).
+  if ! [[ "$nproc" =~ ^[1-9][0-9]{0,4}$ ]]; then
     echo "$(basename "$0"): error: the number of processes must be a whole number of at least 1, got '$nproc'" >&2
     exit 2
   fi
@@ -17,7 +18,7 @@ torchrun_tool() {
   fi
   # A NODE_RANK left in the environment (NNODES unset: 1) had torchrun wait for ever, silently,
   # for nodes that never come; so did nodes other than the first meeting at their own loopback.
-  if ! [[ "$nnodes" =~ ^[1-9][0-9]*$ && "$node_rank" =~ ^(0|[1-9][0-9]*)$ ]] || ((node_rank >= nnodes)); then
+  if ! [[ "$nnodes" =~ ^[1-9][0-9]{0,4}$ && "$node_rank" =~ ^(0|[1-9][0-9]{0,4})$ ]] || ((node_rank >= nnodes)); then
     echo "$(basename "$0"): error: NNODES must be a whole number of at least 1 and NODE_RANK one" \
       "from 0 to NNODES - 1, got NNODES='$nnodes' NODE_RANK='$node_rank'" >&2
     exit 2
