@@ -186,7 +186,11 @@ step_wait() {  # step_wait NAME: its exit status, its output appended to the mai
 step() {  # step NAME LIMIT COMMAND...: in the foreground, output shown as it comes
   local name=$1
   step_start "$@" || return 1
-  tail -n +1 -f --pid="${STEP_PID[$name]}" "$WORK/logs/$name.log" 2>/dev/null
+  # Waited for with `wait`, which a signal interrupts: bash runs a trap only after a foreground
+  # command ends, so a SIGTERM to this script alone waited for the whole step.
+  tail -n +1 -f --pid="${STEP_PID[$name]}" "$WORK/logs/$name.log" 2>/dev/null &
+  TAIL_PID=$!
+  wait "$TAIL_PID"
   step_wait "$name"
 }
 skip() {  # skip NAME REASON
@@ -209,14 +213,29 @@ finish() {
   local rc=${PIPESTATUS[0]}
   exit "$rc"
 }
-stopped() {  # stopped from outside (a lease's time limit): what ran so far, and a failed summary
-  local name
+stopped() {  # stopped from outside (a lease's time limit): the steps under way stopped, what
+  # ran so far, and a failed summary
+  local name running=()
+  trap '' TERM INT  # one summary, however many signals follow
   log "gpu_check: stopped by a signal"
   printf 'gpu_check\tFAILED (stopped by a signal)\t%s\n' "$SECONDS" >>"$STEPS"
   for name in "${!STEP_PID[@]}"; do
+    # Each step runs in a process group of its own (timeout's), which a signal to this script's
+    # group does not reach: stopped here, timeout passing it on to what the step started.
+    if kill -0 "${STEP_PID[$name]}" 2>/dev/null; then
+      kill "${STEP_PID[$name]}" 2>/dev/null
+      running+=("$name")
+    else  # ended before the signal, not yet waited for (a background step): its own status
+      step_wait "$name"
+    fi
+  done
+  for name in "${running[@]}"; do
+    wait "${STEP_PID[$name]}" 2>/dev/null
     cat "$WORK/logs/$name.log" >>"$LOG"
+    log "=== $name: stopped after $((SECONDS - STEP_START[$name]))s"
     printf '%s\tFAILED (stopped by a signal)\t%s\n' "$name" $((SECONDS - STEP_START[$name])) >>"$STEPS"
   done
+  [ -n "${TAIL_PID:-}" ] && kill "$TAIL_PID" 2>/dev/null
   finish
 }
 trap stopped TERM INT

@@ -315,26 +315,72 @@ def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
     assert 'train-float32: ' in log and '(median of 4 after 0' in log
 
 
-@pytest.mark.slow
-def test_a_stopped_run_still_writes_its_summary_and_fails(tmp_path):
-    """As a lease's time limit stops it: SIGTERM to the whole process group."""
-    pytest.importorskip('mmdet')
-    run = subprocess.Popen(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path)],
+def _processes_marked(marker, running=''):
+    """{pid: command line} of the processes whose environment holds ``marker`` (what a run
+    started and left behind) and whose command line holds ``running``."""
+    found = {}
+    for process in Path('/proc').glob('[0-9]*'):
+        try:
+            if marker.encode() in (process / 'environ').read_bytes():
+                command = (process / 'cmdline').read_bytes().replace(b'\0', b' ').decode()
+                if running in command:
+                    found[int(process.name)] = command
+        except OSError:  # ended meanwhile, or not ours to read
+            pass
+    return found
+
+
+def _start_dry_run_until_the_cuda_tests(out):
+    """A dry run whose CUDA tests last until they are stopped (its interpreter sleeps instead of
+    running pytest), returned once they have begun and the dataset (a background step, not yet
+    waited for) has been written."""
+    marker = f'gpu_check_test_{os.getpid()}_{time.monotonic_ns()}'
+    python = out / 'python'
+    python.write_text('#!/usr/bin/env bash\n'
+                      'if [ "$1 $2" = "-m pytest" ]; then exec sleep 600; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    run = subprocess.Popen(['bash', str(GPU_CHECK), '--dry-run', '--out', str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True,
-                           env=dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1'))
-    log = tmp_path / 'gpu_check.log'
+                           env=dict(os.environ, PYTHON=str(python), PYTHONUNBUFFERED='1',
+                                    GPU_CHECK_TEST_MARKER=marker))
+    log = out / 'gpu_check.log'
     deadline = time.monotonic() + 300
-    while '=== cuda-tests (limit' not in (log.read_text() if log.exists() else ''):
+    while True:
+        text = log.read_text() if log.exists() else ''
+        scratch = re.search(r'synthetic_shapes --out (\S+)/shapes ', text)
+        dataset_log = Path(scratch.group(1)) / 'logs' / 'dataset.log' if scratch else None
+        if ('=== cuda-tests (limit' in text and dataset_log.exists()
+                and 'Done in' in dataset_log.read_text()
+                and not _processes_marked(marker, running='synthetic_shapes')):
+            return run, marker
         assert run.poll() is None and time.monotonic() < deadline, 'cuda-tests never started'
-        time.sleep(0.5)
-    os.killpg(run.pid, signal.SIGTERM)
-    assert run.wait(timeout=120) != 0
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('whom', ['group', 'script'])
+def test_a_stopped_run_stops_its_steps_writes_its_summary_and_fails(tmp_path, whom):
+    """As a lease's time limit stops it (SIGTERM to the whole process group), or `kill PID`.
+    Each step runs in a process group of its own, which neither signal reached: the steps went
+    on after the summary; the script alone waited for its foreground step to end first; and
+    steps that had passed in the background were counted as stopped."""
+    pytest.importorskip('mmdet')
+    run, marker = _start_dry_run_until_the_cuda_tests(tmp_path)
+    try:
+        (os.killpg if whom == 'group' else os.kill)(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=60) != 0  # not at the step's time limit (150 s)
+        assert _processes_marked(marker) == {}
+    finally:  # what a failed run leaves
+        for pid in _processes_marked(marker):
+            os.kill(pid, signal.SIGKILL)
     summary = (tmp_path / 'summary.txt').read_text()
     lines = summary.splitlines()
     assert any(line.split()[:3] == ['gpu_check', 'FAILED', '(stopped'] for line in lines), summary
     assert any(line.split()[:3] == ['cuda-tests', 'FAILED', '(stopped'] for line in lines), summary
-    assert 'gpu_check: stopped by a signal' in log.read_text()
+    assert any(line.split()[:2] == ['dataset', 'passed'] for line in lines), summary
+    assert 'gpu_check: stopped by a signal' in (tmp_path / 'gpu_check.log').read_text()
 
 
 def test_profiled_iterations_must_fit_in_the_run(tmp_path):
