@@ -264,8 +264,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.build_only and not torch.cuda.is_available():
         sys.exit('benchmark_dcnv3_variants: needs a CUDA device (use --build-only to only build)')
-    os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '.'.join(
-        map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else '9.0')
+    if 'TORCH_CUDA_ARCH_LIST' not in os.environ:
+        # Reading the device starts CUDA before the build workers fork: with the list given (as
+        # gpu_check gives it), this process starts it only after they are done.
+        os.environ['TORCH_CUDA_ARCH_LIST'] = ('.'.join(map(str, torch.cuda.get_device_capability()))
+                                              if torch.cuda.is_available() else '9.0')
     ops = build_all(args.variants, args.build_dir)
     if args.build_only:
         return

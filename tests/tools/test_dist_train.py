@@ -50,7 +50,7 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
         extra="custom_imports = dict(imports=['mmdet_custom', 'dump_hook'])\n"
               "custom_hooks = [dict(type='NumClassCheckHook'), dict(type='DumpRankWeightsHook')]\n")
     work_dir = tmp_path / 'work'
-    env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}
+    env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable}
     # Validation after the last epoch exercises the distributed evaluation hook as well; a
     # checkpoint after every iteration, the resume in an epoch below.
     result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir),
@@ -104,7 +104,8 @@ def test_a_failed_process_ends_the_launcher_in_one_line_with_its_status(tmp_path
     missing = tmp_path / 'missing.pth'
     result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir',
                        str(tmp_path / 'work'), '--resume-from', str(missing)],
-                      env={'PORT': str(free_port()), 'OMP_NUM_THREADS': '1'}, timeout=300)
+                      env={'PORT': str(free_port()), 'OMP_NUM_THREADS': '1',
+                           'PYTHON': sys.executable}, timeout=300)
     assert result.returncode == 1
     assert f'tools/train.py: error: --resume-from: checkpoint not found: {missing}' in result.stderr
     assert re.fullmatch(r'torchrun: \S+/tools/train\.py ended first in process [01], with exit '
@@ -123,6 +124,7 @@ def test_ctrl_c_ends_the_launcher_with_130_after_the_resume_hint(tmp_path, tiny_
              '--no-validate', '--cfg-options', 'runner.max_epochs=50'],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1',
+                     PYTHON=sys.executable,
                      PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')])))
         deadline = time.monotonic() + 300
         while 'Saving checkpoint at 2 epochs' not in log.read_text():
