@@ -550,12 +550,7 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
             runner._epoch, batches_done = epoch, 0
         elif runner.epoch < runner.max_epochs:
             _go_on_mid_epoch(runner, train_loader, cfg.resume_from, batches_done, logger)
-        # With evaluation.start set, mmcv's eval hook scores the resumed weights before the
-        # first epoch as the last finished one's: here those of part of an epoch (which
-        # save_best could keep), or of an epoch whose evaluation is in the log already.
-        for hook in runner.hooks:
-            if isinstance(hook, MmcvEvalHook):
-                hook.initial_flag = False
+            _skip_evaluation_at_start(runner)  # of part of an epoch, which save_best could keep
     # The iterations done are the finished epochs * this loader's length and the batches of
     # the epoch under way: the stored count was made with the checkpoint's batch size and
     # number of processes, and the lr schedule reads runner.iter.
@@ -583,16 +578,35 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
                     f'({runner.epoch} epochs of {len(train_loader)}{in_epoch})')
         runner._iter = iterations
     if validate:
-        best_dir = hook_output_dir(cfg.work_dir, cfg.get('evaluation', {}).get('out_dir'))
+        evaluation = cfg.get('evaluation', {})
+        best_dir = hook_output_dir(cfg.work_dir, evaluation.get('out_dir'))
         restore_best_record(runner.meta, best_dir, runner.epoch, logger)
         # (A checkpoint saved in a later epoch does not hold the unevaluated epoch's weights.)
-        if (not epoch_position and _evaluates_after(runner.epoch, cfg.get('evaluation', {}))
-                and runner.epoch not in _evaluated_epochs(cfg.work_dir)):
+        if runner.epoch in _evaluated_epochs(cfg.work_dir):
+            _skip_evaluation_at_start(runner)  # it would score the logged epoch once more
+        elif (not epoch_position and _evaluates_after(runner.epoch, evaluation)
+              and not _evaluates_at_start(runner.epoch, evaluation)):
             logger.warning(f'epoch {runner.epoch} was saved but not evaluated (the run stopped in '
                            f'between): tools/test.py with {cfg.resume_from} evaluates it')
     if runner.epoch >= runner.max_epochs:
         logger.warning(f'{cfg.resume_from} ends epoch {runner.epoch} of {runner.max_epochs}: '
                        f'nothing left to train (raise runner.max_epochs to train longer)')
+
+
+def _evaluates_at_start(epochs_done, evaluation):
+    """Whether mmcv's eval hook scores the weights of a run resumed after ``epochs_done`` epochs
+    before training on: only with ``start`` set, and then as it decides after the next epoch."""
+    start = evaluation.get('start')
+    return start is not None and epochs_done >= start and _evaluates_after(epochs_done + 1,
+                                                                            evaluation)
+
+
+def _skip_evaluation_at_start(runner):
+    """No evaluation of the resumed weights before the first epoch (mmcv's with
+    ``evaluation.start`` set)."""
+    for hook in runner.hooks:
+        if isinstance(hook, MmcvEvalHook):
+            hook.initial_flag = False
 
 
 def _batches_done(runner, train_loader, path, position, logger):

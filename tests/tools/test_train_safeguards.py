@@ -283,6 +283,31 @@ def test_an_epoch_saved_but_not_evaluated_is_named_on_resume(train_tool, tmp_pat
     assert 'nothing left to train' in _text(mmdet_log) and missed not in _text(mmdet_log)
 
 
+def _evaluations(records):
+    """How many times the evaluation hook scored the weights."""
+    return _text(records).count('Evaluating bbox...')
+
+
+def test_evaluation_start_scores_a_resumed_epoch_only_where_the_log_lacks_it(
+        train_tool, tmp_path, tiny_config, mmdet_log):
+    # With evaluation.start set, mmcv's eval hook scores the resumed weights before the first
+    # epoch: it scored an epoch whose evaluation was in the log once more.
+    options = ['--cfg-options', 'evaluation.start=1', 'evaluation.interval=1',
+               'runner.max_epochs=2']
+    evaluated = tmp_path / 'evaluated'
+    train_tool.main([tiny_config, '--seed', '0', '--work-dir', str(evaluated)])
+    mmdet_log.clear()
+    train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(evaluated), *options])
+    assert _evaluations(mmdet_log) == 1  # epoch 2's
+    # Trained without evaluation, epoch 1 is scored on resuming (not named as left out).
+    work = tmp_path / 'work'
+    _train_one_epoch(train_tool, tiny_config, work)
+    mmdet_log.clear()
+    train_tool.main([tiny_config, '--auto-resume', '--work-dir', str(work), *options])
+    assert _evaluations(mmdet_log) == 2
+    assert 'was saved but not evaluated' not in _text(mmdet_log)
+
+
 def _copy_of(tiny_shapes, tmp_path):
     import shutil
     data = tmp_path / 'data'
