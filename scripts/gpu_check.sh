@@ -208,6 +208,7 @@ step_cancel() {  # step_cancel NAME REASON: stop a background step whose result 
   skip "$1" "$2"
 }
 finish() {
+  trap '' TERM INT  # one summary: signals that come while it is written are ignored
   "${HELPER[@]}" summary --steps "$STEPS" --results "$RESULTS" --logs "$WORK/logs" --mode "$MODE" \
     --elapsed "$SECONDS" 2>&1 | tee "$OUT_DIR/summary.txt" | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -216,7 +217,7 @@ finish() {
 stopped() {  # stopped from outside (a lease's time limit): the steps under way stopped, what
   # ran so far, and a failed summary
   local name running=()
-  trap '' TERM INT  # one summary, however many signals follow
+  trap '' TERM INT  # one stop, however many signals follow
   log "gpu_check: stopped by a signal"
   printf 'gpu_check\tFAILED (stopped by a signal)\t%s\n' "$SECONDS" >>"$STEPS"
   for name in "${!STEP_PID[@]}"; do

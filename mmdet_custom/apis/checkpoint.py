@@ -220,7 +220,7 @@ def _training_progress(path):
         images = (int(position.get('batches', 0)) * int(position.get('world_size') or 1)
                   * int(position.get('samples_per_gpu') or 1))
         by_iteration = not position and osp.basename(path).startswith('iter_')
-        return int(meta.get('epoch', 0)), images, int(meta.get('iter', 0)) if by_iteration else 0
+        return int(meta.get('epoch', 0)), images, (int(meta.get('iter', 0)) if by_iteration else 0)
     except (AttributeError, TypeError, ValueError):  # a meta of another kind of file
         return None
 
