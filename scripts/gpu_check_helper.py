@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os.path as osp
+import re
 import statistics
 import sys
 
@@ -22,6 +23,10 @@ T_CONFIG = osp.join(ROOT, 'configs', 'coco', 'mask_rcnn_internimage_t_fpn_1x_coc
 # Training targets of the GPU run (speed-up = slower run's s/iter / faster run's s/iter).
 TARGETS = (('float32 with our op vs with the original kernel', 'original', 'float32', 1.3),
            ('mixed precision vs float32 (our op)', 'float32', 'amp', 1.5))
+# The op's speed against the original kernel, forward and backward at every stage (the
+# thresholds are gpu_check.sh's --check-original), in float32 and float16.
+OP_TARGET_DTYPES = ('float32', 'float16')
+OP_VERDICT = 'vs the original: '
 PUBLISHED = 'original InternImage-T Mask R-CNN on an A100, 2 images per GPU: 0.36 s/iter (published)'
 
 CONFIG_TEMPLATE = '''\
@@ -256,6 +261,18 @@ def _tail(path, lines=8):
     return '\n'.join(text[-lines:])
 
 
+def _op_verdict(logs_dir, dtype):
+    """What tools/benchmark_dcnv3.py --check-original concluded in the ``benchmark-DTYPE`` step
+    (its "vs the original:" line), or None where it concluded nothing: the step left out or
+    failed before, or run without the original kernel."""
+    path = osp.join(logs_dir, f'benchmark-{dtype}.log')
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        verdicts = [line[len(OP_VERDICT):].strip() for line in f if line.startswith(OP_VERDICT)]
+    return verdicts[-1] if verdicts else None
+
+
 def summary(steps_file, results_file, logs_dir, mode, elapsed):
     with open(steps_file) as f:
         steps = [line.rstrip('\n').split('\t') for line in f if line.strip()]
@@ -294,6 +311,22 @@ def summary(steps_file, results_file, logs_dir, mode, elapsed):
                          [[key[2:]] + [f'{r["phases"][key] * 1e3:.1f}' if key in r['phases']
                                        else 'n/a' for r in phased] for key in keys]))
     missed = []
+    if mode == 'gpu':
+        rows = []
+        for dtype in OP_TARGET_DTYPES:
+            label = f'our op vs the original kernel, {dtype}'
+            verdict = _op_verdict(logs_dir, dtype)
+            if verdict is None:
+                rows.append([label, 'not measured'])
+                missed.append(label)
+            elif verdict.endswith('faster at every stage'):
+                rows.append([label, 'met'])
+            else:
+                stages = ', '.join(re.findall(r'stage (\d+):', verdict))
+                rows.append([label, f'MISSED at stage(s) {stages}'])
+                missed.append(label)
+        print()
+        print(_table(['op target (benchmark-DTYPE above)', ''], rows))
     rows = []
     for label, slower, faster, target in TARGETS:
         if slower in runs and faster in runs:

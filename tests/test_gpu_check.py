@@ -101,8 +101,18 @@ def test_train_speed_needs_iterations_past_the_warm_up(tmp_path):
                            until=1)
 
 
-def _summary(tmp_path, steps, runs, mode, phases=None, losses=None):
+OP_TARGETS_MET = 'at least 3x (forward) and 2x (backward) faster at every stage'
+
+
+def _summary(tmp_path, steps, runs, mode, phases=None, losses=None, op_verdicts=None):
+    """The summary of these steps and training runs; ``op_verdicts``: {dtype: the benchmark's
+    "vs the original:" line, or None for a log without one} (default: both targets met)."""
     (tmp_path / 'steps.tsv').write_text(''.join(f'{n}\t{s}\t1\n' for n, s in steps))
+    if op_verdicts is None:
+        op_verdicts = dict(float32=OP_TARGETS_MET, float16=OP_TARGETS_MET)
+    for dtype, verdict in op_verdicts.items():
+        (tmp_path / f'benchmark-{dtype}.log').write_text(
+            'stage  fwd ...\n' + (f'vs the original: {verdict}\n' if verdict else ''))
     (tmp_path / 'results.jsonl').write_text(''.join(
         json.dumps(dict(name=n, s_per_iter=t, data_time=0.0, iters=30, skipped=10,
                         peak_memory_mb=None, last_loss=(losses or {}).get(n, 1.0),
@@ -147,6 +157,31 @@ def test_summary_fails_on_a_target_not_measured_on_the_gpu_only(tmp_path, capsys
     assert 'not measured' in out
     assert out.rstrip().endswith('targets missed: float32 with our op vs with the original kernel')
     assert _summary(tmp_path, steps, runs, 'dry-run') == 0
+
+
+def test_summary_fails_on_an_op_target_missed_or_not_measured_on_the_gpu_only(tmp_path, capsys):
+    # Left out (GPU_CHECK_SKIP), or run without the original kernel (its build failed), the
+    # benchmarks passed, and so did the run.
+    runs = dict(float32=0.30, amp=0.18, original=0.42)
+    missed = ('stage 1: forward 2.44x (need 3x), backward 2.34x (need 2x); stage 3: forward '
+              '2.23x (need 3x), backward 2.23x (need 2x)')
+    for folder in ('missed', 'left_out'):
+        (tmp_path / folder).mkdir()
+    assert _summary(tmp_path / 'missed', [('benchmark-float16', 'FAILED (exit 1)')], runs, 'gpu',
+                    op_verdicts=dict(float32=OP_TARGETS_MET, float16=missed)) == 1
+    out = capsys.readouterr().out
+    assert [line.split(None, 7)[-1] for line in out.splitlines()
+            if line.startswith('our op vs')] == ['met', 'MISSED at stage(s) 1, 3']
+    assert 'targets missed: our op vs the original kernel, float16' in out
+    steps = [('benchmark-float32', 'skipped (GPU_CHECK_SKIP)'), ('benchmark-float16', 'passed')]
+    assert _summary(tmp_path / 'left_out', steps, runs, 'gpu',
+                    op_verdicts=dict(float16=None)) == 1
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith('targets missed: our op vs the original kernel, float32; our op '
+                                 'vs the original kernel, float16')
+    assert out.count('not measured') == 2
+    assert _summary(tmp_path / 'left_out', steps, runs, 'dry-run', op_verdicts={}) == 0
+    assert 'op target' not in capsys.readouterr().out
 
 
 def test_summary_fails_on_a_run_whose_loss_is_not_finite(tmp_path, capsys):
@@ -313,6 +348,30 @@ def test_dry_run_leaves_out_named_steps_and_the_profiles(tmp_path):
     assert 'profiler is profiling' not in log and 'Self CPU time total' not in log
     # Without profiled iterations every iteration after the warm-up is timed (2 epochs of 2).
     assert 'train-float32: ' in log and '(median of 4 after 0' in log
+
+
+@pytest.mark.slow
+def test_a_training_speed_that_cannot_be_read_fails_the_run_with_the_reason(tmp_path):
+    # The reason went to stderr only, and the summary showed the training step as passed.
+    pytest.importorskip('mmdet')
+    python = tmp_path / 'python'
+    python.write_text('#!/usr/bin/env bash\n'
+                      'if [ "$2" = train-speed ]; then echo "train-speed: no iterations" >&2; '
+                      'exit 1; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), PYTHONUNBUFFERED='1', GPU_CHECK_PROFILE='0',
+               GPU_CHECK_SKIP='cuda-tests benchmark-float32 benchmark-bfloat16 dist-train test-eval')
+    result = subprocess.run(['bash', str(GPU_CHECK), '--dry-run', '--out', str(tmp_path / 'out')],
+                            capture_output=True, text=True, timeout=900, env=env)
+    summary = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert result.returncode == 1, summary
+    for name in ('float32', 'amp'):
+        assert re.search(rf'^train-{name} +passed ', summary, re.M), summary
+        assert re.search(rf'^speed-{name} +FAILED \(train-speed: no iterations\) ', summary,
+                         re.M), summary
+    assert summary.rstrip().endswith('failed steps: speed-float32, speed-amp')
+    assert 'train-speed: no iterations' in (tmp_path / 'out' / 'gpu_check.log').read_text()
 
 
 def _processes_marked(marker, running=''):
