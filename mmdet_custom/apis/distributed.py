@@ -5,6 +5,7 @@ NCCL and refuse CPU models. Where CUDA is available the process group is set up 
 unchanged; elsewhere each process joins a gloo group. Either way the model is wrapped in
 ``MMDistributedDataParallelAnyDevice`` (mmcv's wrapper plus a CPU path and a torch 2.x fix).
 """
+import inspect
 import os
 import subprocess
 
@@ -101,18 +102,24 @@ class MMDistributedDataParallelAnyDevice(MMDistributedDataParallel):
         return super().val_step(*inputs, **kwargs)
 
 
+def _no_buffer_sync_per_forward():
+    """DDP's keyword for mmdet's choice of no buffer broadcast before each forward: torch 2.13
+    renamed ``broadcast_buffers`` (now deprecated, with a warning from every process) to
+    ``forward_sync_buffers``, which still syncs them once at the start, as parameters are."""
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return dict(forward_sync_buffers=False)
+    return dict(broadcast_buffers=False)
+
+
 def wrap_model(model, cfg, distributed, find_unused_parameters=False):
     """Wrap a detector for training or testing on ``cfg.device`` (the mmdet conventions)."""
     if not distributed:
         return build_dp(model, cfg.device, device_ids=cfg.gpu_ids)
-    # broadcast_buffers=False as in mmdet.
+    options = dict(find_unused_parameters=find_unused_parameters, **_no_buffer_sync_per_forward())
     if cfg.device == 'cpu':
-        return MMDistributedDataParallelAnyDevice(
-            model, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+        return MMDistributedDataParallelAnyDevice(model, **options)
     if cfg.device != 'cuda':
-        return build_ddp(model, cfg.device, device_ids=[int(os.environ['LOCAL_RANK'])],
-                         broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+        return build_ddp(model, cfg.device, device_ids=[int(os.environ['LOCAL_RANK'])], **options)
     local_rank = int(os.environ['LOCAL_RANK'])
-    return MMDistributedDataParallelAnyDevice(
-        model.cuda(local_rank), device_ids=[local_rank], broadcast_buffers=False,
-        find_unused_parameters=find_unused_parameters)
+    return MMDistributedDataParallelAnyDevice(model.cuda(local_rank), device_ids=[local_rank],
+                                              **options)

@@ -136,6 +136,8 @@ def test_ctrl_c_ends_the_launcher_with_130_after_the_resume_hint(tmp_path, tiny_
     assert lines[-1] == 'torchrun: stopped by SIGINT'
     assert sum('interrupted; the newest complete checkpoint is' in line for line in lines) == 2
     assert not any(line.startswith('Traceback') for line in lines)
+    # Our DDP wrapping used torch's deprecated keyword: a FutureWarning from every process.
+    assert not any('deprecated' in line for line in lines), [x for x in lines if 'deprecated' in x]
 
 
 def _stand_in_interpreter(path):
