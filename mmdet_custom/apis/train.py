@@ -503,7 +503,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
             _check_resumed_optimizer(runner.optimizer, configured, cfg.resume_from, logger)
         if isinstance(runner, EpochBasedRunner):
             _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger,
-                                resumed_meta.get('epoch_position'))
+                                resumed_meta.get('epoch_position'),
+                                resumed_meta.get('batch_layout'))
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
             try:
@@ -532,10 +533,12 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
                               f'{_where_to_resume(cfg)}') from None
 
 
-def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None):
-    """After ``runner.resume`` of an epoch checkpoint, or of an iteration checkpoint saved in an
-    epoch (``epoch_position``, see ResumableEpochBasedRunner): the iteration count, where the
-    epoch under way goes on, the best-checkpoint record, and what is left to do."""
+def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None,
+                        batch_layout=None):
+    """After ``runner.resume`` of an epoch checkpoint (ResumableEpochBasedRunner's record the
+    ``batch_layout`` they were counted in), or of an iteration checkpoint saved in an epoch
+    (``epoch_position``): the iteration count, where the epoch under way goes on, the
+    best-checkpoint record, and what is left to do."""
     batches_done = 0
     if epoch_position:
         batches_done = _batches_done(runner, train_loader, cfg.resume_from, epoch_position, logger)
@@ -557,19 +560,20 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
     iterations = runner.epoch * len(train_loader) + batches_done
     # mmcv's own runner saves after an iteration (checkpoint_config.by_epoch=False) as
     # epoch_N.pth, N the epoch under way, before counting that iteration: after batch b of
-    # epoch N, its meta says N epochs and (N - 1) * batches an epoch + b - 1 iterations. (A
-    # run of another layout can land in that window too; the message says which count it read.)
+    # epoch N, its meta says N epochs and (N - 1) * batches an epoch + b - 1 iterations. A
+    # finished epoch of a run with more processes or larger batches can say the same, and
+    # without its batch layout the file does not tell which.
     last_batch = runner.iter - (runner.epoch - 1) * len(train_loader) + 1
-    if not epoch_position and runner.epoch and 1 <= last_batch <= len(train_loader):
-        skipped = last_batch < len(train_loader)
-        (logger.warning if skipped else logger.info)(
-            f'{cfg.resume_from} records {runner.iter} iterations: with {len(train_loader)} '
-            f'batches an epoch, that is batch {last_batch} of epoch {runner.epoch}, where mmcv\'s '
-            f'EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) and '
-            f'names the file after the epoch under way; '
-            + ('resumed as a finished epoch, the rest of that epoch is skipped' if skipped else
-               'that was the epoch\'s last batch')
-            + f'; going on from {iterations} ({runner.epoch} epochs of {len(train_loader)})')
+    if (not epoch_position and not batch_layout and runner.epoch
+            and 1 <= last_batch < len(train_loader)):
+        logger.warning(f'{cfg.resume_from} records {runner.iter} iterations: with '
+                       f'{len(train_loader)} batches an epoch, that is batch {last_batch} of '
+                       f'epoch {runner.epoch}. If mmcv\'s EpochBasedRunner saved it there (after '
+                       f'an iteration, with checkpoint_config.by_epoch=False, naming the file '
+                       f'after the epoch under way), resuming it as a finished epoch skips the '
+                       f'rest of that epoch; if a run of more processes or larger batches saved '
+                       f'it, that epoch was finished. Going on from {iterations} '
+                       f'({runner.epoch} epochs of {len(train_loader)})')
         runner._iter = iterations
     elif runner.iter != iterations:
         in_epoch = f' and {batches_done} batches' if batches_done else ''

@@ -22,6 +22,8 @@ class ResumableEpochBasedRunner(EpochBasedRunner):
     ``max_keep_ckpts``), and their meta holds the finished epochs, the iterations done and
     ``epoch_position``: the batches of the epoch under way each process has trained on, and the
     batch layout they were counted in, from which ``train_detector`` resumes (``go_on_in_epoch``).
+    Epoch checkpoints record their ``batch_layout`` too: with it, a finished epoch of a run with
+    more processes is not taken for one of mmcv's part-way files.
     ``train_detector`` builds this runner where the config names EpochBasedRunner.
     """
 
@@ -47,13 +49,17 @@ class ResumableEpochBasedRunner(EpochBasedRunner):
     def save_checkpoint(self, out_dir: str, filename_tmpl: Optional[str] = None,
                         save_optimizer: bool = True, meta: Optional[dict] = None,
                         create_symlink: bool = True) -> None:
+        _, world_size = get_dist_info()
+        samples_per_gpu = getattr(self.data_loader, 'batch_size', None)  # None: not a DataLoader
         if self._hook_being_called != 'after_train_iter':
+            # The layout its iterations were counted in: with more processes or larger batches,
+            # a finished epoch records as few iterations as mmcv's part-way epoch_N.pth would.
+            meta = dict(meta or {}, batch_layout=dict(world_size=world_size,
+                                                      samples_per_gpu=samples_per_gpu))
             return super().save_checkpoint(out_dir, filename_tmpl or 'epoch_{}.pth',
                                            save_optimizer, meta, create_symlink)
         iterations_done = self.iter + 1  # self.iter counts this iteration once its hooks ran
         meta = dict(meta or {}, **(self.meta or {}))
-        _, world_size = get_dist_info()
-        samples_per_gpu = getattr(self.data_loader, 'batch_size', None)  # None: not a DataLoader
         meta.update(epoch=self.epoch, iter=iterations_done,
                     epoch_position=dict(batches=self.inner_iter + 1, world_size=world_size,
                                         samples_per_gpu=samples_per_gpu))

@@ -167,34 +167,40 @@ def test_resuming_with_another_batch_size_recounts_the_iterations(train_tool, tm
     assert read_checkpoint(str(work / 'epoch_2.pth'))['meta']['iter'] == 4
 
 
-@pytest.mark.parametrize('epoch, stored_iter, message', [
+@pytest.mark.parametrize('epoch, stored_iter, batch_layout, message', [
     # mmcv's EpochBasedRunner saves after an iteration as epoch_N.pth, N the epoch under way,
     # before counting that iteration (its meta as a plain mmcv run with 4 batches an epoch and
     # checkpoint_config.by_epoch=False wrote it). The recount blamed another batch size.
-    (2, 4, 'records 4 iterations: with 4 batches an epoch, that is batch 1 of epoch 2, where '
-           'mmcv\'s EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) '
-           'and names the file after the epoch under way; resumed as a finished epoch, the rest '
-           'of that epoch is skipped; going on from 8 (2 epochs of 4)'),
-    (1, 2, 'records 2 iterations: with 4 batches an epoch, that is batch 3 of epoch 1, '),
-    # After an epoch's last batch, nothing of it is skipped.
-    (2, 7, 'records 7 iterations: with 4 batches an epoch, that is batch 4 of epoch 2, where '
-           'mmcv\'s EpochBasedRunner saves after an iteration (checkpoint_config.by_epoch=False) '
-           'and names the file after the epoch under way; that was the epoch\'s last batch; '
-           'going on from 8 (2 epochs of 4)'),
+    (2, 4, None, 'records 4 iterations: with 4 batches an epoch, that is batch 1 of epoch 2. If '
+                 'mmcv\'s EpochBasedRunner saved it there (after an iteration, with '
+                 'checkpoint_config.by_epoch=False, naming the file after the epoch under way), '
+                 'resuming it as a finished epoch skips the rest of that epoch; if a run of more '
+                 'processes or larger batches saved it, that epoch was finished. Going on from 8 '
+                 '(2 epochs of 4)'),
+    (1, 2, None, 'records 2 iterations: with 4 batches an epoch, that is batch 3 of epoch 1. If'),
+    # Our runner's epoch checkpoints say how they were counted: this one, by 2 processes, is a
+    # finished epoch, which the check above took for a part-way one.
+    (2, 4, dict(world_size=2, samples_per_gpu=2),
+     ': 4 iterations were counted with another batch size or number of processes; going on from '
+     '8 (2 epochs of 4)'),
 ])
 def test_a_checkpoint_mmcv_saved_mid_epoch_is_named_as_such(train_tool, tmp_path, tiny_config,
                                                             mmdet_log, epoch, stored_iter,
-                                                            message):
+                                                            batch_layout, message):
     work = tmp_path / 'work'
     _train_one_epoch(train_tool, tiny_config, work)
     checkpoint = read_checkpoint(str(work / 'epoch_1.pth'))
+    assert checkpoint['meta'].pop('batch_layout') == dict(world_size=1, samples_per_gpu=2)
     checkpoint['meta'].update(epoch=epoch, iter=stored_iter)
+    if batch_layout:
+        checkpoint['meta']['batch_layout'] = batch_layout
     torch.save(checkpoint, tmp_path / f'epoch_{epoch}.pth')
     train_tool.main([tiny_config, '--no-validate', '--resume-from',
                      str(tmp_path / f'epoch_{epoch}.pth'), '--work-dir', str(tmp_path / 'resumed'),
                      '--cfg-options', 'runner.max_epochs=3'])
-    assert f'{tmp_path}/epoch_{epoch}.pth {message}' in _text(mmdet_log)
-    assert 'counted with another batch size' not in _text(mmdet_log)
+    assert f'{tmp_path}/epoch_{epoch}.pth{"" if batch_layout else " "}{message}' in _text(mmdet_log)
+    other = 'that is batch' if batch_layout else 'counted with another batch size'
+    assert other not in _text(mmdet_log)
     assert read_checkpoint(str(tmp_path / 'resumed' / 'epoch_3.pth'))['meta']['iter'] == 12
 
 
