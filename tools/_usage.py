@@ -35,13 +35,20 @@ def one_line_errors(prog, *error_types):
 
 
 class ConfigOptions(DictAction):
-    """``--cfg-options KEY=VALUE ...`` (mmcv's DictAction), with a word that is not KEY=VALUE
-    an argparse error rather than a traceback."""
+    """``--cfg-options KEY=VALUE ...`` (mmcv's DictAction), with a word that is not KEY=VALUE,
+    or a VALUE written as a dict, an argparse error rather than a traceback."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         for pair in values:
             if '=' not in pair:
                 parser.error(f'{option_string}: expected KEY=VALUE, got {pair!r}')
+            # mmcv reads VALUE as numbers, strings and lists of them: `dict(...)` stays a string,
+            # which the config's consumer (e.g. custom_hooks) then failed on with a bare assert.
+            key, value = pair.split('=', 1)
+            if 'dict(' in value.replace(' ', ''):
+                parser.error(f'{option_string}: {key}: a VALUE cannot hold a dict (mmcv reads it '
+                             f'as a string): set a dict\'s keys one by one ({key}.NAME=VALUE), or '
+                             f'write it in a config file')
         super().__call__(parser, namespace, values, option_string)
 
 

@@ -247,6 +247,13 @@ def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, ma
         test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options', 'data.test'])
     assert exit_info.value.code == 2
     assert "--cfg-options: expected KEY=VALUE, got 'data.test'" in capsys.readouterr().err
+    # mmcv read it as a list of strings, and mmcv's hook registration failed on a bare assert.
+    with pytest.raises(SystemExit):
+        test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                        "custom_hooks=[dict(type='StepPhaseTimerHook')]"])
+    assert ("--cfg-options: custom_hooks: a VALUE cannot hold a dict (mmcv reads it as a string): "
+            "set a dict's keys one by one (custom_hooks.NAME=VALUE), or write it in a config file"
+            ) in capsys.readouterr().err
     message = refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
                        'model.backbone.channels.width=16')
     assert f'--cfg-options do not fit config {config}: TypeError: ' in message
