@@ -540,11 +540,13 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
     (``epoch_position``): the iteration count, where the epoch under way goes on, the
     best-checkpoint record, and what is left to do."""
     batches_done = 0
+    evaluation = cfg.get('evaluation', {})
+    evaluated_epochs = _evaluated_epochs(cfg.work_dir) if validate else set()
     if epoch_position:
         batches_done = _batches_done(runner, train_loader, cfg.resume_from, epoch_position, logger)
         epoch = runner.epoch + 1  # under way when it was saved
-        evaluation_due = validate and _evaluates_after(epoch, cfg.get('evaluation', {}))
-        evaluated = evaluation_due and epoch in _evaluated_epochs(cfg.work_dir)
+        evaluation_due = validate and _evaluates_after(epoch, evaluation)
+        evaluated = evaluation_due and epoch in evaluated_epochs
         if batches_done == len(train_loader) and (evaluated or not evaluation_due):
             # Nothing of the epoch is left: going on in it would evaluate it once more.
             done = 'whose evaluation is in the log' if evaluated else 'and no evaluation is due'
@@ -582,11 +584,10 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
                     f'({runner.epoch} epochs of {len(train_loader)}{in_epoch})')
         runner._iter = iterations
     if validate:
-        evaluation = cfg.get('evaluation', {})
         best_dir = hook_output_dir(cfg.work_dir, evaluation.get('out_dir'))
         restore_best_record(runner.meta, best_dir, runner.epoch, logger)
         # (A checkpoint saved in a later epoch does not hold the unevaluated epoch's weights.)
-        if runner.epoch in _evaluated_epochs(cfg.work_dir):
+        if runner.epoch in evaluated_epochs:
             _skip_evaluation_at_start(runner)  # it would score the logged epoch once more
         elif (not epoch_position and _evaluates_after(runner.epoch, evaluation)
               and not _evaluates_at_start(runner.epoch, evaluation)):
