@@ -235,7 +235,9 @@ def check_mixed_precision(cfg):
     if bf16 is not None:
         if bf16:
             raise ValueError(f'bf16 takes no options (bfloat16 needs no loss scaling), got {dict(bf16)}')
-        if device == 'cuda' and not torch.cuda.is_bf16_supported():
+        # Emulated bfloat16 (before Ampere: T4, V100) counts as supported by default; it trains
+        # far slower than float16 and lacks cuDNN kernels.
+        if device == 'cuda' and not torch.cuda.is_bf16_supported(including_emulation=False):
             raise ValueError(f'this GPU ({torch.cuda.get_device_name()}) does not support bfloat16; '
                              f'use float16 mixed precision (--amp float16)')
         if device not in ('cuda', 'cpu'):

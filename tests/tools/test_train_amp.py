@@ -110,6 +110,24 @@ def test_amp_rejects_an_unknown_dtype():
         set_mixed_precision(_cfg('cpu'), 'float8')
 
 
+def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(monkeypatch):
+    # A T4 (compute capability 7.5) can hold bfloat16 tensors, so torch's default check says
+    # yes; its bfloat16 arithmetic is emulated.
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda device: type('Properties', (), dict(major=7, minor=5))())
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Tesla T4')
+    monkeypatch.setattr(torch.cuda, '_check_bf16_tensor_supported', lambda device: True)
+    monkeypatch.setattr(torch.version, 'hip', None)
+    with pytest.raises(ValueError, match=r'this GPU \(Tesla T4\) does not support bfloat16; '
+                                         r'use float16 mixed precision \(--amp float16\)'):
+        check_mixed_precision(_cfg('cuda', bf16=dict()))
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda device: type('Properties', (), dict(major=9, minor=0))())
+    assert check_mixed_precision(_cfg('cuda', bf16=dict())) == 'bfloat16'
+
+
 def test_no_mixed_precision_is_float32():
     assert check_mixed_precision(_cfg('cpu')) is None
 
