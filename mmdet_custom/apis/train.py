@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader
 
 from ..core import ResumableEpochBasedRunner
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
+from ..core.hooks.fp16_optimizer import checked_loss_scale
 from ..utils import error_summary
 from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable_checkpoint,
                          hook_output_dir, load_detector_checkpoint, load_weights_leniently,
@@ -226,6 +227,11 @@ def check_mixed_precision(cfg):
                              f'with its own optimizer hook, which takes a plain OptimizerHook\'s '
                              f'settings (grad_clip); optimizer_config names type={hook_type!r}, '
                              f'which it cannot stand in for')
+        unknown = [key for key in fp16 if key != 'loss_scale']
+        if unknown:
+            raise ValueError(f'fp16 takes loss_scale only (the optimizer hook\'s other settings go '
+                             f'in optimizer_config), got {", ".join(map(str, unknown))}')
+        checked_loss_scale(fp16.get('loss_scale', 'dynamic'))
         if device != 'cuda':
             raise ValueError(f'float16 mixed precision (fp16 in the config, --amp float16) needs a '
                              f'CUDA GPU: mmcv\'s Fp16OptimizerHook autocasts CUDA ops only, and on '

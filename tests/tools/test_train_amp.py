@@ -2,6 +2,7 @@
 import json
 import math
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -81,6 +82,30 @@ def test_fp16_takes_a_plain_optimizer_hooks_settings():
                                          r"type='GradientCumulativeOptimizerHook', which it cannot "
                                          r"stand in for"):
         check_mixed_precision(cfg)
+
+
+def test_fp16_loss_scale_is_checked_before_training():
+    # mmcv's hook took a static scale only as a float, so 512 (an int, as --cfg-options
+    # fp16.loss_scale=512 parses it) stopped training with a traceback once the model and data
+    # were built; it is a scale of 512.0 now.
+    from mmdet_custom.apis.train import _optimizer_hook_config
+    cfg = _cfg('cuda', fp16=dict(loss_scale=512), optimizer_config=dict(grad_clip=None))
+    assert check_mixed_precision(cfg) == 'float16'
+    with pytest.warns(UserWarning):  # GradScaler disables itself without CUDA
+        hook = _optimizer_hook_config(cfg, distributed=False)
+    assert type(hook._scale_update_param) is float and hook._scale_update_param == 512.0
+    for wrong in ('static', 0, -512, float('inf'), True, [512]):
+        with pytest.raises(ValueError, match=r"fp16.loss_scale must be 'dynamic', a static scale "
+                                             r"\(a positive number\) or a dict of GradScaler's "
+                                             r"arguments, got " + re.escape(repr(wrong))):
+            check_mixed_precision(_cfg('cuda', fp16=dict(loss_scale=wrong)))
+    with pytest.raises(ValueError, match=r"fp16.loss_scale: init not among GradScaler's arguments "
+                                         r"\(init_scale, growth_factor, backoff_factor, "
+                                         r"growth_interval, enabled\)"):
+        check_mixed_precision(_cfg('cuda', fp16=dict(loss_scale=dict(init=512.))))
+    with pytest.raises(ValueError, match=r"fp16 takes loss_scale only \(the optimizer hook's "
+                                         r"other settings go in optimizer_config\), got grad_clip"):
+        check_mixed_precision(_cfg('cuda', fp16=dict(loss_scale=512., grad_clip=None)))
 
 
 def test_amp_auto_is_bfloat16_on_cpu():

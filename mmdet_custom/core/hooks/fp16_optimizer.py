@@ -8,7 +8,33 @@ the backward and the update, which is what a host-paced step needs (docs/benchma
 session 13: float16 trained slower than float32). The state is only needed when a checkpoint is
 written, so it is copied then.
 """
+import inspect
+import math
+from typing import Union
+
 from mmcv.runner import HOOKS, Fp16OptimizerHook
+from torch.cuda.amp import GradScaler  # the scaler mmcv's hook builds
+
+
+def checked_loss_scale(loss_scale) -> Union[float, str, dict]:
+    """``loss_scale`` as mmcv's hook takes it: 'dynamic', a static scale (a positive number, an int
+    made a float: mmcv took only floats, and ``--cfg-options fp16.loss_scale=512`` gives an int)
+    or a dict of GradScaler's arguments. Anything else is a ValueError naming what is allowed,
+    raised before training starts rather than from the hook's constructor."""
+    if loss_scale == 'dynamic':
+        return loss_scale
+    if isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
+        if math.isfinite(loss_scale) and loss_scale > 0:
+            return float(loss_scale)
+    elif isinstance(loss_scale, dict):
+        arguments = [name for name in inspect.signature(GradScaler).parameters]
+        unknown = [name for name in loss_scale if name not in arguments]
+        if not unknown:
+            return loss_scale
+        raise ValueError(f'fp16.loss_scale: {", ".join(map(str, unknown))} not among GradScaler\'s '
+                         f'arguments ({", ".join(arguments)})')
+    raise ValueError(f"fp16.loss_scale must be 'dynamic', a static scale (a positive number) or a "
+                     f"dict of GradScaler's arguments, got {loss_scale!r}")
 
 
 @HOOKS.register_module()
@@ -21,6 +47,9 @@ class SyncFreeFp16OptimizerHook(Fp16OptimizerHook):
     GPU (to skip a step whose gradients overflowed) unless the optimizer applies the scale and the
     skip on the GPU itself, as ``fused=True`` AdamW does (the COCO configs' setting).
     """
+
+    def __init__(self, *, loss_scale: Union[float, str, dict] = 512., **kwargs) -> None:
+        super().__init__(loss_scale=checked_loss_scale(loss_scale), **kwargs)
 
     def before_run(self, runner) -> None:
         super().before_run(runner)  # marks the model fp16-enabled, restores a resumed scaler
