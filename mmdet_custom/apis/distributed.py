@@ -1,8 +1,9 @@
 """Distributed set-up that works on GPU nodes (as mmcv does it) and on CPU-only machines.
 
 mmcv's ``init_dist`` and mmdet's ``build_ddp`` assume CUDA: they pin a GPU per rank, default to
-NCCL and refuse CPU models. Where CUDA is available the process group is set up by mmcv
-unchanged; elsewhere each process joins a gloo group. Either way the model is wrapped in
+NCCL and refuse CPU models. Where CUDA is available the process group is set up as mmcv does,
+except that a torchrun process takes the GPU of its LOCAL_RANK (mmcv's: RANK % GPUs); elsewhere
+each process joins a gloo group. Either way the model is wrapped in
 ``MMDistributedDataParallelAnyDevice`` (mmcv's wrapper plus a CPU path and a torch 2.x fix).
 """
 import inspect
@@ -17,7 +18,8 @@ from mmdet.utils import build_ddp, build_dp
 from torch.nn.parallel import DistributedDataParallel
 
 
-_LAUNCHER_VARIABLES = {'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+_LAUNCHER_VARIABLES = {'pytorch': ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR',
+                                   'MASTER_PORT'),
                        'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')}
 _LAUNCHED_BY = {'pytorch': 'torchrun (tools/dist_train.sh, tools/dist_test.sh)',
                 'slurm': 'srun (tools/slurm_train.sh, tools/slurm_test.sh)'}
@@ -41,7 +43,10 @@ def init_distributed(launcher, backend=None, port=None):
                          f'the PORT variable of tools/dist_train.sh and tools/dist_test.sh')
     if torch.cuda.is_available():
         backend = backend or 'nccl'
-        init_dist(launcher, backend=backend, **({} if port is None else dict(port=port)))
+        if launcher == 'pytorch':
+            _init_torchrun_process_on_its_gpu(backend)
+        else:
+            init_dist(launcher, backend=backend, **({} if port is None else dict(port=port)))
         return backend
     if backend in (None, 'nccl'):
         backend = 'gloo'  # configs name nccl for GPU nodes; it has no CPU implementation
@@ -52,6 +57,21 @@ def init_distributed(launcher, backend=None, port=None):
     # torchrun (or the slurm variables above) supplies RANK, WORLD_SIZE, MASTER_ADDR/PORT.
     dist.init_process_group(backend=backend)
     return backend
+
+
+def _init_torchrun_process_on_its_gpu(backend):
+    """mmcv's ``init_dist('pytorch')`` with the GPU of LOCAL_RANK, the one ``wrap_model`` puts the
+    model on. mmcv takes GPU RANK % device_count: on a second node with fewer processes than GPUs
+    that is another GPU than the model's (collectives, barriers and the eval hook's tensors went
+    there), and with more processes than GPUs a rank failed with an invalid device ordinal."""
+    local_rank, count = int(os.environ['LOCAL_RANK']), torch.cuda.device_count()
+    if local_rank >= count:
+        raise ValueError(f'process {local_rank} of this node has no GPU of its own: {count} '
+                         f'GPU{"s" if count > 1 else ""} visible; start at most {count} '
+                         f'process{"es" if count > 1 else ""} a node (tools/dist_train.sh CONFIG '
+                         f'{count})')
+    torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend)
 
 
 def _export_slurm_env(port=None):

@@ -228,6 +228,43 @@ def test_a_configs_dist_params_port_is_the_slurm_runs_and_refused_for_torchrun(m
         init_distributed('pytorch', 'gloo', port=29655)
 
 
+def _torchrun_on_gpus(monkeypatch, rank, local_rank, gpus):
+    """A torchrun process's variables on a node with ``gpus`` GPUs; returns the GPUs made current
+    and the backends joined."""
+    import torch.distributed
+    for name, value in dict(RANK=rank, LOCAL_RANK=local_rank, WORLD_SIZE=8, MASTER_ADDR='node1',
+                            MASTER_PORT=29500).items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: gpus)
+    calls = dict(set_device=[], init_process_group=[])
+    monkeypatch.setattr(torch.cuda, 'set_device', calls['set_device'].append)
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        lambda backend, **_: calls['init_process_group'].append(backend))
+    return calls
+
+
+def test_torchrun_processes_take_the_gpu_of_their_local_rank(monkeypatch):
+    # mmcv took GPU RANK % device_count: rank 5, the second of the second node (4 processes a
+    # node), went to GPU 5 while its model went to GPU 1.
+    from mmdet_custom.apis.distributed import init_distributed
+    calls = _torchrun_on_gpus(monkeypatch, rank=5, local_rank=1, gpus=8)
+    assert init_distributed('pytorch') == 'nccl'
+    assert calls == dict(set_device=[1], init_process_group=['nccl'])
+
+
+def test_more_torchrun_processes_than_gpus_are_refused_in_one_line(monkeypatch):
+    # The second process of `dist_train.sh CONFIG 2` on a 1-GPU machine failed in model.cuda(1)
+    # with an invalid device ordinal, after the model and data were built.
+    from mmdet_custom.apis.distributed import init_distributed
+    calls = _torchrun_on_gpus(monkeypatch, rank=1, local_rank=1, gpus=1)
+    with pytest.raises(ValueError, match=r'^process 1 of this node has no GPU of its own: 1 GPU '
+                                         r'visible; start at most 1 process a node '
+                                         r'\(tools/dist_train.sh CONFIG 1\)$'):
+        init_distributed('pytorch')
+    assert calls == dict(set_device=[], init_process_group=[])
+
+
 @pytest.mark.parametrize('gpus, omp_num_threads, expected', [
     (False, None, '8'),  # 16 cores, 2 processes
     (True, None, ''),  # torchrun's 1 a process, beside GPUs
