@@ -9,7 +9,7 @@ torchrun_tool() {
   local master_addr=${MASTER_ADDR:-127.0.0.1}
   # Counts of at most 5 digits: bash's arithmetic wraps past 2^63 (a NODE_RANK of 2^64 - 1 is -1).
   if ! [[ "$nproc" =~ ^[1-9][0-9]{0,4}$ ]]; then
-    echo "$(basename "$0"): error: the number of processes must be a whole number of at least 1, got '$nproc'" >&2
+    echo "$(basename "$0"): error: the number of processes must be a whole number from 1 to 99999, got '$nproc'" >&2
     exit 2
   fi
   if ! [[ "$port" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$port" -gt 65535 ]; then
@@ -19,7 +19,7 @@ torchrun_tool() {
   # A NODE_RANK left in the environment (NNODES unset: 1) had torchrun wait for ever, silently,
   # for nodes that never come; so did nodes other than the first meeting at their own loopback.
   if ! [[ "$nnodes" =~ ^[1-9][0-9]{0,4}$ && "$node_rank" =~ ^(0|[1-9][0-9]{0,4})$ ]] || ((node_rank >= nnodes)); then
-    echo "$(basename "$0"): error: NNODES must be a whole number of at least 1 and NODE_RANK one" \
+    echo "$(basename "$0"): error: NNODES must be a whole number from 1 to 99999 and NODE_RANK one" \
       "from 0 to NNODES - 1, got NNODES='$nnodes' NODE_RANK='$node_rank'" >&2
     exit 2
   fi

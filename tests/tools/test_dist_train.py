@@ -199,10 +199,12 @@ def test_launchers_refuse_a_master_addr_that_does_not_resolve(node_rank):
 
 
 @pytest.mark.parametrize('processes, port, message', [
-    ('0', '29500', "the number of processes must be a whole number of at least 1, got '0'"),
-    ('two', '29500', "the number of processes must be a whole number of at least 1, got 'two'"),
-    ('18446744073709551617', '29500', "the number of processes must be a whole number of at "
-                                      "least 1, got '18446744073709551617'"),
+    ('0', '29500', "the number of processes must be a whole number from 1 to 99999, got '0'"),
+    ('two', '29500', "the number of processes must be a whole number from 1 to 99999, got 'two'"),
+    ('100000', '29500', "the number of processes must be a whole number from 1 to 99999, got "
+                        "'100000'"),
+    ('18446744073709551617', '29500', "the number of processes must be a whole number from 1 to "
+                                      "99999, got '18446744073709551617'"),
     ('2', '99999', "PORT must be a port number (1 to 65535), got '99999'"),
     ('2', 'abc', "PORT must be a port number (1 to 65535), got 'abc'")])
 def test_launchers_refuse_a_process_count_or_port_that_is_no_number(processes, port, message):
@@ -291,19 +293,18 @@ def test_launchers_share_the_cores_between_processes_without_gpus(tmp_path, gpus
     assert result.stdout.strip() == f'OMP_NUM_THREADS={expected}'
 
 
+NODES = 'NNODES must be a whole number from 1 to 99999 and NODE_RANK one from 0 to NNODES - 1, got '
+
+
 @pytest.mark.parametrize('variables, message', [
-    (dict(NODE_RANK='1'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
-                          "NNODES - 1, got NNODES='1' NODE_RANK='1'"),
-    (dict(NNODES='x'), "NNODES must be a whole number of at least 1 and NODE_RANK one from 0 to "
-                       "NNODES - 1, got NNODES='x' NODE_RANK='0'"),
+    (dict(NODE_RANK='1'), NODES + "NNODES='1' NODE_RANK='1'"),
+    (dict(NNODES='x'), NODES + "NNODES='x' NODE_RANK='0'"),
+    (dict(NNODES='100000'), NODES + "NNODES='100000' NODE_RANK='0'"),
     # bash reads a leading 0 as octal: "08: value too great for base", and the check passed.
-    (dict(NNODES='16', NODE_RANK='08'), "NNODES must be a whole number of at least 1 and NODE_RANK "
-                                        "one from 0 to NNODES - 1, got NNODES='16' NODE_RANK='08'"),
+    (dict(NNODES='16', NODE_RANK='08'), NODES + "NNODES='16' NODE_RANK='08'"),
     # bash's arithmetic wraps: 2^64 - 1 read as -1, which is less than NNODES.
-    (dict(NNODES='2', NODE_RANK='18446744073709551615'), "NNODES must be a whole number of at "
-                                                         "least 1 and NODE_RANK one from 0 to "
-                                                         "NNODES - 1, got NNODES='2' "
-                                                         "NODE_RANK='18446744073709551615'"),
+    (dict(NNODES='2', NODE_RANK='18446744073709551615'),
+     NODES + "NNODES='2' NODE_RANK='18446744073709551615'"),
     (dict(NNODES='2', NODE_RANK='1'), "with NNODES=2, MASTER_ADDR must be the first node's address "
                                       "as the other nodes reach it, not '127.0.0.1'"),
     (dict(PORT='99999999999999999999'), "PORT must be a port number (1 to 65535), got "
