@@ -47,6 +47,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os.path as osp
 import types
+import uuid
 from functools import partial
 from typing import Sequence
 
@@ -332,8 +333,9 @@ def _load_training_state(detector, optimizer, path, logger=None, **_):
 
 
 # What hooks keep in runner.meta to go on where they stopped: the best-checkpoint record and
-# the last checkpoint (mmcv's evaluation and checkpoint hooks), the float16 loss scale.
-_TRAINING_STATE_META = ('hook_msgs', 'fp16')
+# the last checkpoint (mmcv's evaluation and checkpoint hooks), the float16 loss scale; and the
+# identity of the run that goes on.
+_TRAINING_STATE_META = ('hook_msgs', 'fp16', 'run_id')
 
 
 class TrainingStopped(Exception):
@@ -402,16 +404,21 @@ def _evaluates_after(epoch, evaluation):
     return epoch >= start and (epoch - start) % interval == 0
 
 
-def _evaluated_epochs(work_dir):
-    """The epochs the json logs in ``work_dir`` hold an evaluation of."""
+def _evaluated_epochs(work_dir, run_id=None):
+    """The epochs the json logs in ``work_dir`` hold an evaluation of: those of run ``run_id``
+    (a log's first line is its run's meta), or where the checkpoint names no run (saved before
+    runs had one), of every log. An earlier run in the same work dir has evaluated epochs the
+    resumed one may not have."""
     epochs = set()
     for log in glob.glob(osp.join(glob.escape(work_dir), '*.log.json')):
         with open(log) as f:
-            for line in f:
+            for number, line in enumerate(f):
                 try:
                     record = json.loads(line)
                 except ValueError:  # a line cut short by a killed run
-                    continue
+                    record = {}
+                if number == 0 and run_id is not None and record.get('run_id') != run_id:
+                    break
                 if record.get('mode') == 'val' and 'epoch' in record:
                     epochs.add(record['epoch'])
     return epochs
@@ -421,6 +428,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     cfg = compat_cfg(cfg)
     logger = get_root_logger(log_level=cfg.log_level)
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
+    # The run's identity, which its checkpoints and the first line of its json log carry (and a
+    # resumed run takes on): what a resume reads from the logs is its own run's.
+    meta = dict(meta or {})
+    meta.setdefault('run_id', uuid.uuid4().hex)
 
     loader_cfg = train_loader_config(cfg)
     if loader_cfg.pop('class_aware_sampler', None):
@@ -512,7 +523,7 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         if isinstance(runner, EpochBasedRunner):
             _resume_epoch_based(runner, data_loaders[0], cfg, validate, logger,
                                 resumed_meta.get('epoch_position'),
-                                resumed_meta.get('batch_layout'))
+                                resumed_meta.get('batch_layout'), resumed_meta.get('run_id'))
     elif cfg.load_from:
         if '://' in cfg.load_from:  # a URL or one of mmcv's model-zoo schemes
             try:
@@ -542,14 +553,14 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
 
 
 def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None,
-                        batch_layout=None):
+                        batch_layout=None, run_id=None):
     """After ``runner.resume`` of an epoch checkpoint (ResumableEpochBasedRunner's record the
     ``batch_layout`` they were counted in), or of an iteration checkpoint saved in an epoch
-    (``epoch_position``): the iteration count, where the epoch under way goes on, the
-    best-checkpoint record, and what is left to do."""
+    (``epoch_position``), of run ``run_id``: the iteration count, where the epoch under way goes
+    on, the best-checkpoint record, and what is left to do."""
     batches_done = 0
     evaluation = cfg.get('evaluation', {})
-    evaluated_epochs = _evaluated_epochs(cfg.work_dir) if validate else set()
+    evaluated_epochs = _evaluated_epochs(cfg.work_dir, run_id) if validate else set()
     if epoch_position:
         batches_done = _batches_done(runner, train_loader, cfg.resume_from, epoch_position, logger)
         epoch = runner.epoch + 1  # under way when it was saved
@@ -628,6 +639,8 @@ def _batches_done(runner, train_loader, path, position, logger):
     _, world_size = get_dist_info()
     layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
     batches = position['batches']
+    if batches >= position.get('epoch_batches', math.inf):  # the whole epoch, in any layout
+        return len(train_loader)
     if layout != (world_size, train_loader.batch_size):
         # Another layout orders the epoch's images otherwise: go on after as many images.
         images_done = batches * layout[0] * layout[1]

@@ -20,8 +20,9 @@ class ResumableEpochBasedRunner(EpochBasedRunner):
     epoch were over, so a resumed run skipped the rest of it. Here they are ``iter_N.pth`` (N
     iterations done: the name mmcv's CheckpointHook records as the last checkpoint and prunes by
     ``max_keep_ckpts``), and their meta holds the finished epochs, the iterations done and
-    ``epoch_position``: the batches of the epoch under way each process has trained on, and the
-    batch layout they were counted in, from which ``train_detector`` resumes (``go_on_in_epoch``).
+    ``epoch_position``: the batches of the epoch under way each process has trained on, of how
+    many, and the batch layout they were counted in, from which ``train_detector`` resumes
+    (``go_on_in_epoch``).
     Epoch checkpoints record their ``batch_layout`` too: with it, a finished epoch of a run with
     more processes is not taken for one of mmcv's part-way files.
     ``train_detector`` builds this runner where the config names EpochBasedRunner.
@@ -62,7 +63,8 @@ class ResumableEpochBasedRunner(EpochBasedRunner):
         meta = dict(meta or {}, **(self.meta or {}))
         meta.update(epoch=self.epoch, iter=iterations_done,
                     epoch_position=dict(batches=self.inner_iter + 1, world_size=world_size,
-                                        samples_per_gpu=samples_per_gpu))
+                                        samples_per_gpu=samples_per_gpu,
+                                        epoch_batches=len(self.data_loader)))
         filename = (filename_tmpl or 'iter_{}.pth').format(iterations_done)
         filepath = osp.join(out_dir, filename)
         save_checkpoint_file(self.model, filepath,

@@ -1,9 +1,11 @@
 """Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints;
 and of the epoch-transition sleeps single-process training skips."""
+import json
 import logging
 import os
 import os.path as osp
 import time
+import types
 import unittest.mock
 
 import numpy as np
@@ -17,8 +19,8 @@ from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_datal
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, restore_best_record,
                                resume_checkpoint, stored_seed, train_loader_config)
-from mmdet_custom.apis.train import (_load_training_state,  # noqa: E402
-                                    without_epoch_transition_sleeps)
+from mmdet_custom.apis.train import (_batches_done, _evaluated_epochs,  # noqa: E402
+                                    _load_training_state, without_epoch_transition_sleeps)
 from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
 
 
@@ -147,7 +149,8 @@ def _iteration_checkpoint(path, epochs_done, batches, world_size, samples_per_gp
     per_epoch = 4 // (world_size * samples_per_gpu)
     _save(path, {'w': torch.ones(1)}, meta=dict(
         epoch=epochs_done, iter=epochs_done * per_epoch + batches,
-        epoch_position=dict(batches=batches, world_size=world_size, samples_per_gpu=samples_per_gpu)))
+        epoch_position=dict(batches=batches, world_size=world_size, samples_per_gpu=samples_per_gpu,
+                            epoch_batches=per_epoch)))
     os.utime(path, (time.time() + written,) * 2)
 
 
@@ -182,6 +185,60 @@ def test_checkpoints_as_far_into_training_go_to_the_later_write(tmp_path):
               meta=dict(epoch=3, iter=iteration))
         os.utime(tmp_path / f'iter_{iteration}.pth', (time.time() + written,) * 2)
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_200.pth')
+
+
+def test_an_iteration_checkpoint_after_an_epochs_last_batch_is_as_far_as_the_epochs(tmp_path):
+    # A run's epoch_2, then a new run in the same work dir whose iteration checkpoints end epoch
+    # 2 too: the later write goes on. Its position, 4 of 4 batches of epoch 2, ranked as part of
+    # epoch 2 and lost to epoch_2 however old that was.
+    _save(tmp_path / 'epoch_2.pth', {'w': torch.ones(1)}, meta=dict(epoch=2, iter=8))
+    os.utime(tmp_path / 'epoch_2.pth', (time.time() - 20,) * 2)
+    _iteration_checkpoint(tmp_path / 'iter_8.pth', 1, 4, 1, 1, written=-10)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_8.pth')
+    os.utime(tmp_path / 'epoch_2.pth', (time.time(),) * 2)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')
+
+
+def test_the_one_before_a_damaged_checkpoint_of_larger_batches_is_the_one_written_before(tmp_path):
+    # A run of 1 image a batch saved iter_6; resumed with 4 a batch, its iter_2 (the end of
+    # epoch 2) was cut short. No iteration checkpoint has a lower number than 2.
+    _iteration_checkpoint(tmp_path / 'iter_6.pth', 1, 2, 1, 1, written=-30)
+    _iteration_checkpoint(tmp_path / 'iter_2.pth', 1, 1, 1, 4, written=-10)
+    (tmp_path / 'iter_2.pth').write_bytes((tmp_path / 'iter_2.pth').read_bytes()[:100])
+    previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'iter_2.pth'))
+    assert previous == str(tmp_path / 'iter_6.pth')
+
+
+def test_the_evaluated_epochs_are_those_in_the_logs_of_the_resumed_run(tmp_path):
+    # An earlier run in the same work dir had evaluated epoch 2: a resumed run stopped between
+    # its epoch-2 checkpoint and that epoch's evaluation took it for evaluated, and never was.
+    def log(name, header, *val_epochs):
+        lines = [header] + [json.dumps(dict(mode='val', epoch=e, bbox_mAP=0.5)) for e in val_epochs]
+        (tmp_path / f'{name}.log.json').write_text('\n'.join(lines) + '\n')
+    log('earlier', json.dumps(dict(seed=0, run_id='earlier')), 1, 2)
+    log('resumed_1', json.dumps(dict(seed=0, run_id='resumed')), 1)
+    log('resumed_2', json.dumps(dict(seed=0, run_id='resumed')))
+    log('legacy', json.dumps(dict(seed=0)), 3)  # a run before runs had an id
+    log('cut', '{"seed": 0, "run_', 4)  # its first line cut short
+    assert _evaluated_epochs(str(tmp_path), 'resumed') == {1}
+    assert _evaluated_epochs(str(tmp_path), 'earlier') == {1, 2}
+    assert _evaluated_epochs(str(tmp_path)) == {1, 2, 3, 4}  # a checkpoint that names no run
+
+
+def test_a_whole_epoch_saved_in_another_layout_goes_on_after_it_without_a_warning(caplog):
+    # It warned that the epoch went on "after 2 batches, in another image order", though
+    # nothing of it was left.
+    loader = build_train_dataloader(_FlaggedDataset(8), samples_per_gpu=4, workers_per_gpu=0,
+                                    seed=0)
+    runner = types.SimpleNamespace(epoch=0)
+    logger = logging.getLogger('test_batches_done')
+    whole = dict(batches=8, world_size=1, samples_per_gpu=1, epoch_batches=8)
+    with caplog.at_level(logging.WARNING, logger='test_batches_done'):
+        assert _batches_done(runner, loader, 'iter_8.pth', whole, logger) == len(loader) == 2
+        assert caplog.records == []
+        part = dict(whole, batches=5)
+        assert _batches_done(runner, loader, 'iter_5.pth', part, logger) == 2
+        assert 'the epoch goes on after 2 batches, in another image order' in caplog.text
 
 
 def test_the_one_before_a_damaged_copied_checkpoint_goes_by_the_number_in_its_name(tmp_path):
@@ -403,8 +460,6 @@ def test_hook_output_dir_names_the_work_dir_as_mmcv_does(tmp_path, monkeypatch):
     dict(interval=3, dynamic_intervals=[(4, 1)]), dict(interval=2, start=1, dynamic_intervals=[(5, 3)])])
 def test_the_epochs_named_unevaluated_are_those_the_eval_hook_evaluates(evaluation):
     # Resuming warned of epoch 2 "saved but not evaluated" with start=1, interval=2 (1, 3, 5, ...).
-    import types
-
     from torch.utils.data import DataLoader
 
     from mmdet.core import EvalHook

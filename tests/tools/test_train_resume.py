@@ -1,6 +1,7 @@
 """A run killed mid-epoch and continued with --auto-resume ends with the weights of an
 uninterrupted run with the same seed; iteration checkpoints of an epoch-based run resume in
 their epoch."""
+import json
 import os.path as osp
 import re
 import signal
@@ -76,6 +77,11 @@ def test_killed_and_auto_resumed_run_matches_uninterrupted_run(tmp_path, tiny_sh
                                    rtol=1e-5, atol=1e-7)
 
 
+def _run_id_of_log(path):
+    with open(path) as f:
+        return json.loads(f.readline())['run_id']
+
+
 def _trained_iterations(log):
     """(epoch, batch, batches per epoch, lr) of each training iteration the text log shows."""
     return [(int(e), int(b), int(n), float(lr)) for e, b, n, lr in
@@ -102,7 +108,10 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
         'iter_4.pth', 'iter_6.pth', 'iter_8.pth', 'latest.pth']
     meta = _weights(straight_dir / 'iter_6.pth')['meta']
     assert (meta['epoch'], meta['iter']) == (1, 6)  # 1 epoch finished, 6 iterations done
-    assert meta['epoch_position'] == dict(batches=2, world_size=1, samples_per_gpu=2)
+    assert meta['epoch_position'] == dict(batches=2, world_size=1, samples_per_gpu=2,
+                                          epoch_batches=4)
+    run_id = meta['run_id']  # the run's, in its log's first line too: a resume reads its own logs
+    assert [_run_id_of_log(log) for log in straight_dir.glob('*.log.json')] == [run_id]
 
     # The rest of epoch 2, at the learning rates of the uninterrupted run, then its evaluation:
     # with evaluation.start, mmcv also scored the half-trained weights first, as epoch 2's.
@@ -112,6 +121,8 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert _trained_iterations(log) == straight[-2:]
     assert log.count('Evaluating bbox') == 1 and 'Epoch(val) [2][4]' in log
     assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['iter'] == 8
+    assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['run_id'] == run_id  # goes on
+    assert [_run_id_of_log(log) for log in (tmp_path / 'rest').glob('*.log.json')] == [run_id]
 
     # Saved after epoch 1's last batch: epoch 1's evaluation comes next, then all of epoch 2.
     log = train(tmp_path / 'end', '--resume-from', str(straight_dir / 'iter_4.pth'),
