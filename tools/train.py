@@ -64,7 +64,9 @@ def parse_args(argv=None):
                              'is mixed into every epoch\'s seed, while the data order keeps the '
                              'seed the ranks share, so that they split the images between them')
     parser.add_argument('--deterministic', action='store_true',
-                        help='use deterministic algorithms (cuDNN and torch)')
+                        help='use deterministic algorithms (cuDNN and torch); on a GPU the DCNv3 '
+                             'backward (and mmcv\'s RoIAlign) still sum gradients with atomics, '
+                             'which torch warns of for DCNv3')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override config entries, e.g. optimizer.lr=0.001 data.samples_per_gpu=2')
     parser.add_argument('--auto-scale-lr', action='store_true',

@@ -229,6 +229,37 @@ def test_candidate_forward_matches_the_cpu_op_and_main(main_kernel, tmp_path, pa
 
 
 @pytest.mark.slow
+def test_the_cuda_backward_alerts_that_it_is_not_deterministic(main_kernel):
+    # Its atomics sum grad_input in a varying order: --deterministic (use_deterministic_algorithms
+    # with warn_only) warned of nothing, and DCNv3 gradients still differed between runs.
+    tensors, scalars = variants.edge_case_inputs(CASES[-1], torch.Generator().manual_seed(0))
+    forward(main_kernel, tensors, scalars)  # the forward writes each output once: no alert
+    try:
+        torch.use_deterministic_algorithms(True)
+        forward(main_kernel, tensors, scalars)
+        with pytest.raises(RuntimeError, match='dcnv3_backward_cuda does not have a deterministic '
+                                               'implementation'):
+            backward(main_kernel, tensors, scalars)
+        # In training it runs in autograd's backward, which turns the warning into Python's.
+        class BackwardThroughAutograd(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, values):
+                return values.clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                backward(main_kernel, tensors, scalars)
+                return grad
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        values = tensors[0].clone().requires_grad_()
+        with pytest.warns(UserWarning, match='dcnv3_backward_cuda does not have a deterministic'):
+            BackwardThroughAutograd.apply(values).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('softmax', [False, True])
 def test_points_that_read_nothing_have_zero_offset_gradients(main_kernel, softmax):
     """Even where their weight is not finite (an inf mask, a NaN logit): the CUDA backward wrote

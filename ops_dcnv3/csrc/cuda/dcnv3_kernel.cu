@@ -634,6 +634,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward_cuda(
                                          group_channels, offset_scale);
   const int64_t out_h = out_size.first, out_w = out_size.second;
   check_dcnv3_grad_output(grad_output, input, out_h, out_w);
+  // grad_input is summed with atomics, in an order that varies from run to run: an error under
+  // torch.use_deterministic_algorithms(True), a warning with warn_only=True (as torchvision's
+  // roi_align backward does).
+  at::globalContext().alertNotDeterministic("dcnv3_backward_cuda");
 
   c10::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor gout = grad_output.contiguous();
