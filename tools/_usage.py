@@ -43,11 +43,12 @@ class ConfigOptions(DictAction):
         for pair in values:
             if '=' not in pair:
                 parser.error(f'{option_string}: expected KEY=VALUE, got {pair!r}')
-            # mmcv reads VALUE as numbers, strings and lists of them: `dict(...)` and `{'k': v}`
+            # mmcv reads VALUE as numbers, strings and lists of them: `dict(...)` and `{...}`
             # stay strings, which the config's consumer (e.g. custom_hooks) then failed on with a
             # bare assert. (A template such as filename_tmpl=epoch_{}.pth is no dict.)
             key, value = pair.split('=', 1)
-            if re.search(r'dict\s*\(|\{\s*[\'"]', value):
+            if (re.search(r'dict\s*\(|\{\s*[\'"]', value)
+                    or re.fullmatch(r'[\[(\s]*\{.*\}[\])\s,]*', value)):
                 parser.error(f'{option_string}: {key}: a VALUE cannot hold a dict (mmcv reads it '
                              f'as a string): set a dict\'s keys one by one ({key}.NAME=VALUE), or '
                              f'write it in a config file')

@@ -233,9 +233,9 @@ def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
     """The newest complete ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir``, or None; with
     ``older_than`` (a damaged checkpoint; ``latest.pth`` stands for the one it links to), the
     newest of those before it: of its own kind, by the N in the name (copying files rewrites
-    their modification times), of the other kind, written before it; where that leaves none,
-    any written before it (after a resume with larger batches or more processes, an older run's
-    ``iter_N.pth`` carry higher numbers).
+    their modification times), of the other kind, written before it. (After a resume with
+    larger batches or more processes, an older run's ``iter_N.pth`` carry higher numbers and are
+    left out: without the damaged file's meta, nothing tells them from later files of its run.)
 
     Newest by the training progress each file's meta records, not by N: an iteration
     checkpoint's N counts batches of its run's batch layout, so after a resume with another
@@ -244,18 +244,8 @@ def find_resumable_checkpoint(work_dir, logger=None, older_than=None):
     mmdet's ``find_latest_checkpoint`` (which trusts ``latest.pth``), a checkpoint left
     half-written by a killed run is skipped in favour of the one before it.
     """
-    damaged = osp.realpath(older_than) if older_than is not None else None
-    found = _ranked_checkpoints(work_dir, logger, damaged, by_name=True)
-    if not found and damaged is not None:
-        found = _ranked_checkpoints(work_dir, logger, damaged, by_name=False)
-    return max(found)[-1] if found else None
-
-
-def _ranked_checkpoints(work_dir, logger, damaged, by_name):
-    """(progress, written, N, path) of the complete checkpoints ``find_resumable_checkpoint``
-    chooses from: all of them, or those before the file ``damaged``, of its kind by the N in the
-    name where ``by_name``, else by the time written."""
     name_pattern = r'(epoch|iter)_(\d+)\.pth'
+    damaged = osp.realpath(older_than) if older_than is not None else None
     written_before = os.stat(damaged).st_mtime_ns if damaged and osp.exists(damaged) else None
     damaged_name = re.fullmatch(name_pattern, osp.basename(damaged)) if damaged else None
     ranked = []
@@ -264,7 +254,7 @@ def _ranked_checkpoints(work_dir, logger, damaged, by_name):
         if match is None or (damaged is not None and osp.realpath(path) == damaged):
             continue
         written = os.stat(path).st_mtime_ns
-        if by_name and damaged_name is not None and match.group(1) == damaged_name.group(1):
+        if damaged_name is not None and match.group(1) == damaged_name.group(1):
             if int(match.group(2)) >= int(damaged_name.group(2)):
                 continue
         elif written_before is not None and written >= written_before:
@@ -276,4 +266,4 @@ def _ranked_checkpoints(work_dir, logger, damaged, by_name):
         # Files without a readable meta come last; equal progress goes to the later write.
         progress = _training_progress(path) or (-1, -1, -1)
         ranked.append((progress, written, int(match.group(2)), path))
-    return ranked
+    return max(ranked)[-1] if ranked else None

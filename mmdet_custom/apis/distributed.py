@@ -68,8 +68,8 @@ def _init_torchrun_process_on_its_gpu(backend):
     if local_rank >= count:
         raise ValueError(f'process {local_rank} of this node has no GPU of its own: {count} '
                          f'GPU{"s" if count > 1 else ""} visible; start at most {count} '
-                         f'process{"es" if count > 1 else ""} a node (tools/dist_train.sh CONFIG '
-                         f'{count})')
+                         f'process{"es" if count > 1 else ""} a node (NUM_PROCESSES of '
+                         f'tools/dist_train.sh and tools/dist_test.sh)')
     torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)
 

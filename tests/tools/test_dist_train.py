@@ -262,7 +262,8 @@ def test_more_torchrun_processes_than_gpus_are_refused_in_one_line(monkeypatch):
     calls = _torchrun_on_gpus(monkeypatch, rank=1, local_rank=1, gpus=1)
     with pytest.raises(ValueError, match=r'^process 1 of this node has no GPU of its own: 1 GPU '
                                          r'visible; start at most 1 process a node '
-                                         r'\(tools/dist_train.sh CONFIG 1\)$'):
+                                         r'\(NUM_PROCESSES of tools/dist_train.sh and '
+                                         r'tools/dist_test.sh\)$'):
         init_distributed('pytorch')
     assert calls == dict(set_device=[], init_process_group=[])
 

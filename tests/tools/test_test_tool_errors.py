@@ -254,10 +254,11 @@ def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, ma
     assert ("--cfg-options: custom_hooks: a VALUE cannot hold a dict (mmcv reads it as a string): "
             "set a dict's keys one by one (custom_hooks.NAME=VALUE), or write it in a config file"
             ) in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options',
-                        "optimizer={'type': 'SGD', 'lr': 0.01}"])
-    assert '--cfg-options: optimizer: a VALUE cannot hold a dict' in capsys.readouterr().err
+    for value in ("{'type': 'SGD', 'lr': 0.01}", '{type: SGD}', '{}', '[{type: SGD}]'):
+        with pytest.raises(SystemExit):
+            test_tool.main([config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                            f'optimizer={value}'])
+        assert '--cfg-options: optimizer: a VALUE cannot hold a dict' in capsys.readouterr().err
     assert test_tool.parse_args([config, checkpoint, '--eval', 'bbox', '--cfg-options',  # no dict
                                  'checkpoint_config.filename_tmpl=epoch_{}.pth']).cfg_options == {
         'checkpoint_config.filename_tmpl': 'epoch_{}.pth'}

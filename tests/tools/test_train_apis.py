@@ -199,16 +199,6 @@ def test_an_iteration_checkpoint_after_an_epochs_last_batch_is_as_far_as_the_epo
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')
 
 
-def test_the_one_before_a_damaged_checkpoint_of_larger_batches_is_the_one_written_before(tmp_path):
-    # A run of 1 image a batch saved iter_6; resumed with 4 a batch, its iter_2 (the end of
-    # epoch 2) was cut short. No iteration checkpoint has a lower number than 2.
-    _iteration_checkpoint(tmp_path / 'iter_6.pth', 1, 2, 1, 1, written=-30)
-    _iteration_checkpoint(tmp_path / 'iter_2.pth', 1, 1, 1, 4, written=-10)
-    (tmp_path / 'iter_2.pth').write_bytes((tmp_path / 'iter_2.pth').read_bytes()[:100])
-    previous = find_resumable_checkpoint(str(tmp_path), older_than=str(tmp_path / 'iter_2.pth'))
-    assert previous == str(tmp_path / 'iter_6.pth')
-
-
 def test_the_evaluated_epochs_are_those_in_the_logs_of_the_resumed_run(tmp_path):
     # An earlier run in the same work dir had evaluated epoch 2: a resumed run stopped between
     # its epoch-2 checkpoint and that epoch's evaluation took it for evaluated, and never was.
