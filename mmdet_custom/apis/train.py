@@ -232,7 +232,7 @@ def check_mixed_precision(cfg):
         if unknown:
             raise ValueError(f'fp16 takes loss_scale only (the optimizer hook\'s other settings go '
                              f'in optimizer_config), got {", ".join(map(str, unknown))}')
-        checked_loss_scale(fp16.get('loss_scale', 'dynamic'))
+        checked_loss_scale(fp16.get('loss_scale', 512.))  # (mmcv's default)
         if device != 'cuda':
             raise ValueError(f'float16 mixed precision (fp16 in the config, --amp float16) needs a '
                              f'CUDA GPU: mmcv\'s Fp16OptimizerHook autocasts CUDA ops only, and on '
