@@ -16,6 +16,7 @@ from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
 from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.models import build_detector
+from mmdet.models.dense_heads import GARPNHead, RPNHead
 from mmdet.utils import update_data_root
 
 from mmdet_custom.apis import DatasetError, init_distributed
@@ -218,6 +219,20 @@ def build_model(cfg, config_path, training=False):
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise UsageError(f'cannot build the model of config {config_path}: '
                          f'{type(error).__name__}: {error}') from None
+
+
+def check_num_classes(model, dataset, name):
+    """A UsageError where a head of ``model`` predicts another number of classes than ``dataset``
+    (config entry ``name``) has: the most common slip with a dataset of one's own. mmdet's check
+    is an assert in the first epoch (its traceback, once per process); in testing, the results
+    were numbered for other classes and formatting them failed after inference, or not at all."""
+    for module_name, module in model.named_modules():
+        count = getattr(module, 'num_classes', None)
+        if (isinstance(count, int) and not isinstance(module, (RPNHead, GARPNHead))
+                and count != len(dataset.CLASSES)):
+            raise UsageError(f'model.{module_name}.num_classes is {count}, but {name} has '
+                             f'{len(dataset.CLASSES)} classes ({", ".join(dataset.CLASSES)}): set '
+                             f'num_classes={len(dataset.CLASSES)} in every head of the config')
 
 
 def _named_parameters(function):

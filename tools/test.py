@@ -29,9 +29,9 @@ from mmdet_custom.apis import (RANK_RESULTS_FOLDER, CheckpointError, evaluate_kw
                                load_dataset, load_detector_checkpoint, multi_process_test,
                                wrap_model)
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    check_not_over_images, check_output_path, evaluation_settings,
-                    join_process_group, one_line_errors, predicts_masks, read_config,
-                    registered_dataset, select_gpu)
+                    check_not_over_images, check_num_classes, check_output_path,
+                    evaluation_settings, join_process_group, one_line_errors, predicts_masks,
+                    read_config, registered_dataset, select_gpu)
 
 
 def parse_args(argv=None):
@@ -172,6 +172,8 @@ def run(args):
     if args.fuse_conv_bn:
         model = fuse_conv_bn(model)
     dataset = load_dataset(cfg.data.test, 'data.test')
+    if args.eval or args.format_only:  # (--out and pictures keep the checkpoint's own classes)
+        check_num_classes(model, dataset, 'data.test')
     data_loader = build_dataloader(dataset, **loader_args)
     model.CLASSES = (checkpoint.get('meta') or {}).get('CLASSES', dataset.CLASSES)
 

@@ -38,8 +38,8 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  #
                                train_detector, train_loader_config)
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    dataset_files, evaluation_settings, join_process_group, one_line_errors,
-                    predicts_masks, read_config, select_gpu)
+                    check_num_classes, dataset_files, evaluation_settings, join_process_group,
+                    one_line_errors, predicts_masks, read_config, select_gpu)
 
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
@@ -256,6 +256,7 @@ def train(args):
         val_dataset = copy.deepcopy(cfg.data.val)
         val_dataset.pipeline = cfg.data.train.pipeline
         datasets.append(load_dataset(val_dataset, 'data.val'))
+    check_num_classes(model, datasets[0], 'data.train')
     if cfg.checkpoint_config is not None:
         # Checkpoints remember the versions and class names they were trained with.
         cfg.checkpoint_config.meta = dict(

@@ -60,11 +60,13 @@ def _base_datasets(dataset):
     return [dataset]
 
 
-def _check_classes(dataset, name):
-    """A DatasetError naming the config's class names that the annotation file's categories lack:
-    mmdet drops them, numbers the rest in turn, and so gives later classes' labels the names of
-    earlier ones (with a class misspelled, its annotations are ignored and the next class trains
-    under its name)."""
+def _label_classes_in_config_order(dataset, name):
+    """Label i is the config's class i (``dataset.CLASSES``), whatever the order of the annotation
+    file's categories. mmdet numbers the categories it finds by those names in the file's order,
+    while results, evaluation tables and pictures name label i after CLASSES[i]: with classes
+    listed in another order than the file's, every class went by another's name (and a test file
+    ordering its categories otherwise than the training file scored 0 mAP). A DatasetError
+    names a class the file lacks (mmdet dropped it and shifted the later ones) or holds twice."""
     coco = getattr(dataset, 'coco', None)
     if coco is None:
         return
@@ -74,6 +76,18 @@ def _check_classes(dataset, name):
         raise DatasetError(f'{name}: the classes {", ".join(map(str, missing))} are not among the '
                            f'annotation file\'s categories ({", ".join(map(str, known))}) (ann_file '
                            f'{dataset.ann_file})')
+    ids = {cls: [cat_id for cat_id, category in coco.cats.items() if category.get('name') == cls]
+           for cls in dataset.CLASSES}
+    repeated = {cls: cat_ids for cls, cat_ids in ids.items() if len(cat_ids) > 1}
+    if repeated:
+        named = '; '.join(f'{cls}: ids {", ".join(map(str, cat_ids))}'
+                          for cls, cat_ids in repeated.items())
+        raise DatasetError(f'{name}: several of the annotation file\'s categories have the name of '
+                           f'one class ({named}); give each category its own name (ann_file '
+                           f'{dataset.ann_file})')
+    # (The images kept by filter_empty_gt do not depend on the order.)
+    dataset.cat_ids = [ids[cls][0] for cls in dataset.CLASSES]
+    dataset.cat2label = {cat_id: label for label, cat_id in enumerate(dataset.cat_ids)}
 
 
 def _is_box(bbox):
@@ -128,7 +142,7 @@ def load_dataset(dataset_cfg, name, default_args=None):
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
         raise DatasetError(f'{name}: cannot load the dataset: {_builder_error(error)}') from None
     for base in _base_datasets(dataset):
-        _check_classes(base, name)
+        _label_classes_in_config_order(base, name)
     if len(dataset) == 0:
         # Training leaves out images without annotations of the config's classes (mmdet's
         # filter_empty_gt): a class-name typo empties the dataset, and training would then run

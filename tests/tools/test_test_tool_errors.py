@@ -240,6 +240,18 @@ def test_an_empty_test_set_is_named(test_tool, matching_checkpoint, tmp_path):
         f'data.test: no images in the dataset (ann_file {empty})')
 
 
+def test_a_model_of_another_class_count_than_the_test_set_is_refused_before_inference(
+        test_tool, matching_checkpoint):
+    # Inference ran over every image, then formatting the results failed with an IndexError
+    # (or, where the extra class had no detection, they were evaluated as if they fitted).
+    config, checkpoint = matching_checkpoint
+    message = refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
+                      "data.test.classes=('circle','triangle')")
+    assert message.endswith('model.roi_head.bbox_head.num_classes is 3, but data.test has 2 '
+                            'classes (circle, triangle): set num_classes=2 in every head of the '
+                            'config')
+
+
 def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, matching_checkpoint,
                                                                     tmp_path, capsys):
     config, checkpoint = matching_checkpoint

@@ -67,6 +67,60 @@ def test_class_names_the_annotation_file_lacks_are_refused(train_tool, tmp_path,
                             f"{tiny_shapes}/annotations/instances_train.json)")
 
 
+def test_heads_of_another_class_count_than_the_dataset_are_refused(train_tool, tmp_path,
+                                                                   tiny_config):
+    # mmdet's NumClassCheckHook asserted in the first epoch: a traceback from every process.
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                      '--cfg-options', "data.train.classes=('circle','triangle')")
+    assert message.endswith('model.roi_head.bbox_head.num_classes is 3, but data.train has 2 '
+                            'classes (circle, triangle): set num_classes=2 in every head of the '
+                            'config')
+
+
+def _train_set(tiny_shapes, ann_file, classes):
+    from mmcv import ConfigDict
+
+    from mmdet_custom.apis import load_dataset
+    return load_dataset(ConfigDict(type='CocoDataset', ann_file=str(ann_file), pipeline=[],
+                                   img_prefix=osp.join(tiny_shapes, 'train'), classes=classes),
+                        'data.train')
+
+
+@pytest.mark.parametrize('classes', [('rectangle', 'circle'), ('triangle', 'rectangle', 'circle')])
+@pytest.mark.parametrize('file_order', ['as generated', 'reversed'])
+def test_labels_follow_the_configs_class_order_not_the_annotation_files(tmp_path, tiny_shapes,
+                                                                        classes, file_order):
+    # mmdet numbered the categories in the file's order and named label i after classes[i]:
+    # every rectangle was called a circle, and a test file listing its categories in another
+    # order than the training file scored 0 mAP.
+    ann_file = _edited_annotations(tiny_shapes, tmp_path, lambda coco: coco['categories'].reverse()
+                                   if file_order == 'reversed' else None)
+    dataset = _train_set(tiny_shapes, ann_file, classes)
+    names = {category['id']: category['name']
+             for category in json.loads(ann_file.read_text())['categories']}
+    assert [names[cat_id] for cat_id in dataset.cat_ids] == list(classes)
+    checked = 0
+    for index in range(len(dataset)):
+        image_id = dataset.data_infos[index]['id']
+        expected = sorted(names[ann['category_id']] for ann in dataset.coco.imgToAnns[image_id]
+                          if names[ann['category_id']] in classes and not ann.get('iscrowd'))
+        labelled = sorted(classes[label] for label in dataset.get_ann_info(index)['labels'])
+        assert labelled == expected
+        checked += len(labelled)
+    assert checked > 0
+
+
+def test_a_class_that_names_two_categories_is_refused(tmp_path, tiny_shapes):
+    # Its second category's label was one past the classes: a mask-loss IndexError in training.
+    from mmdet_custom.apis import DatasetError
+    ann_file = _edited_annotations(tiny_shapes, tmp_path, lambda coco: coco['categories'].append(
+        dict(id=9, name='circle')))
+    with pytest.raises(DatasetError, match=r"^data.train: several of the annotation file's "
+                                           r"categories have the name of one class \(circle: ids "
+                                           r"1, 9\); give each category its own name"):
+        _train_set(tiny_shapes, ann_file, ('circle', 'triangle'))
+
+
 def _edited_annotations(tiny_shapes, tmp_path, edit):
     with open(osp.join(tiny_shapes, 'annotations', 'instances_train.json')) as f:
         coco = json.load(f)
