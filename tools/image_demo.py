@@ -9,6 +9,7 @@ import colorsys
 import json
 import math
 import os.path as osp
+import types
 import warnings
 
 import _bootstrap  # (first: repository on sys.path, quiet imports)
@@ -24,8 +25,8 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
-from _usage import (UsageError, build_model, check_not_over_images, check_output_path,  # noqa: E402
-                    one_line_errors, read_config)
+from _usage import (UsageError, build_model, check_not_over_images, check_num_classes,  # noqa: E402
+                    check_output_path, one_line_errors, read_config, registered_dataset)
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -65,6 +66,15 @@ def parse_args(argv=None):
     return args
 
 
+def test_set_classes(cfg):
+    """The class names of the config's (first) test set: its ``classes``, else its type's."""
+    dataset_cfg = cfg.data.test[0] if isinstance(cfg.data.test, (list, tuple)) else cfg.data.test
+    dataset_type = registered_dataset(dataset_cfg)
+    if dataset_type is None:
+        return get_classes('coco')  # (the config names a type that is not registered)
+    return tuple(dataset_type.get_classes(dataset_cfg.get('classes')))
+
+
 def build_for_inference(cfg, checkpoint_path, device):
     # The checkpoint supplies every weight: no pretrained downloads, no training settings.
     cfg.model.pretrained = None
@@ -79,8 +89,11 @@ def build_for_inference(cfg, checkpoint_path, device):
     model = build_model(cfg, cfg.filename)
     checkpoint = load_detector_checkpoint(model, checkpoint_path)
     model.CLASSES = checkpoint.get('meta', {}).get('CLASSES')
-    if model.CLASSES is None:  # an old checkpoint without class names
-        model.CLASSES = get_classes('coco')
+    if model.CLASSES is None:  # a checkpoint without class names: those of the config's test set
+        model.CLASSES = test_set_classes(cfg)
+        check_num_classes(model, types.SimpleNamespace(CLASSES=model.CLASSES), 'data.test')
+        print(f'note: {checkpoint_path} records no class names; using data.test\'s: '
+              f'{", ".join(model.CLASSES)}')
     model.cfg = cfg  # inference_detector builds its test pipeline from it
     return model.to(device).eval()
 

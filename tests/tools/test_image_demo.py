@@ -31,6 +31,24 @@ def random_checkpoint(tmp_path_factory, tiny_shapes):
     return config, checkpoint
 
 
+def test_a_checkpoint_without_class_names_takes_the_test_sets(tmp_path, random_checkpoint, capsys):
+    # The demo drew COCO's names ('person', 'bicycle') over a model of other classes.
+    import mmcv
+    config, checkpoint = random_checkpoint
+    weights = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    torch.save(dict(state_dict=weights), tmp_path / 'nameless.pth')
+    nameless = str(tmp_path / 'nameless.pth')
+    model = image_demo.build_for_inference(mmcv.Config.fromfile(config), nameless,
+                                           torch.device('cpu'))
+    assert model.CLASSES == ('circle', 'triangle', 'rectangle')
+    assert 'records no class names; using data.test\'s: circle, triangle, rectangle' in (
+        capsys.readouterr().out)
+    fewer = mmcv.Config.fromfile(config)
+    fewer.data.test.classes = ('circle', 'triangle')
+    with pytest.raises(image_demo.UsageError, match=r'num_classes is 3, but data.test has 2'):
+        image_demo.build_for_inference(fewer, nameless, torch.device('cpu'))
+
+
 def _panel(picture, index, panel_width):
     left = index * (panel_width + image_demo.PANEL_GAP)
     return picture[image_demo.HEADER_HEIGHT:, left:left + panel_width]
