@@ -133,10 +133,17 @@ def load_detector_checkpoint(model, path, logger=None):
 def load_weights_leniently(model, path, logger=None):
     """Fine-tuning's load (``load_from``): mmcv's, where weights missing or of another shape (a
     head for another number of classes) are warnings, but with read_checkpoint's one clear error
-    for a missing or damaged file. Returns the checkpoint dict."""
+    for a missing or damaged file; logs how many of the model's weights it set (a run that loaded
+    load_from said nothing of it, only that the backbone had no pretrained weights). Returns
+    the checkpoint dict."""
     checkpoint = read_checkpoint(path)
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    load_state_dict(model, _strip_prefix(state_dict), strict=False, logger=logger)
+    state_dict = _strip_prefix(checkpoint.get('state_dict', checkpoint))
+    load_state_dict(model, state_dict, strict=False, logger=logger)
+    if logger is not None:
+        own = model.state_dict()
+        loaded = sum(1 for key, value in state_dict.items()
+                     if key in own and getattr(value, 'shape', None) == own[key].shape)
+        logger.info(f'load_from: {loaded} of the model\'s {len(own)} weights set from {path}')
     return checkpoint
 
 

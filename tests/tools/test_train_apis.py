@@ -370,8 +370,10 @@ def test_fine_tuning_load_skips_weights_of_another_shape_but_not_a_bad_file(tmp_
     _save(other_head, {'module.0.weight': torch.ones(3, 3), 'module.0.bias': torch.ones(3),
                        'module.1.weight': torch.zeros(5, 3), 'module.1.bias': torch.zeros(5)})
     head_before = model[1].weight.detach().clone()
-    load_weights_leniently(model, str(other_head))
+    logger = unittest.mock.Mock()
+    load_weights_leniently(model, str(other_head), logger=logger)
     assert torch.equal(model[0].weight, torch.ones(3, 3)) and torch.equal(model[1].weight, head_before)
+    logger.info.assert_called_once_with(f"load_from: 2 of the model's 4 weights set from {other_head}")
     with pytest.raises(CheckpointError, match='checkpoint not found'):
         load_weights_leniently(model, str(tmp_path / 'nope.pth'))
     corrupt = tmp_path / 'corrupt.pth'
