@@ -4,7 +4,8 @@
 
 Reads what the tools write into a work dir: the json training logs of ``tools/train.py``
 (``*.log.json``; several when a run was resumed: later entries replace earlier ones) and the
-newest ``eval_*.json`` of ``tools/test.py --work-dir``. A log that begins where a run begins (at
+newest ``eval_*.json`` of ``tools/test.py --work-dir``, else the logs' last validation (a config's
+``evaluation`` during training). A log that begins where a run begins (at
 the first entry any of the logs has) starts the run plotted: earlier logs, and evaluations
 older than it, belong to a run trained before in the same folder. Needs only matplotlib, so it also runs
 where mmcv is not installed. mmdet's own ``analyze_logs.py`` reads the same json logs.
@@ -57,7 +58,9 @@ def read_train_log(work_dir):
                 entries[entry['epoch'], entry['iter']] = entry
     firsts = [min(entries) for entries in logs if entries]
     if not firsts:
-        raise PlotError(f'the training logs in {work_dir} hold no loss entries yet')
+        raise PlotError(f'the training logs in {work_dir} hold no loss entries yet (mmcv logs '
+                        f'every log_config.interval iterations: a run of fewer iterations an epoch '
+                        f'logs none; set a smaller interval)')
     # A resumed run goes on after a checkpoint; a log from the very first entry is a new run.
     start = max(index for index, entries in enumerate(logs)
                 if entries and min(entries) == min(firsts))
@@ -83,13 +86,36 @@ def read_metrics(work_dir, since=''):
     return {key: metrics[key] for key, _ in METRICS if key in metrics}
 
 
+def read_validation(work_dir, first_log):
+    """The mAPs (METRICS) of the last epoch the run's own logs (``first_log`` and later) hold a
+    validation of (``evaluation`` during training), and that epoch; ({}, None) without one."""
+    validations = {}
+    for log_file in sorted(glob.glob(osp.join(glob.escape(work_dir), '*.log.json'))):
+        if osp.basename(log_file) < first_log or not osp.isfile(log_file):
+            continue
+        with open(log_file) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # (read_train_log has named a damaged log)
+                    continue
+                if isinstance(entry, dict) and entry.get('mode') == 'val' and 'epoch' in entry:
+                    metrics = {key: entry[key] for key, _ in METRICS if key in entry}
+                    if metrics:
+                        validations[entry['epoch']] = metrics
+    if not validations:
+        return {}, None
+    epoch = max(validations)
+    return validations[epoch], epoch
+
+
 def epoch_positions(entries):
     """Fractional epochs at which the entries were logged (iter counts within its epoch)."""
     iters_per_epoch = max(entry['iter'] for entry in entries)
     return [entry['epoch'] - 1 + entry['iter'] / iters_per_epoch for entry in entries]
 
 
-def plot(entries, metrics, out_file, title):
+def plot(entries, metrics, out_file, title, metrics_title='final evaluation on the val split'):
     import matplotlib
     matplotlib.use('Agg')  # files only, no display needed
     import matplotlib.pyplot as plt
@@ -122,7 +148,7 @@ def plot(entries, metrics, out_file, title):
         map_axes.bar_label(bars, fmt='%.3f', padding=3)
         map_axes.set_xlim(0, 1.1)
         map_axes.set_xlabel('COCO mAP (pycocotools)')
-        map_axes.set_title('final evaluation on the val split')
+        map_axes.set_title(metrics_title)
     else:
         map_axes.axis('off')
         map_axes.text(0.5, 0.5, 'no box or mask mAP yet\n(tools/test.py ... --eval bbox segm '
@@ -153,14 +179,21 @@ def main(argv=None):
             raise PlotError(f'work dir not found: {args.work_dir}')
         entries, first_log = read_train_log(args.work_dir)
         metrics = read_metrics(args.work_dir, since=first_log)
+        described = 'the final mAPs'
+        metrics_title = 'final evaluation on the val split'
+        if not metrics:  # no tools/test.py evaluation yet: the last one during training
+            metrics, epoch = read_validation(args.work_dir, first_log)
+            described = f'the mAPs of epoch {epoch}\'s validation'
+            metrics_title = f'validation after epoch {epoch} (during training)'
     except PlotError as error:
         sys.exit(f'tools/plot_training.py: error: {error}')
     try:
-        plot(entries, metrics, out_file, args.title or osp.basename(osp.normpath(args.work_dir)))
+        plot(entries, metrics, out_file, args.title or osp.basename(osp.normpath(args.work_dir)),
+             metrics_title)
     except OSError as error:  # a folder of that name, a file where its folder should be, ...
         sys.exit(f'tools/plot_training.py: error: cannot write {out_file} ({error.filename}: '
                  f'{error.strerror})')
-    print(f'plotted {len(entries)} log entries' + (' and the final mAPs' if metrics else '') +
+    print(f'plotted {len(entries)} log entries' + (f' and {described}' if metrics else '') +
           f' to {out_file}')
 
 

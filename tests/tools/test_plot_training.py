@@ -96,6 +96,34 @@ def test_a_new_run_in_the_same_work_dir_is_plotted_alone(tmp_path, capsys):
     assert 'plotted 4 log entries and the final mAPs' in capsys.readouterr().out
 
 
+def test_without_a_test_py_evaluation_the_last_validation_in_training_is_plotted(tmp_path, capsys,
+                                                                                 monkeypatch):
+    # Its mAPs were ignored: the plot said "no box or mask mAP yet" beside them.
+    import matplotlib.pyplot as plt
+    write_log(tmp_path / '20260101_000000.log.json', epochs=3)  # an earlier run
+    with open(tmp_path / '20260101_000000.log.json', 'a') as f:
+        f.write(json.dumps(dict(mode='val', epoch=3, iter=5, bbox_mAP=0.9, segm_mAP=0.9)) + '\n')
+    log = tmp_path / '20260102_000000.log.json'
+    write_log(log, epochs=2)
+    with open(log, 'a') as f:
+        for epoch, box in ((1, 0.2), (2, 0.4)):
+            f.write(json.dumps(dict(mode='val', epoch=epoch, iter=5, bbox_mAP=box,
+                                    bbox_mAP_50=0.6, segm_mAP=box + 0.01)) + '\n')
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, 'close', figures.append)
+    plot_training.main([str(tmp_path)])
+    assert "8 log entries and the mAPs of epoch 2's validation" in capsys.readouterr().out
+    map_axes = figures[0].axes[1]
+    assert [bar.get_width() for bar in map_axes.patches] == pytest.approx([0.4, 0.6, 0.41])
+    assert map_axes.get_title() == 'validation after epoch 2 (during training)'
+    close(figures[0])
+    write_metrics(tmp_path / 'eval_20260102_001000.json')  # tools/test.py's comes first
+    monkeypatch.setattr(plt, 'close', close)
+    plot_training.main([str(tmp_path)])
+    assert '8 log entries and the final mAPs' in capsys.readouterr().out
+
+
 def test_without_evaluation_the_plot_says_so(tmp_path, capsys):
     write_log(tmp_path / '20260101_000000.log.json')
     out = tmp_path / 'elsewhere' / 'plot.png'
