@@ -78,7 +78,7 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
 
     # Resumed after epoch 2's first batch, each rank trains on the images it had left.
     assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['epoch_position'] == dict(
-        batches=1, world_size=2, samples_per_gpu=2)
+        batches=1, world_size=2, samples_per_gpu=2, epoch_batches=2)
     env['PORT'] = str(free_port())
     resumed_dir = tmp_path / 'resumed'
     result = run_tool(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(resumed_dir),
