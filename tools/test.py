@@ -172,10 +172,17 @@ def run(args):
     if args.fuse_conv_bn:
         model = fuse_conv_bn(model)
     dataset = load_dataset(cfg.data.test, 'data.test')
+    trained_on = (checkpoint.get('meta') or {}).get('CLASSES')
     if args.eval or args.format_only:  # (--out and pictures keep the checkpoint's own classes)
         check_num_classes(model, dataset, 'data.test')
+        if (trained_on is not None and tuple(trained_on) != tuple(dataset.CLASSES)
+                and sorted(trained_on) == sorted(dataset.CLASSES)):
+            raise UsageError(f'{args.checkpoint} was trained with its classes in another order '
+                             f'({", ".join(trained_on)}) than data.test numbers them '
+                             f'({", ".join(dataset.CLASSES)}): its labels would be scored as '
+                             f'other classes')
     data_loader = build_dataloader(dataset, **loader_args)
-    model.CLASSES = (checkpoint.get('meta') or {}).get('CLASSES', dataset.CLASSES)
+    model.CLASSES = trained_on or dataset.CLASSES
 
     if distributed:
         model = wrap_model(model, cfg, distributed=True)

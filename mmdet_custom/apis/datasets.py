@@ -60,34 +60,42 @@ def _base_datasets(dataset):
     return [dataset]
 
 
-def _label_classes_in_config_order(dataset, name):
-    """Label i is the config's class i (``dataset.CLASSES``), whatever the order of the annotation
-    file's categories. mmdet numbers the categories it finds by those names in the file's order,
-    while results, evaluation tables and pictures name label i after CLASSES[i]: with classes
-    listed in another order than the file's, every class went by another's name (and a test file
-    ordering its categories otherwise than the training file scored 0 mAP). A DatasetError
-    names a class the file lacks (mmdet dropped it and shifted the later ones) or holds twice."""
+def _check_classes(dataset, name):
+    """A DatasetError where the config's classes do not name the annotation file's categories one
+    to one, in the file's order. mmdet numbers the categories it finds by those names in the
+    file's order (in training and again in evaluation) while results, pictures and checkpoints
+    name label i after CLASSES[i]: a class the file lacks shifted the later ones onto other
+    names, classes listed in another order swapped them, and a class naming two categories gave
+    the second a label past the classes (an IndexError in the mask loss)."""
     coco = getattr(dataset, 'coco', None)
     if coco is None:
         return
-    known = [category.get('name') for category in coco.cats.values()]
-    missing = [cls for cls in dataset.CLASSES if cls not in known]
+    classes = list(dataset.CLASSES)
+    repeated = sorted({cls for cls in classes if classes.count(cls) > 1})
+    if repeated:
+        raise DatasetError(f'{name}: the classes name {", ".join(map(str, repeated))} more than '
+                           f'once ({", ".join(map(str, classes))})')
+    known = [category.get('name') for category in coco.cats.values()]  # the file's order
+    missing = [cls for cls in classes if cls not in known]
     if missing:
         raise DatasetError(f'{name}: the classes {", ".join(map(str, missing))} are not among the '
                            f'annotation file\'s categories ({", ".join(map(str, known))}) (ann_file '
                            f'{dataset.ann_file})')
-    ids = {cls: [cat_id for cat_id, category in coco.cats.items() if category.get('name') == cls]
-           for cls in dataset.CLASSES}
-    repeated = {cls: cat_ids for cls, cat_ids in ids.items() if len(cat_ids) > 1}
-    if repeated:
-        named = '; '.join(f'{cls}: ids {", ".join(map(str, cat_ids))}'
-                          for cls, cat_ids in repeated.items())
+    named = [category for category in known if category in classes]
+    twice = sorted({category for category in named if named.count(category) > 1})
+    if twice:
+        ids = {cls: [str(cat_id) for cat_id, category in coco.cats.items()
+                     if category.get('name') == cls] for cls in twice}
+        listed = '; '.join(f'{cls}: ids {", ".join(cat_ids)}' for cls, cat_ids in ids.items())
         raise DatasetError(f'{name}: several of the annotation file\'s categories have the name of '
-                           f'one class ({named}); give each category its own name (ann_file '
+                           f'one class ({listed}); give each category its own name (ann_file '
                            f'{dataset.ann_file})')
-    # (The images kept by filter_empty_gt do not depend on the order.)
-    dataset.cat_ids = [ids[cls][0] for cls in dataset.CLASSES]
-    dataset.cat2label = {cat_id: label for label, cat_id in enumerate(dataset.cat_ids)}
+    if named != classes:
+        raise DatasetError(f'{name}: list the classes in the order of the annotation file\'s '
+                           f'categories, {", ".join(map(str, named))} (the config has '
+                           f'{", ".join(map(str, classes))}): mmdet numbers the labels in the '
+                           f'file\'s order, so other names would go with them (ann_file '
+                           f'{dataset.ann_file})')
 
 
 def _is_box(bbox):
@@ -142,7 +150,7 @@ def load_dataset(dataset_cfg, name, default_args=None):
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
         raise DatasetError(f'{name}: cannot load the dataset: {_builder_error(error)}') from None
     for base in _base_datasets(dataset):
-        _label_classes_in_config_order(base, name)
+        _check_classes(base, name)
     if len(dataset) == 0:
         # Training leaves out images without annotations of the config's classes (mmdet's
         # filter_empty_gt): a class-name typo empties the dataset, and training would then run

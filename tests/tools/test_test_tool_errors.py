@@ -252,6 +252,23 @@ def test_a_model_of_another_class_count_than_the_test_set_is_refused_before_infe
                             'config')
 
 
+def test_a_checkpoint_of_the_classes_in_another_order_is_refused_before_inference(
+        test_tool, matching_checkpoint, tmp_path):
+    # Trained on an annotation file listing the categories in another order: its label i is
+    # another class than the test set's label i, and the mAPs came out silently wrong.
+    from mmcv import Config
+    from mmcv.runner import save_checkpoint
+    from mmdet.models import build_detector
+    config, _ = matching_checkpoint
+    permuted = str(tmp_path / 'permuted.pth')
+    save_checkpoint(build_detector(Config.fromfile(config).model), permuted,
+                    meta=dict(CLASSES=('rectangle', 'triangle', 'circle')))
+    message = refused(test_tool, config, permuted, '--eval', 'bbox')
+    assert message.endswith(f'{permuted} was trained with its classes in another order '
+                            '(rectangle, triangle, circle) than data.test numbers them (circle, '
+                            'triangle, rectangle): its labels would be scored as other classes')
+
+
 def test_config_options_that_do_not_fit_and_configs_of_no_detector(test_tool, matching_checkpoint,
                                                                     tmp_path, capsys):
     config, checkpoint = matching_checkpoint
