@@ -66,7 +66,7 @@ def parse_args(argv=None):
     return args
 
 
-def test_set_classes(cfg):
+def classes_of_the_test_set(cfg):
     """The class names of the config's (first) test set: its ``classes``, else its type's."""
     dataset_cfg = cfg.data.test[0] if isinstance(cfg.data.test, (list, tuple)) else cfg.data.test
     dataset_type = registered_dataset(dataset_cfg)
@@ -90,7 +90,7 @@ def build_for_inference(cfg, checkpoint_path, device):
     checkpoint = load_detector_checkpoint(model, checkpoint_path)
     model.CLASSES = checkpoint.get('meta', {}).get('CLASSES')
     if model.CLASSES is None:  # a checkpoint without class names: those of the config's test set
-        model.CLASSES = test_set_classes(cfg)
+        model.CLASSES = classes_of_the_test_set(cfg)
         check_num_classes(model, types.SimpleNamespace(CLASSES=model.CLASSES), 'data.test')
         print(f'note: {checkpoint_path} records no class names; using data.test\'s: '
               f'{", ".join(model.CLASSES)}')
