@@ -32,16 +32,18 @@ class PlotError(Exception):
 
 def read_train_log(work_dir):
     """Training entries of the newest run's ``*.log.json`` files in ``work_dir`` (module doc), in
-    (epoch, iter) order, and the name of the log that began it."""
+    (epoch, iter) order, the name of the log that began it, and the mAPs (METRICS) of each epoch
+    the run validated (``evaluation`` during training), by epoch."""
     # Names start with a timestamp; the work dir's own name may hold glob's [ ] * ?.
     log_files = sorted(path for path in glob.glob(osp.join(glob.escape(work_dir), '*.log.json'))
                        if osp.isfile(path))
     if not log_files:
         raise PlotError(f'no training log (*.log.json) in {work_dir}: train with tools/train.py first')
-    logs = []
+    logs, validations = [], []
     for log_file in log_files:
-        entries = {}
+        entries, validated = {}, {}
         logs.append(entries)
+        validations.append(validated)
         with open(log_file) as f:
             for line_number, line in enumerate(f, 1):
                 if not line.strip():
@@ -50,6 +52,11 @@ def read_train_log(work_dir):
                     entry = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise PlotError(f'{log_file}, line {line_number}: not json ({error})') from None
+                if isinstance(entry, dict) and entry.get('mode') == 'val' and 'epoch' in entry:
+                    metrics = {key: entry[key] for key, _ in METRICS if key in entry}
+                    if metrics:
+                        validated[entry['epoch']] = metrics
+                    continue
                 if not isinstance(entry, dict) or entry.get('mode') != 'train' or 'loss' not in entry:
                     continue
                 if not {'epoch', 'iter'} <= entry.keys():
@@ -64,10 +71,11 @@ def read_train_log(work_dir):
     # A resumed run goes on after a checkpoint; a log from the very first entry is a new run.
     start = max(index for index, entries in enumerate(logs)
                 if entries and min(entries) == min(firsts))
-    merged = {}
-    for entries in logs[start:]:
+    merged, validated = {}, {}
+    for entries, epochs in zip(logs[start:], validations[start:]):
         merged.update(entries)  # a resumed run overrides
-    return [merged[key] for key in sorted(merged)], osp.basename(log_files[start])
+        validated.update(epochs)
+    return [merged[key] for key in sorted(merged)], osp.basename(log_files[start]), validated
 
 
 def read_metrics(work_dir, since=''):
@@ -84,29 +92,6 @@ def read_metrics(work_dir, since=''):
         except (json.JSONDecodeError, AttributeError) as error:
             raise PlotError(f'{eval_files[-1]}: not the json tools/test.py writes ({error})') from None
     return {key: metrics[key] for key, _ in METRICS if key in metrics}
-
-
-def read_validation(work_dir, first_log):
-    """The mAPs (METRICS) of the last epoch the run's own logs (``first_log`` and later) hold a
-    validation of (``evaluation`` during training), and that epoch; ({}, None) without one."""
-    validations = {}
-    for log_file in sorted(glob.glob(osp.join(glob.escape(work_dir), '*.log.json'))):
-        if osp.basename(log_file) < first_log or not osp.isfile(log_file):
-            continue
-        with open(log_file) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # (read_train_log has named a damaged log)
-                    continue
-                if isinstance(entry, dict) and entry.get('mode') == 'val' and 'epoch' in entry:
-                    metrics = {key: entry[key] for key, _ in METRICS if key in entry}
-                    if metrics:
-                        validations[entry['epoch']] = metrics
-    if not validations:
-        return {}, None
-    epoch = max(validations)
-    return validations[epoch], epoch
 
 
 def epoch_positions(entries):
@@ -177,12 +162,13 @@ def main(argv=None):
             raise PlotError(f'--out {out_file}: name a picture matplotlib writes, e.g. training.png')
         if not osp.isdir(args.work_dir):
             raise PlotError(f'work dir not found: {args.work_dir}')
-        entries, first_log = read_train_log(args.work_dir)
+        entries, first_log, validated = read_train_log(args.work_dir)
         metrics = read_metrics(args.work_dir, since=first_log)
         described = 'the final mAPs'
         metrics_title = 'final evaluation on the val split'
-        if not metrics:  # no tools/test.py evaluation yet: the last one during training
-            metrics, epoch = read_validation(args.work_dir, first_log)
+        if not metrics and validated:  # no tools/test.py evaluation yet: the last in training
+            epoch = max(validated)
+            metrics = validated[epoch]
             described = f'the mAPs of epoch {epoch}\'s validation'
             metrics_title = f'validation after epoch {epoch} (during training)'
     except PlotError as error:

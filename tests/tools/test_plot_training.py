@@ -73,7 +73,7 @@ def test_plots_losses_and_final_maps(tmp_path, capsys, monkeypatch):
 def test_resumed_run_entries_replace_earlier_ones(tmp_path):
     write_log(tmp_path / '20260101_000000.log.json', epochs=2)
     write_log(tmp_path / '20260101_000500.log.json', epochs=2, first_epoch=2, start_loss=9.0)
-    entries, first_log = plot_training.read_train_log(str(tmp_path))
+    entries, first_log, _ = plot_training.read_train_log(str(tmp_path))
     assert [(e['epoch'], e['iter']) for e in entries][:5] == [(1, 5), (1, 10), (1, 15), (1, 20), (2, 5)]
     assert len(entries) == 3 * 4
     assert entries[4]['loss'] == pytest.approx(9.0 * np.exp(-25 / 40))  # from the resumed log
@@ -86,7 +86,7 @@ def test_a_new_run_in_the_same_work_dir_is_plotted_alone(tmp_path, capsys):
     write_log(tmp_path / '20260101_000000.log.json', epochs=3)
     write_metrics(tmp_path / 'eval_20260101_001000.json')
     write_log(tmp_path / '20260102_000000.log.json', epochs=1, start_loss=9.0)
-    entries, first_log = plot_training.read_train_log(str(tmp_path))
+    entries, first_log, _ = plot_training.read_train_log(str(tmp_path))
     assert first_log == '20260102_000000.log.json'
     assert len(entries) == 4 and entries[0]['loss'] == pytest.approx(9.0 * np.exp(-5 / 40))
     plot_training.main([str(tmp_path)])
