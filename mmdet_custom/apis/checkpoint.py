@@ -210,6 +210,13 @@ def stored_seed(path):
     return int(seed) if isinstance(seed, (int, np.integer)) else None
 
 
+def ends_its_epoch(position):
+    """Whether an iteration checkpoint's ``epoch_position`` covers its whole epoch (positions
+    saved before they recorded ``epoch_batches`` do not say)."""
+    return (position.get('epoch_batches') is not None
+            and int(position.get('batches', 0)) >= int(position['epoch_batches']))
+
+
 def _training_progress(path):
     """How far the run had trained when ``path`` was saved, from its meta: the finished epochs,
     the images done in the epoch under way (an iteration checkpoint's ``epoch_position``), and
@@ -225,10 +232,9 @@ def _training_progress(path):
         return None
     try:
         position = meta.get('epoch_position') or {}
-        batches = int(position.get('batches', 0))
-        if position.get('epoch_batches') is not None and batches >= int(position['epoch_batches']):
+        if ends_its_epoch(position):
             return int(meta.get('epoch', 0)) + 1, 0, 0
-        images = (batches * int(position.get('world_size') or 1)
+        images = (int(position.get('batches', 0)) * int(position.get('world_size') or 1)
                   * int(position.get('samples_per_gpu') or 1))
         by_iteration = not position and osp.basename(path).startswith('iter_')
         return int(meta.get('epoch', 0)), images, (int(meta.get('iter', 0)) if by_iteration else 0)

@@ -69,9 +69,9 @@ from ..core import ResumableEpochBasedRunner
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..core.hooks.fp16_optimizer import checked_loss_scale
 from ..utils import error_summary
-from .checkpoint import (CheckpointError, DamagedCheckpointError, find_resumable_checkpoint,
-                         hook_output_dir, load_detector_checkpoint, load_weights_leniently,
-                         restore_best_record)
+from .checkpoint import (CheckpointError, DamagedCheckpointError, ends_its_epoch,
+                         find_resumable_checkpoint, hook_output_dir, load_detector_checkpoint,
+                         load_weights_leniently, restore_best_record)
 from .datasets import load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
@@ -639,7 +639,7 @@ def _batches_done(runner, train_loader, path, position, logger):
     _, world_size = get_dist_info()
     layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
     batches = position['batches']
-    if batches >= position.get('epoch_batches', math.inf):  # the whole epoch, in any layout
+    if ends_its_epoch(position):  # the whole epoch, in any layout
         return len(train_loader)
     if layout != (world_size, train_loader.batch_size):
         # Another layout orders the epoch's images otherwise: go on after as many images.
