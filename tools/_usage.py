@@ -221,18 +221,37 @@ def build_model(cfg, config_path, training=False):
                          f'{type(error).__name__}: {error}') from None
 
 
-def check_num_classes(model, dataset, name):
+def _class_heads(model):
+    """(name, num_classes) of each head of ``model`` that tells classes apart (not the RPN's)."""
+    for module_name, module in model.named_modules():
+        count = getattr(module, 'num_classes', None)
+        if isinstance(count, int) and not isinstance(module, (RPNHead, GARPNHead)):
+            yield module_name, count
+
+
+def predicted_class_count(model):
+    """How many classes ``model`` predicts (its first class head's count), or None."""
+    return next((count for _, count in _class_heads(model)), None)
+
+
+def check_num_classes(model, dataset, name, checkpoint=None):
     """A UsageError where a head of ``model`` predicts another number of classes than ``dataset``
     (config entry ``name``) has: the most common slip with a dataset of one's own. mmdet's check
     is an assert in the first epoch (its traceback, once per process); in testing, the results
-    were numbered for other classes and formatting them failed after inference, or not at all."""
-    for module_name, module in model.named_modules():
-        count = getattr(module, 'num_classes', None)
-        if (isinstance(count, int) and not isinstance(module, (RPNHead, GARPNHead))
-                and count != len(dataset.CLASSES)):
+    were numbered for other classes and formatting them failed after inference, or not at all.
+    With the weights of ``checkpoint`` loaded, the model's class count is the checkpoint's, and
+    the dataset's classes are what to change. A dataset without class names (mmdet's
+    CustomDataset without ``classes``) has nothing to compare."""
+    if dataset.CLASSES is None:
+        return
+    for module_name, count in _class_heads(model):
+        if count != len(dataset.CLASSES):
+            remedy = (f'set num_classes={len(dataset.CLASSES)} in every head of the config'
+                      if checkpoint is None else
+                      f'name the {count} classes {checkpoint} was trained on in {name}.classes')
             raise UsageError(f'model.{module_name}.num_classes is {count}, but {name} has '
-                             f'{len(dataset.CLASSES)} classes ({", ".join(dataset.CLASSES)}): set '
-                             f'num_classes={len(dataset.CLASSES)} in every head of the config')
+                             f'{len(dataset.CLASSES)} classes ({", ".join(dataset.CLASSES)}): '
+                             f'{remedy}')
 
 
 def _named_parameters(function):

@@ -26,7 +26,8 @@ from pycocotools import mask as mask_utils  # noqa: E402
 import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import CheckpointError, load_detector_checkpoint  # noqa: E402
 from _usage import (UsageError, build_model, check_not_over_images, check_num_classes,  # noqa: E402
-                    check_output_path, one_line_errors, read_config, registered_dataset)
+                    check_output_path, one_line_errors, predicted_class_count, read_config,
+                    registered_dataset)
 
 # Small images are enlarged (by a whole factor) until their longer side reaches this many pixels.
 MIN_LONG_SIDE = 768
@@ -67,12 +68,14 @@ def parse_args(argv=None):
 
 
 def classes_of_the_test_set(cfg):
-    """The class names of the config's (first) test set: its ``classes``, else its type's."""
+    """The class names of the config's (first) test set: its ``classes``, else its type's; None
+    where neither names any (mmdet's CustomDataset without ``classes``)."""
     dataset_cfg = cfg.data.test[0] if isinstance(cfg.data.test, (list, tuple)) else cfg.data.test
     dataset_type = registered_dataset(dataset_cfg)
     if dataset_type is None:
         return get_classes('coco')  # (the config names a type that is not registered)
-    return tuple(dataset_type.get_classes(dataset_cfg.get('classes')))
+    classes = dataset_type.get_classes(dataset_cfg.get('classes'))
+    return None if classes is None else tuple(classes)
 
 
 def build_for_inference(cfg, checkpoint_path, device):
@@ -91,9 +94,15 @@ def build_for_inference(cfg, checkpoint_path, device):
     model.CLASSES = checkpoint.get('meta', {}).get('CLASSES')
     if model.CLASSES is None:  # a checkpoint without class names: those of the config's test set
         model.CLASSES = classes_of_the_test_set(cfg)
-        check_num_classes(model, types.SimpleNamespace(CLASSES=model.CLASSES), 'data.test')
-        print(f'note: {checkpoint_path} records no class names; using data.test\'s: '
-              f'{", ".join(model.CLASSES)}')
+        if model.CLASSES is None:
+            model.CLASSES = tuple(f'class {label}' for label in range(predicted_class_count(model)))
+            print(f'note: neither {checkpoint_path} nor data.test names the classes; numbering '
+                  f'them (set data.test.classes to name them)')
+        else:
+            check_num_classes(model, types.SimpleNamespace(CLASSES=model.CLASSES), 'data.test',
+                              checkpoint_path)
+            print(f'note: {checkpoint_path} records no class names; using data.test\'s: '
+                  f'{", ".join(model.CLASSES)}')
     model.cfg = cfg  # inference_detector builds its test pipeline from it
     return model.to(device).eval()
 

@@ -174,7 +174,7 @@ def run(args):
     dataset = load_dataset(cfg.data.test, 'data.test')
     trained_on = (checkpoint.get('meta') or {}).get('CLASSES')
     if args.eval or args.format_only:  # (--out and pictures keep the checkpoint's own classes)
-        check_num_classes(model, dataset, 'data.test')
+        check_num_classes(model, dataset, 'data.test', args.checkpoint)
         if (trained_on is not None and tuple(trained_on) != tuple(dataset.CLASSES)
                 and sorted(trained_on) == sorted(dataset.CLASSES)):
             raise UsageError(f'{args.checkpoint} was trained with its classes in another order '

@@ -45,8 +45,15 @@ def test_a_checkpoint_without_class_names_takes_the_test_sets(tmp_path, random_c
         capsys.readouterr().out)
     fewer = mmcv.Config.fromfile(config)
     fewer.data.test.classes = ('circle', 'triangle')
-    with pytest.raises(image_demo.UsageError, match=r'num_classes is 3, but data.test has 2'):
+    with pytest.raises(image_demo.UsageError, match=r'num_classes is 3, but data.test has 2 .*: '
+                       r'name the 3 classes .*nameless.pth was trained on in data.test.classes'):
         image_demo.build_for_inference(fewer, nameless, torch.device('cpu'))
+    # mmdet's CustomDataset without classes names none either: the labels are numbered.
+    unnamed = mmcv.Config.fromfile(config)
+    unnamed.data.test.update(type='CustomDataset', classes=None)
+    model = image_demo.build_for_inference(unnamed, nameless, torch.device('cpu'))
+    assert model.CLASSES == ('class 0', 'class 1', 'class 2')
+    assert 'neither' in capsys.readouterr().out
 
 
 def _panel(picture, index, panel_width):

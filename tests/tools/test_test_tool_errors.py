@@ -247,9 +247,10 @@ def test_a_model_of_another_class_count_than_the_test_set_is_refused_before_infe
     config, checkpoint = matching_checkpoint
     message = refused(test_tool, config, checkpoint, '--eval', 'bbox', '--cfg-options',
                       "data.test.classes=('circle','triangle')")
+    # The checkpoint's weights fix the class count: the test set's classes are what to change.
     assert message.endswith('model.roi_head.bbox_head.num_classes is 3, but data.test has 2 '
-                            'classes (circle, triangle): set num_classes=2 in every head of the '
-                            'config')
+                            f'classes (circle, triangle): name the 3 classes {checkpoint} was '
+                            'trained on in data.test.classes')
 
 
 def test_a_checkpoint_of_the_classes_in_another_order_is_refused_before_inference(

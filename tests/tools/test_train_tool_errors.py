@@ -77,6 +77,18 @@ def test_heads_of_another_class_count_than_the_dataset_are_refused(train_tool, t
                             'config')
 
 
+def test_a_dataset_without_class_names_has_no_class_count_to_check(tiny_config):
+    # mmdet's CustomDataset without ``classes`` has CLASSES None; training stopped on a TypeError.
+    import types
+
+    from mmcv import Config
+    from mmdet.models import build_detector
+    usage = load_script('tools/_usage.py', '_usage')
+    model = build_detector(Config.fromfile(tiny_config).model)
+    usage.check_num_classes(model, types.SimpleNamespace(CLASSES=None), 'data.train')
+    assert usage.predicted_class_count(model) == 3
+
+
 def _train_set(tiny_shapes, ann_file, classes):
     from mmcv import ConfigDict
 
