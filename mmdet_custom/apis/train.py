@@ -72,7 +72,7 @@ from ..utils import error_summary
 from .checkpoint import (CheckpointError, DamagedCheckpointError, ends_its_epoch,
                          find_resumable_checkpoint, hook_output_dir, load_detector_checkpoint,
                          load_weights_leniently, restore_best_record)
-from .datasets import load_dataset
+from .datasets import DatasetError, load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
 from .test import DistEvalHookAnyDevice, evaluate_kwargs
@@ -279,15 +279,23 @@ def _optimizer_hook_config(cfg, distributed):
     return cfg.optimizer_config
 
 
-def _build_eval_hook(cfg, distributed):
+def _build_eval_hook(cfg, distributed, train_classes=None):
+    """The evaluation hook of data.val, whose classes must be ``train_classes`` in that order:
+    validation scores the model's label i as data.val's class i."""
     loader_args = dict(samples_per_gpu=1, workers_per_gpu=2, dist=distributed, shuffle=False,
                        persistent_workers=False)
     loader_args.update(cfg.data.get('val_dataloader', {}))
     if loader_args['samples_per_gpu'] > 1:
         # Batched testing needs DefaultFormatBundle in place of ImageToTensor.
         cfg.data.val.pipeline = replace_ImageToTensor(cfg.data.val.pipeline)
-    val_loader = build_dataloader(load_dataset(cfg.data.val, 'data.val', dict(test_mode=True)),
-                                  **loader_args)
+    val_set = load_dataset(cfg.data.val, 'data.val', dict(test_mode=True))
+    if None not in (train_classes, val_set.CLASSES) and (tuple(val_set.CLASSES)
+                                                         != tuple(train_classes)):
+        raise DatasetError(f'data.val has the classes {", ".join(val_set.CLASSES)} and data.train '
+                           f'{", ".join(train_classes)}: validation would score each label as '
+                           f'data.val\'s class of that number; give both the same classes in the '
+                           f'same order (each annotation file\'s category order)')
+    val_loader = build_dataloader(val_set, **loader_args)
     eval_cfg = evaluate_kwargs(cfg.get('evaluation', {}))
     eval_cfg['by_epoch'] = cfg.runner['type'] != 'IterBasedRunner'
     hook_type = DistEvalHookAnyDevice if distributed else EvalHook
@@ -476,7 +484,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         logger.warning('exact resumption is only implemented for EpochBasedRunner')
     if validate:
         # LOW: after the checkpoint hook, so an epoch's weights are on disk before evaluating them.
-        runner.register_hook(_build_eval_hook(cfg, distributed), priority='LOW')
+        runner.register_hook(_build_eval_hook(cfg, distributed, datasets[0].CLASSES),
+                             priority='LOW')
 
     cfg.resume_from = resume_checkpoint(cfg, logger)
     if cfg.resume_from is None and cfg.get('auto_resume'):

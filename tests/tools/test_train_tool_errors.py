@@ -398,3 +398,26 @@ def test_unreadable_validation_annotations_are_one_line(train_tool, tmp_path, ti
     message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
                        '--cfg-options', f'data.val.ann_file={broken}')
     assert 'data.val: cannot load the dataset: JSONDecodeError: ' in message
+
+
+def test_validation_of_other_classes_than_training_is_refused(train_tool, tmp_path, tiny_config,
+                                                              tiny_shapes):
+    # Validation scores the model's label i as data.val's class i: a val file listing its
+    # categories in another order, or a subset of classes trained, gave wrong mAPs, silently.
+    val_file = osp.join(tiny_shapes, 'annotations', 'instances_val.json')
+    reversed_val = tmp_path / 'reversed_val.json'
+    coco = json.loads(open(val_file).read())
+    coco['categories'].reverse()
+    reversed_val.write_text(json.dumps(coco))
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'reversed'),
+                      '--cfg-options', f'data.val.ann_file={reversed_val}',
+                      "data.val.classes=('rectangle','triangle','circle')")
+    assert message.endswith('data.val has the classes rectangle, triangle, circle and data.train '
+                            'circle, triangle, rectangle: validation would score each label as '
+                            "data.val's class of that number; give both the same classes in the "
+                            "same order (each annotation file's category order)")
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'subset'),
+                      '--cfg-options', "data.train.classes=('circle','rectangle')",
+                      'model.roi_head.bbox_head.num_classes=2',
+                      'model.roi_head.mask_head.num_classes=2')
+    assert 'data.val has the classes circle, triangle, rectangle and data.train circle, ' in message
