@@ -341,9 +341,9 @@ def _load_training_state(detector, optimizer, path, logger=None, **_):
 
 
 # What hooks keep in runner.meta to go on where they stopped: the best-checkpoint record and
-# the last checkpoint (mmcv's evaluation and checkpoint hooks), the float16 loss scale; and the
-# identity of the run that goes on.
-_TRAINING_STATE_META = ('hook_msgs', 'fp16', 'run_id')
+# the last checkpoint (mmcv's evaluation and checkpoint hooks), the float16 loss scale. (Not the
+# run id: a resumed run is a run of its own, see train_detector.)
+_TRAINING_STATE_META = ('hook_msgs', 'fp16')
 
 
 class TrainingStopped(Exception):
@@ -415,8 +415,8 @@ def _evaluates_after(epoch, evaluation):
 def _evaluated_epochs(work_dir, run_id=None):
     """The epochs the json logs in ``work_dir`` hold an evaluation of: those of run ``run_id``
     (a log's first line is its run's meta), or where the checkpoint names no run (saved before
-    runs had one), of every log. An earlier run in the same work dir has evaluated epochs the
-    resumed one may not have."""
+    runs had one), of every log. Another run in the same work dir (an earlier one, or one
+    resumed from an older checkpoint) evaluated other weights under the same epoch numbers."""
     epochs = set()
     for log in glob.glob(osp.join(glob.escape(work_dir), '*.log.json')):
         with open(log) as f:
@@ -436,8 +436,10 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
     cfg = compat_cfg(cfg)
     logger = get_root_logger(log_level=cfg.log_level)
     datasets = dataset if isinstance(dataset, (list, tuple)) else [dataset]
-    # The run's identity, which its checkpoints and the first line of its json log carry (and a
-    # resumed run takes on): what a resume reads from the logs is its own run's.
+    # The run's identity, which its checkpoints and the first line of its json log carry. A
+    # resumed run has an id of its own: a resume reads the evaluations in the log of the run
+    # that saved its checkpoint, which scored those very weights (a run resumed from an older
+    # checkpoint of the same run trains other weights under the same epoch numbers).
     meta = dict(meta or {})
     meta.setdefault('run_id', uuid.uuid4().hex)
 
@@ -565,8 +567,8 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
                         batch_layout=None, run_id=None):
     """After ``runner.resume`` of an epoch checkpoint (ResumableEpochBasedRunner's record the
     ``batch_layout`` they were counted in), or of an iteration checkpoint saved in an epoch
-    (``epoch_position``), of run ``run_id``: the iteration count, where the epoch under way goes
-    on, the best-checkpoint record, and what is left to do."""
+    (``epoch_position``), saved by run ``run_id``: the iteration count, where the epoch under way
+    goes on, the best-checkpoint record, and what is left to do."""
     batches_done = 0
     evaluation = cfg.get('evaluation', {})
     evaluated_epochs = _evaluated_epochs(cfg.work_dir, run_id) if validate else set()

@@ -110,7 +110,7 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert (meta['epoch'], meta['iter']) == (1, 6)  # 1 epoch finished, 6 iterations done
     assert meta['epoch_position'] == dict(batches=2, world_size=1, samples_per_gpu=2,
                                           epoch_batches=4)
-    run_id = meta['run_id']  # the run's, in its log's first line too: a resume reads its own logs
+    run_id = meta['run_id']  # the run's, in its log's first line too: what a resume reads
     assert [_run_id_of_log(log) for log in straight_dir.glob('*.log.json')] == [run_id]
 
     # The rest of epoch 2, at the learning rates of the uninterrupted run, then its evaluation:
@@ -121,8 +121,11 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert _trained_iterations(log) == straight[-2:]
     assert log.count('Evaluating bbox') == 1 and 'Epoch(val) [2][4]' in log
     assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['iter'] == 8
-    assert _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['run_id'] == run_id  # goes on
-    assert [_run_id_of_log(log) for log in (tmp_path / 'rest').glob('*.log.json')] == [run_id]
+    # A resumed run is a run of its own: resumed from an older checkpoint of the same run, its
+    # epochs are other weights than those the first run's log scored.
+    resumed_id = _weights(tmp_path / 'rest' / 'iter_8.pth')['meta']['run_id']
+    assert resumed_id != run_id
+    assert [_run_id_of_log(log) for log in (tmp_path / 'rest').glob('*.log.json')] == [resumed_id]
 
     # Saved after epoch 1's last batch: epoch 1's evaluation comes next, then all of epoch 2.
     log = train(tmp_path / 'end', '--resume-from', str(straight_dir / 'iter_4.pth'),
@@ -155,3 +158,28 @@ def test_iteration_checkpoints_of_an_epoch_based_run_resume_mid_epoch(tmp_path, 
     assert [(e, b, n) for e, b, n, _ in _trained_iterations(log)] == [(2, 5, 8), (2, 6, 8),
                                                                        (2, 7, 8), (2, 8, 8)]
     assert _weights(tmp_path / 'relaid' / 'iter_16.pth')['meta']['iter'] == 16
+
+
+@pytest.mark.slow
+def test_a_branch_resumed_from_an_older_checkpoint_has_its_epochs_evaluated(tmp_path, tiny_shapes):
+    # Resumed from iter_2.pth in the work dir of the run that saved it, a branch trains other
+    # weights to the end of epoch 1 (iter_4.pth). The first run's log holds an evaluation of its
+    # own epoch 1: resuming the branch took that for the branch's and never evaluated it.
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes, epochs=1)
+    work_dir = tmp_path / 'work'
+
+    def train(*args, evaluation_interval=1):
+        run = run_tool([PYTHON, TRAIN_TOOL, config, '--work-dir', str(work_dir), *args,
+                        '--cfg-options', 'checkpoint_config.by_epoch=False',
+                        'checkpoint_config.interval=2',
+                        f'evaluation.interval={evaluation_interval}'], timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+
+    assert 'Epoch(val) [1][4]' in train()
+    # The branch stops before its evaluation (here: none is due with interval 2).
+    assert 'Epoch(val)' not in train('--resume-from', str(work_dir / 'iter_2.pth'),
+                                     evaluation_interval=2)
+    log = train('--resume-from', str(work_dir / 'iter_4.pth'))
+    assert 'whose evaluation is in the log' not in log
+    assert 'Epoch(val) [1][4]' in log
