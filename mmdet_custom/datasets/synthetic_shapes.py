@@ -41,10 +41,11 @@ SPLIT_IDS = {'train': 0, 'val': 1}
 MIN_VISIBLE_FRACTION = 0.5
 # Smallest and largest shape, as a fraction of the image side (circumscribed-circle radius).
 MIN_RADIUS_FRACTION = 0.07
-# A shape needs MIN_SHAPE_PIXELS; below MIN_SIDE even the largest triangle has fewer (about
-# 1.3 * (MAX_RADIUS_FRACTION * side)^2 pixels), so that images that small held no triangle.
+# A shape needs MIN_SHAPE_PIXELS; below 24 pixels a side even the largest triangle has fewer
+# (about 1.3 * (MAX_RADIUS_FRACTION * side)^2 pixels). mmdet's training leaves out images under
+# 32 pixels a side (CocoDataset's min_size), so smaller ones could not be trained on at all.
 MIN_SHAPE_PIXELS = 30
-MIN_SIDE = 24
+MIN_SIDE = 32
 MAX_RADIUS_FRACTION = 0.2
 # Background textures blend two colours at most this far apart per RGB channel (0-255); shape
 # colours closer than MIN_COLOUR_CONTRAST (Euclidean) to either of them are redrawn, so that
@@ -246,7 +247,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if len(args.size) > 2 or min(args.size) < MIN_SIDE:
         parser.error(f'--size takes one side or a height and a width, each at least {MIN_SIDE} '
-                     f'(smaller images hold no shape big enough to annotate); got {args.size}')
+                     f'(mmdet\'s training leaves out smaller images); got {args.size}')
     if min(args.num_train, args.num_val) < 0:
         parser.error('--num-train and --num-val must not be negative')
     if args.seed < 0:
