@@ -32,15 +32,31 @@ class _PipelineNamingItsImage:
         self.pipeline = pipeline
 
     def __call__(self, results):
+        info = results.get('img_info') or {}
+        image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
         try:
-            return self.pipeline(results)
+            return self._run(results)
         except DatasetError:
             raise
         except Exception as error:
-            info = results.get('img_info') or {}
-            image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
             raise DatasetError(f'{image} (image id {info.get("id")}): {type(error).__name__}: '
                                f'{error_summary(error)}') from error
+
+    def _run(self, results):
+        """The pipeline's transforms in turn, as mmdet's Compose runs them, with the loaded image's
+        size checked against the annotation file's once a transform has loaded it."""
+        transforms = getattr(self.pipeline, 'transforms', None)
+        if transforms is None:
+            return self.pipeline(results)
+        size_checked = False
+        for transform in transforms:
+            results = transform(results)
+            if results is None:
+                return None
+            if not size_checked and 'ori_shape' in results:
+                _check_image_size(results)
+                size_checked = True
+        return results
 
     def __getattr__(self, name):  # the Compose's own attributes (e.g. transforms)
         if name == 'pipeline' or name.startswith('__'):  # not set yet while unpickling
@@ -49,6 +65,21 @@ class _PipelineNamingItsImage:
 
     def __repr__(self):
         return repr(self.pipeline)
+
+
+def _check_image_size(results):
+    """A DatasetError where the loaded image is not as large as the annotation file says: its
+    boxes and masks are then in another frame (training met boxes clipped to nothing and a NaN
+    loss; testing scored every box against shifted ground truth)."""
+    info = results.get('img_info') or {}
+    expected = (info.get('height'), info.get('width'))
+    loaded = tuple(results['ori_shape'][:2])
+    if None not in expected and loaded != expected:
+        image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
+        raise DatasetError(f'{image} (image id {info.get("id")}): the image is {loaded[1]}x'
+                           f'{loaded[0]} pixels, the annotation file says {expected[1]}x'
+                           f'{expected[0]}: its boxes and masks do not fit it (a resized copy, '
+                           f'or a JPEG its EXIF orientation turns when loaded?)')
 
 
 def _base_datasets(dataset):
@@ -98,39 +129,127 @@ def _check_classes(dataset, name):
                            f'{dataset.ann_file})')
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_box(bbox):
-    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in bbox))
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))
 
 
-def _check_boxes(dataset, name):
-    """Annotations of the classes without a box [x, y, width, height]: a DatasetError naming the
-    first (mmdet's loading and pycocotools' evaluation read every one). In training, those mmdet
-    ignores for an empty box (under 1 px wide or high, or area 0): a warning with their count, or
-    a DatasetError when no other annotation is left."""
+def _check_images(dataset, name):
+    """A DatasetError naming the first image entry of the annotation file without a size, or
+    whose id another entry has: mmdet reads every image's size, and of images sharing an id it
+    keeps one, with the annotations of all of them."""
     coco = getattr(dataset, 'coco', None)
     if coco is None:
         return
+    files = {}
+    for image in coco.dataset.get('images', []):
+        where = f'{name}: image id {image.get("id")} ({image.get("file_name")})'
+        if not all(isinstance(image.get(side), int) and image[side] > 0
+                   for side in ('width', 'height')):
+            raise DatasetError(f'{where} has no width and height in pixels (width '
+                               f'{image.get("width")!r}, height {image.get("height")!r}) (ann_file '
+                               f'{dataset.ann_file})')
+        if image.get('id') in files:
+            raise DatasetError(f'{where}: image {files[image["id"]]} has that id too; mmdet would '
+                               f'keep one of them with the annotations of both (ann_file '
+                               f'{dataset.ann_file})')
+        files[image.get('id')] = image.get('file_name')
+
+
+def _loads_masks(dataset):
+    transforms = getattr(getattr(dataset, 'pipeline', None), 'transforms', None) or []
+    return any(getattr(transform, 'with_mask', False) for transform in transforms)
+
+
+def _segmentation_problem(segmentation, image, needed):
+    """What keeps ``segmentation`` from being a mask of ``image``, or None. ``needed``: whether
+    a missing one is a problem (training loads the masks)."""
+    if segmentation is None or segmentation == []:
+        return 'has no segmentation, from which the pipeline loads its mask' if needed else None
+    if isinstance(segmentation, dict):  # run-length encoded
+        size = [image['height'], image['width']]
+        if 'counts' not in segmentation or list(segmentation.get('size') or []) != size:
+            return (f'has a run-length segmentation of size {segmentation.get("size")} (with '
+                    f'counts: {"counts" in segmentation}) on an image of size {size}')
+        return None
+    if not isinstance(segmentation, list):
+        return f'has a segmentation that is a {type(segmentation).__name__}'
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or len(polygon) < 6:
+            length = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
+            return (f'has a polygon of {length} numbers, where a polygon needs 3 points '
+                    f'(6 numbers) or more')
+    return None
+
+
+def _ignored_in_training(ann, image):
+    """Why mmdet's training leaves annotation ``ann`` of ``image`` out, or None."""
+    x, y, width, height = ann['bbox']
+    if ann.get('ignore', False):
+        return 'ignore'
+    if image is not None and (max(0, min(x + width, image['width']) - max(x, 0))
+                              * max(0, min(y + height, image['height']) - max(y, 0))) == 0:
+        return 'outside'
+    if ann['area'] <= 0 or width < 1 or height < 1:
+        return 'empty'
+    if ann.get('iscrowd', False):
+        return 'crowd'
+    return None
+
+
+def _check_annotations(dataset, name):
+    """A DatasetError naming the first annotation of the classes that mmdet's loading or
+    pycocotools' evaluation cannot read (no box [x, y, width, height], no area, no iscrowd in
+    testing, a polygon under 3 points, a run-length mask of another size, no segmentation where
+    training loads masks): they failed with a traceback when read, in the first epoch or after
+    inference. In training, those mmdet leaves out for an empty box or one outside its image: a
+    warning with their count, or a DatasetError when nothing is left to train on."""
+    coco = getattr(dataset, 'coco', None)
+    if coco is None:
+        return
+    testing = getattr(dataset, 'test_mode', True)
+    masks_needed = not testing and _loads_masks(dataset)
     annotations = [ann for ann in coco.anns.values() if ann.get('category_id') in dataset.cat_ids]
+    ignored = {}
     for ann in annotations:
+        where = f'{name}: annotation {ann.get("id")} (image {ann.get("image_id")})'
         if not _is_box(ann.get('bbox')):
             found = repr(ann['bbox']) if 'bbox' in ann else 'missing'
-            raise DatasetError(f'{name}: annotation {ann.get("id")} (image {ann.get("image_id")}) '
-                               f'has no box of 4 numbers [x, y, width, height]: bbox {found} '
-                               f'(ann_file {dataset.ann_file})')
-    if getattr(dataset, 'test_mode', True):
+            raise DatasetError(f'{where} has no box of 4 numbers [x, y, width, height]: bbox '
+                               f'{found} (ann_file {dataset.ann_file})')
+        if not _is_number(ann.get('area')):
+            raise DatasetError(f'{where} has no area (a number), which mmdet\'s training and '
+                               f'pycocotools\' evaluation read: area {ann.get("area")!r} (ann_file '
+                               f'{dataset.ann_file})')
+        if testing and ann.get('iscrowd') not in (0, 1):
+            raise DatasetError(f'{where} has no iscrowd of 0 or 1, which pycocotools\' evaluation '
+                               f'reads: iscrowd {ann.get("iscrowd")!r} (ann_file '
+                               f'{dataset.ann_file})')
+        image = coco.imgs.get(ann.get('image_id'))
+        reason = None if testing else _ignored_in_training(ann, image)
+        ignored[reason] = ignored.get(reason, 0) + 1
+        problem = image and _segmentation_problem(ann.get('segmentation'), image,
+                                                  masks_needed and reason is None)
+        if problem:
+            raise DatasetError(f'{where} {problem} (ann_file {dataset.ann_file})')
+    if testing or not annotations:
         return
-    empty = sum(1 for ann in annotations
-                if ann.get('area', 1) <= 0 or ann['bbox'][2] < 1 or ann['bbox'][3] < 1)
-    if empty and empty == len(annotations):
-        raise DatasetError(f'{name}: every annotation has an empty box (under 1 px wide or high, '
-                           f'or area 0), which mmdet ignores: nothing to train on '
+    if not ignored.get(None):
+        raise DatasetError(f'{name}: mmdet\'s training leaves out every annotation ('
+                           f'{ignored.get("empty", 0)} with an empty box, under 1 px wide or high '
+                           f'or of area 0; {ignored.get("outside", 0)} with a box outside its '
+                           f'image; {ignored.get("crowd", 0)} crowd, iscrowd 1; '
+                           f'{ignored.get("ignore", 0)} marked ignore): nothing to train on '
                            f'(ann_file {dataset.ann_file})')
-    if empty:
-        get_root_logger().warning(f'{name}: {empty} of {len(annotations)} annotations have an '
-                                  f'empty box (under 1 px wide or high, or area 0) and are '
-                                  f'ignored, as mmdet ignores them (ann_file {dataset.ann_file})')
+    for reason, what in (('empty', 'an empty box (under 1 px wide or high, or area 0)'),
+                         ('outside', 'a box outside its image')):
+        if ignored.get(reason):
+            get_root_logger().warning(f'{name}: {ignored[reason]} of {len(annotations)} '
+                                      f'annotations have {what} and are ignored, as mmdet '
+                                      f'ignores them (ann_file {dataset.ann_file})')
 
 
 def _builder_error(error):
@@ -151,16 +270,29 @@ def load_dataset(dataset_cfg, name, default_args=None):
         raise DatasetError(f'{name}: cannot load the dataset: {_builder_error(error)}') from None
     for base in _base_datasets(dataset):
         _check_classes(base, name)
+        _check_images(base, name)
     if len(dataset) == 0:
         # Training leaves out images without annotations of the config's classes (mmdet's
         # filter_empty_gt): a class-name typo empties the dataset, and training would then run
         # no iteration and save an untrained checkpoint.
-        filtered = not getattr(dataset, 'test_mode', True) and getattr(dataset, 'filter_empty_gt', False)
-        raise DatasetError(f'{name}: no images in the dataset' + (
-            f' that have annotations of the classes {", ".join(dataset.CLASSES)}' if filtered else '')
-            + f' (ann_file {getattr(dataset, "ann_file", None)})')  # (wrappers have none)
+        # It also leaves out images under 32 pixels a side (CocoDataset's min_size).
+        training = not getattr(dataset, 'test_mode', True)
+        filtered = training and getattr(dataset, 'filter_empty_gt', False)
+        coco = getattr(dataset, 'coco', None)
+        small = sum(1 for image in coco.imgs.values() if min(image['width'], image['height']) < 32
+                    ) if training and coco is not None else 0
+        classes = ', '.join(dataset.CLASSES)
+        if small:
+            kept = (f' that mmdet\'s training keeps: it leaves out images under 32 pixels a side '
+                    f'({small} of {len(coco.imgs)} here)'
+                    + (f' and those without annotations of the classes {classes}' if filtered
+                       else ''))
+        else:
+            kept = f' that have annotations of the classes {classes}' if filtered else ''
+        raise DatasetError(f'{name}: no images in the dataset{kept} (ann_file '
+                           f'{getattr(dataset, "ann_file", None)})')  # (wrappers have none)
     for base in _base_datasets(dataset):
-        _check_boxes(base, name)
+        _check_annotations(base, name)
         if callable(getattr(base, 'pipeline', None)):
             base.pipeline = _PipelineNamingItsImage(base.pipeline)
     return dataset

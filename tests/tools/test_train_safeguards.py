@@ -3,6 +3,7 @@ refuses the checkpoint, and resuming under changed settings (batch size, optimiz
 import errno
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,38 +343,126 @@ def test_a_corrupt_image_met_in_training_is_named(train_tool, tmp_path, tiny_sha
     assert message.endswith("AttributeError: 'NoneType' object has no attribute 'shape'")
 
 
-def test_a_malformed_polygon_is_named(train_tool, tmp_path, tiny_shapes):
-    data = _copy_of(tiny_shapes, tmp_path)
-
-    def empty_polygon(annotations):
-        annotations['annotations'][0]['segmentation'] = [[]]
-
-    _edit_annotations(data, empty_polygon)
-    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
-    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
-    assert f'{data}/train/' in message and '(image id ' in message
-
-
-def test_empty_boxes_are_counted_or_refused(train_tool, tmp_path, tiny_shapes, mmdet_log):
-    from mmdet_custom.apis import DatasetError, load_dataset
+def _load_train_set(config):
     from mmcv import Config
+
+    from mmdet_custom.apis import load_dataset
+    return load_dataset(Config.fromfile(config).data.train, 'data.train')
+
+
+def _set_first(key, value):
+    def edit(annotations):
+        if value is None:
+            del annotations['annotations'][0][key]
+        else:
+            annotations['annotations'][0][key] = value
+    return edit
+
+
+@pytest.mark.parametrize('edit, problem', [
+    # pycocotools read 4 numbers as a box, not a polygon: a TypeError mid-epoch, no annotation named
+    (_set_first('segmentation', [[1, 2, 3, 4, 5]]), 'has a polygon of 5 numbers, where a polygon '
+                                                    'needs 3 points (6 numbers) or more'),
+    (_set_first('segmentation', [[]]), 'has a polygon of 0 numbers, where a polygon needs 3 '
+                                       'points (6 numbers) or more'),
+    # An IndexError and a TypeError in the mask loading, after training had started.
+    (_set_first('segmentation', []), 'has no segmentation, from which the pipeline loads its mask'),
+    (_set_first('segmentation', None), 'has no segmentation, from which the pipeline loads its '
+                                       'mask'),
+    (_set_first('segmentation', dict(size=[32, 32], counts='PPYo0')),
+     'has a run-length segmentation of size [32, 32] (with counts: True) on an image of size '
+     '[64, 64]'),
+    # A KeyError traceback at the first batch (mmdet) or after inference (pycocotools).
+    (_set_first('area', None), "has no area (a number), which mmdet's training and pycocotools' "
+                               "evaluation read: area None"),
+])
+def test_an_annotation_that_cannot_be_read_is_named_before_training(tmp_path, tiny_shapes, edit,
+                                                                    problem):
+    from mmdet_custom.apis import DatasetError
+    data = _copy_of(tiny_shapes, tmp_path)
+    _edit_annotations(data, edit)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    with pytest.raises(DatasetError) as error:
+        _load_train_set(config)
+    assert str(error.value) == (f'data.train: annotation 1 (image 1) {problem} (ann_file '
+                                f'{data}/annotations/instances_train.json)')
+
+
+def test_evaluation_needs_iscrowd_and_image_sizes_and_one_image_per_id(tmp_path, tiny_shapes):
+    # pycocotools' evaluation read them after the whole inference (KeyError tracebacks); of
+    # images sharing an id, mmdet kept one, with the annotations of both.
+    import json
+
+    from mmcv import ConfigDict
+
+    from mmdet_custom.apis import DatasetError, load_dataset
+    val = json.loads((Path(tiny_shapes) / 'annotations' / 'instances_val.json').read_text())
+
+    def message(edit):
+        coco = json.loads(json.dumps(val))
+        edit(coco)
+        ann_file = tmp_path / 'val.json'
+        ann_file.write_text(json.dumps(coco))
+        with pytest.raises(DatasetError) as error:
+            load_dataset(ConfigDict(type='CocoDataset', ann_file=str(ann_file), pipeline=[],
+                                    img_prefix=str(Path(tiny_shapes) / 'val'), test_mode=True,
+                                    classes=('circle', 'triangle', 'rectangle')),
+                         'data.val')
+        suffix = f' (ann_file {ann_file})'
+        assert str(error.value).endswith(suffix)
+        return str(error.value)[:-len(suffix)]
+
+    assert message(lambda coco: coco['annotations'][0].pop('iscrowd')) == (
+        "data.val: annotation 1 (image 1) has no iscrowd of 0 or 1, which pycocotools' "
+        'evaluation reads: iscrowd None')
+    assert message(lambda coco: coco['images'][1].pop('width')) == (
+        'data.val: image id 2 (000001.png) has no width and height in pixels (width None, '
+        'height 64)')
+    assert message(lambda coco: coco['images'][1].update(id=1)) == (
+        'data.val: image id 1 (000001.png): image 000000.png has that id too; mmdet would keep '
+        'one of them with the annotations of both')
+
+
+def test_annotations_training_leaves_out_are_counted_or_refused(tmp_path, tiny_shapes, mmdet_log):
+    from mmdet_custom.apis import DatasetError
     data = _copy_of(tiny_shapes, tmp_path)
     config = write_tiny_config(tmp_path / 'tiny.py', str(data))
 
-    def flatten(count):
+    def edit_all(change, count=None):
         def edit(annotations):
             for annotation in annotations['annotations'][:count]:
-                annotation['bbox'][3] = 0.5
-        return edit
+                change(annotation)
+        _edit_annotations(data, edit)
 
-    _edit_annotations(data, flatten(2))
-    load_dataset(Config.fromfile(config).data.train, 'data.train')
-    assert 'data.train: 2 of ' in _text(mmdet_log)
-    assert 'annotations have an empty box (under 1 px wide or high, or area 0) and are ignored, ' \
-        'as mmdet ignores them' in _text(mmdet_log)
-    _edit_annotations(data, flatten(None))
-    with pytest.raises(DatasetError, match='data.train: every annotation has an empty box'):
-        load_dataset(Config.fromfile(config).data.train, 'data.train')
+    edit_all(lambda annotation: annotation['bbox'].__setitem__(3, 0.5), count=2)
+    edit_all(lambda annotation: annotation['bbox'].__setitem__(0, 70), count=1)  # (64 px wide)
+    _load_train_set(config)
+    assert ('data.train: 1 of 29 annotations have an empty box (under 1 px wide or high, or area '
+            '0) and are ignored, as mmdet ignores them') in _text(mmdet_log)
+    assert ('data.train: 1 of 29 annotations have a box outside its image and are ignored, as '
+            'mmdet ignores them') in _text(mmdet_log)
+    # Crowd annotations only: training ran on nothing, its losses falling, with no word.
+    edit_all(lambda annotation: annotation.update(iscrowd=1))
+    with pytest.raises(DatasetError, match=r"^data.train: mmdet's training leaves out every "
+                                           r'annotation \(1 with an empty box, under 1 px wide '
+                                           r'or high or of area 0; 1 with a box outside its image; '
+                                           r'27 crowd, iscrowd 1; 0 marked ignore\): nothing to '
+                                           r'train on'):
+        _load_train_set(config)
+
+
+def test_an_image_of_another_size_than_its_annotations_is_named(train_tool, tmp_path, tiny_shapes):
+    # Its boxes were clipped to nothing: training stopped on a NaN loss blaming the learning
+    # rate, and testing scored shifted boxes, silently.
+    import cv2
+    data = _copy_of(tiny_shapes, tmp_path)
+    image = data / 'train' / '000002.png'
+    cv2.imwrite(str(image), cv2.imread(str(image))[:48])
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert message.endswith(f'{image} (image id 3): the image is 64x48 pixels, the annotation '
+                            f'file says 64x64: its boxes and masks do not fit it (a resized copy, '
+                            f'or a JPEG its EXIF orientation turns when loaded?)')
 
 
 def test_ctrl_c_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, capsys):
