@@ -316,6 +316,14 @@ def check_evaluation(dataset_cfg, metrics, options, name, masks=False):
             raise UsageError(f'{name}: {dataset_type.__name__}.evaluate() takes no option '
                              f'{unknown[0]!r}')
     items = options.get('metric_items')
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics or ())
+    if (dataset_type.evaluate is CocoDataset.evaluate and items is None and 'proposal' in metrics
+            and {'bbox', 'segm'} & set(metrics)):
+        # Its first metric chooses the items reported for all: the APs of bbox and segm came out
+        # as ARs (no bbox_mAP), or the proposals' AR as an unnamed class-agnostic mAP.
+        raise UsageError(f'{name}: CocoDataset reports every metric with the items of the first '
+                         f'({metrics[0]}), so proposal beside bbox or segm gives wrongly named '
+                         f'figures: evaluate proposal in a run of its own')
     if dataset_type.evaluate is CocoDataset.evaluate and items is not None:
         for item in [items] if isinstance(items, str) else items:
             if item not in _COCO_METRIC_ITEMS:

@@ -122,6 +122,14 @@ def test_an_unknown_metric_or_evaluation_option_is_refused_before_inference(test
     assert refused(test_tool, config, checkpoint, '--eval', 'proposal_fast').endswith(
         "--eval/--eval-options: CocoDataset cannot evaluate 'proposal_fast' (it evaluates bbox, "
         "segm, proposal)")
+    # mmdet reported bbox and segm as ARs (no bbox_mAP) after a proposal metric, and the
+    # proposals as an unnamed mAP after bbox.
+    assert refused(test_tool, config, checkpoint, '--eval', 'proposal', 'bbox', 'segm').endswith(
+        '--eval/--eval-options: CocoDataset reports every metric with the items of the first '
+        '(proposal), so proposal beside bbox or segm gives wrongly named figures: evaluate '
+        'proposal in a run of its own')
+    assert 'the first (bbox), so proposal beside' in refused(test_tool, config, checkpoint,
+                                                             '--eval', 'bbox', 'proposal')
     assert refused(test_tool, config, checkpoint, '--eval', 'bbox', '--eval-options',
                     'iou_thr=0.5').endswith(
         "--eval/--eval-options: CocoDataset.evaluate() takes no option 'iou_thr'")
