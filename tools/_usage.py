@@ -19,7 +19,7 @@ from mmdet.models import build_detector
 from mmdet.models.dense_heads import GARPNHead, RPNHead
 from mmdet.utils import update_data_root
 
-from mmdet_custom.apis import DatasetError, init_distributed
+from mmdet_custom.apis import DatasetError, ResultsNotGathered, init_distributed
 
 
 class UsageError(Exception):
@@ -29,10 +29,11 @@ class UsageError(Exception):
 @contextlib.contextmanager
 def one_line_errors(prog, *error_types):
     """End the program with ``PROG: error: MESSAGE`` and exit status 1 when the block raises a
-    UsageError, a DatasetError or one of ``error_types`` (e.g. CheckpointError): no traceback."""
+    UsageError, a DatasetError, a ResultsNotGathered (another process of a distributed run
+    stopped) or one of ``error_types`` (e.g. CheckpointError): no traceback."""
     try:
         yield
-    except (UsageError, DatasetError, *error_types) as error:
+    except (UsageError, DatasetError, ResultsNotGathered, *error_types) as error:
         raise SystemExit(f'{prog}: error: {error}') from None
 
 

@@ -5,7 +5,8 @@ from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detect
 from .datasets import DatasetError, load_dataset
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
-from .test import RANK_RESULTS_FOLDER, DistEvalHookAnyDevice, evaluate_kwargs, multi_process_test
+from .test import (RANK_RESULTS_FOLDER, DistEvalHookAnyDevice, ResultsNotGathered, evaluate_kwargs,
+                   multi_process_test)
 from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
                     resume_checkpoint, set_mixed_precision, start_worker_server, train_detector,
                     TrainingStopped, train_loader_config)
@@ -17,7 +18,7 @@ __all__ = [
     'load_dataset',
     'MMDistributedDataParallelAnyDevice', 'init_distributed', 'wrap_model', 'EpochSeedHook',
     'derive_seed', 'seed_everything', 'DistEvalHookAnyDevice', 'evaluate_kwargs',
-    'multi_process_test', 'RANK_RESULTS_FOLDER',
+    'multi_process_test', 'RANK_RESULTS_FOLDER', 'ResultsNotGathered',
     'build_train_dataloader', 'train_detector', 'AMP_CHOICES', 'check_mixed_precision',
     'resume_checkpoint',
     'set_mixed_precision', 'start_worker_server', 'train_loader_config', 'TrainingStopped'

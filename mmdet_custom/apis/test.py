@@ -14,7 +14,14 @@ from mmdet.apis import multi_gpu_test
 from mmdet.core import DistEvalHook, encode_mask_results
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils import error_summary
+
 RANK_RESULTS_FOLDER = 'results_by_rank'
+
+
+class ResultsNotGathered(RuntimeError):
+    """The ranks' results could not be gathered: another process stopped (its own message says
+    why); the tools report this in one line rather than the process group's traceback."""
 
 
 def evaluate_kwargs(options):
@@ -43,11 +50,16 @@ def _gather_on_cpu(model, data_loader):
         if isinstance(batch_results[0], tuple):  # (boxes, masks): store masks as RLE, as mmdet does
             batch_results = [(boxes, encode_mask_results(masks)) for boxes, masks in batch_results]
         local_results.extend(batch_results)
-        if progress is not None:
-            for _ in range(len(batch_results) * world_size):
+        if progress is not None:  # (the sampler pads the ranks' shares to the same length)
+            for _ in range(min(len(batch_results) * world_size, len(dataset) - progress.completed)):
                 progress.update()
     gathered = [None] * world_size if rank == 0 else None
-    dist.gather_object(local_results, gathered, dst=0)
+    try:
+        dist.gather_object(local_results, gathered, dst=0)
+    except RuntimeError as error:  # e.g. gloo's "Connection closed by peer"
+        raise ResultsNotGathered(f'process {rank} could not gather the results: another process '
+                                 f'stopped ({type(error).__name__}: {error_summary(error)})'
+                                 ) from None
     if rank != 0:
         return None
     # mmdet's DistributedSampler deals indices round-robin (rank r gets r, r + W, ...) and pads

@@ -340,3 +340,50 @@ def test_launchers_leave_the_current_folder_off_the_import_path(tmp_path):
                       env={'PYTHONPATH': '', 'PORT': str(free_port())})
     assert result.returncode == 0, result.stderr
     assert f'PYTHONPATH=[{checkout}]' in result.stdout
+
+
+# Process 1 stops without gathering (as one that failed on an image does); process 0 is left
+# in the gather.
+GATHER_WITHOUT_A_PEER = '''
+import datetime, os, sys
+import torch.distributed as dist
+from mmdet_custom.apis import ResultsNotGathered, multi_process_test
+
+rank, port = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+if rank == 1:
+    os._exit(1)
+
+
+class Loader(list):
+    dataset = [0, 1]
+
+
+def model(return_loss, rescale, image):
+    return [image]
+
+
+model.eval = lambda: None
+try:
+    multi_process_test(model, Loader([dict(image=0)]))
+except ResultsNotGathered as error:
+    print(error)
+    os._exit(0)
+os._exit(2)
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_a_process_left_gathering_by_a_failed_one_says_so_in_one_line():
+    # It printed the process group's 23-line traceback under the failed process's own message.
+    port = str(free_port())
+    peers = [subprocess.Popen([sys.executable, '-c', GATHER_WITHOUT_A_PEER, str(rank), port],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=ROOT)) for rank in (0, 1)]
+    out, err = peers[0].communicate(timeout=300)
+    peers[1].communicate(timeout=60)
+    assert peers[0].returncode == 0, err[-3000:]
+    message = out[out.index('process 0 could not gather'):]  # (after the progress bar)
+    assert message.startswith('process 0 could not gather the results: another process stopped '
+                              '(RuntimeError: ') and message.count('\n') == 1, out
