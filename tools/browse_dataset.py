@@ -4,6 +4,7 @@
     python tools/browse_dataset.py CONFIG --output-dir browse/ [--split train] [--num 20]
 """
 import argparse
+import os
 import os.path as osp
 
 import _bootstrap  # noqa: F401  (first: repository on sys.path, quiet imports)
@@ -47,6 +48,15 @@ def wrapped_dataset(data_cfg, key):
     return data_cfg
 
 
+def drawing_path(output_dir, filename):
+    """Where the drawing of the image ``filename`` (as the annotation file names it) goes: its
+    path under the image folder, so images of the same name in two subfolders both get one."""
+    relative = osp.normpath(filename)
+    if osp.isabs(relative) or relative.startswith(os.pardir):
+        relative = osp.basename(relative)
+    return osp.join(output_dir, relative)
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors('tools/browse_dataset.py'):
@@ -57,15 +67,18 @@ def main(argv=None):
             data_cfg.pipeline = wrapped_dataset(cfg.data.train, 'data.train').pipeline
             data_cfg.test_mode = False
         data_cfg.pipeline = [step for step in data_cfg.pipeline if step['type'] not in TENSOR_STEPS]
+        for loader_setting in ('samples_per_gpu', 'workers_per_gpu'):  # (mmdet's older place)
+            data_cfg.pop(loader_setting, None)
         check_output_path(args.output_dir, '--output-dir', folder=True)
         check_not_over_images(cfg, args.output_dir, '--output-dir', folder=True)
         dataset = load_dataset(data_cfg, f'data.{args.split}')
         count = min(args.num, len(dataset))
-        # Drawings take their image's file name: in the image folder itself they would replace it.
-        image_folders = {osp.dirname(osp.realpath(osp.join(dataset.img_prefix or '',
-                                                           dataset.data_infos[index]['filename'])))
-                         for index in range(count)}
-        if osp.realpath(args.output_dir) in image_folders:
+        # Drawings take their image's path under the image folder: in that folder itself they
+        # would replace the images.
+        images = {osp.realpath(osp.join(dataset.img_prefix or '', info['filename']))
+                  for info in dataset.data_infos[:count]}
+        if images & {osp.realpath(drawing_path(args.output_dir, info['filename']))
+                     for info in dataset.data_infos[:count]}:
             raise UsageError(f'--output-dir {args.output_dir} holds the images drawn, which the '
                              f'drawings (named as their images) would replace: choose another folder')
         mmcv.mkdir_or_exist(args.output_dir)
@@ -80,7 +93,7 @@ def main(argv=None):
                 segms=None if masks is None else masks.to_ndarray().astype(bool),
                 class_names=dataset.CLASSES,
                 show=False,
-                out_file=osp.join(args.output_dir, osp.basename(item['filename'])))
+                out_file=drawing_path(args.output_dir, item['ori_filename']))
             progress.update()
     print(f'\n{count} drawings in {args.output_dir}')
 

@@ -68,19 +68,43 @@ def test_draws_the_dataset_inside_a_wrapper(tmp_path, tiny_config, tiny_shapes, 
     _check_every_instance_drawn(drawn, osp.join(tiny_shapes, 'annotations', 'instances_val.json'))
 
 
-def test_refuses_to_draw_over_the_images_and_names_a_broken_one(tmp_path, tiny_config, tiny_shapes):
-    # File names with a folder (as COCO's train2017/...): the image folder is not img_prefix.
-    images = osp.join(tiny_shapes, 'train')
+def _renamed_images(tiny_shapes, tmp_path, rename):
     with open(osp.join(tiny_shapes, 'annotations', 'instances_train.json')) as f:
         coco = json.load(f)
     for image in coco['images']:
-        image['file_name'] = 'train/' + image['file_name']
-    ann_file = tmp_path / 'in_subfolders.json'
+        image['file_name'] = rename(image['file_name'])
+    ann_file = tmp_path / 'renamed.json'
     ann_file.write_text(json.dumps(coco))
+    return ann_file
+
+
+def test_drawings_keep_the_images_subfolders(tmp_path, tiny_config, tiny_shapes):
+    # Named by the file name alone, same-named images of two folders left one drawing for two
+    # (the tool said 2 drawings). Folders a/ and b/ each hold a copy of the train images.
+    data = tmp_path / 'data'
+    for folder in ('a', 'b'):
+        shutil.copytree(osp.join(tiny_shapes, 'train'), data / folder)
+    ann_file = _renamed_images(tiny_shapes, tmp_path, lambda name: ('a/' if name < '000004'
+                                                                     else 'b/') + name)
+    out = tmp_path / 'out'
+    browse_dataset.main([tiny_config, '--output-dir', str(out), '--num', '8', '--cfg-options',
+                         f'data.train.ann_file={ann_file}', f'data.train.img_prefix={data}/'])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob('*.png')) == [
+        *(f'a/00000{i}.png' for i in range(4)), *(f'b/00000{i}.png' for i in range(4, 8))]
+    # Samples per GPU in the dataset's entry (mmdet's older place) belong to the data loader.
+    browse_dataset.main([tiny_config, '--output-dir', str(tmp_path / 'val'), '--split', 'val',
+                         '--num', '1', '--cfg-options', 'data.val.samples_per_gpu=2'])
+    assert [p.name for p in (tmp_path / 'val').glob('*.png')] == ['000000.png']
+
+
+def test_refuses_to_draw_over_the_images_and_names_a_broken_one(tmp_path, tiny_config, tiny_shapes):
+    # File names with the image's folder, here the whole path: the image folder is not img_prefix.
+    images = osp.join(tiny_shapes, 'train')
+    ann_file = _renamed_images(tiny_shapes, tmp_path, lambda name: osp.join(images, name))
     with pytest.raises(SystemExit, match=f'^tools/browse_dataset.py: error: --output-dir {images} '
                                          'holds the images drawn'):
         browse_dataset.main([tiny_config, '--output-dir', images, '--num', '2', '--cfg-options',
-                             f'data.train.ann_file={ann_file}', f'data.train.img_prefix={tiny_shapes}/'])
+                             f'data.train.ann_file={ann_file}', 'data.train.img_prefix='])
     broken = tmp_path / 'images'
     shutil.copytree(images, broken)
     (broken / '000001.png').write_bytes(b'not a png')
