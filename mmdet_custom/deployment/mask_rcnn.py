@@ -220,9 +220,21 @@ def _interpolation_matrix(starts, ends, out_size, mask_size):
     return (1 - (position[:, :, None] - cells).abs()).clamp(min=0)
 
 
+def _pasted_region(starts, ends, size):
+    """(N, size) bool: the pixels of each box's [start, end) extent that mmdet's CPU paste
+    (``_do_paste_mask`` with skip_empty) fills, one box at a time: from floor(start) - 1 (at
+    least 0) up to ceil(end) + 1 (at most ``size``). Pixels outside stay False whatever the
+    threshold: at 0 the bilinear zeros there would pass it."""
+    first = (starts.floor() - 1).clamp(min=0)
+    stop = (ends.ceil() + 1).clamp(max=size)
+    pixels = torch.arange(size, dtype=starts.dtype, device=starts.device)
+    return (pixels[None, :] >= first[:, None]) & (pixels[None, :] < stop[:, None])
+
+
 def paste_masks(probabilities, boxes, canvas_shape, threshold, chunk=32):
     """Paste (N, h, w) mask probabilities into their (N, 4) boxes on an (H, W) canvas and
-    threshold them: (N, H, W) bool, as mmdet's ``FCNMaskHead.get_seg_masks`` does.
+    threshold them: (N, H, W) bool, as mmdet's ``FCNMaskHead.get_seg_masks`` does on the CPU,
+    which fills only each box's region (:func:`_pasted_region`).
 
     Bilinear weights separate into a row and a column factor, so the paste is two batched
     matrix products instead of a GridSample over an (N, H, W, 2) grid; ``chunk`` masks at a time
@@ -235,5 +247,7 @@ def paste_masks(probabilities, boxes, canvas_shape, threshold, chunk=32):
         part, box = probabilities[start:start + chunk], boxes[start:start + chunk]
         rows = _interpolation_matrix(box[:, 1], box[:, 3], height, part.shape[1])
         cols = _interpolation_matrix(box[:, 0], box[:, 2], width, part.shape[2])
-        masks[start:start + chunk] = rows @ part @ cols.transpose(1, 2) >= threshold
+        region = (_pasted_region(box[:, 1], box[:, 3], height)[:, :, None]
+                  & _pasted_region(box[:, 0], box[:, 2], width)[:, None, :])
+        masks[start:start + chunk] = (rows @ part @ cols.transpose(1, 2) >= threshold) & region
     return masks

@@ -352,3 +352,26 @@ def test_benchmark_onnx_runs_and_refuses_bad_input(tiny_detector, static_export,
             tool.main([config, checkpoint, *args])
         assert str(error.value).startswith('tools/deployment/benchmark_onnx.py: error: ')
         assert message in str(error.value)
+
+
+@pytest.mark.parametrize('threshold', [0.0, 0.02, 0.5])
+def test_paste_masks_fills_the_region_mmdet_pastes_on_the_cpu(threshold):
+    # At mask_thr_binary=0 every pixel of the canvas passed (the bilinear zeros outside the box
+    # too), where mmdet fills only each box's region; --verify failed with mask IoU 0.877. At low
+    # thresholds a wide box's bilinear tail passed beyond the region.
+    from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+
+    from mmdet_custom.deployment import paste_masks
+    torch.manual_seed(0)
+    logits = torch.randn(5, 1, 28, 28) * 4
+    # Inside the canvas, at its edges, and one over 3 pixels a mask cell wide, sure everywhere:
+    # its bilinear tail reaches past the region's last column (0.2 there).
+    boxes = torch.tensor([[10.3, 5.7, 30.2, 25.9], [0.0, 0.0, 12.5, 8.0], [70.4, 50.1, 160.0, 64.0],
+                          [2.0, 3.2, 150.0, 60.8], [40.0, 20.0, 41.5, 22.2]])
+    logits[3] = logits[3].abs() + 4
+    head = FCNMaskHead(num_convs=0, num_classes=1, in_channels=4)
+    segm = head.get_seg_masks(logits, boxes, torch.zeros(5, dtype=torch.long),
+                              mmcv.Config(dict(mask_thr_binary=threshold)), (64, 160),
+                              np.ones(4, dtype=np.float32), rescale=True)[0]
+    masks = paste_masks(logits[:, 0].sigmoid(), boxes, (64, 160), threshold)
+    np.testing.assert_array_equal(masks.numpy(), np.stack(segm))
