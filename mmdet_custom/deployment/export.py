@@ -6,6 +6,7 @@ dispatcher ops, so ``torch.export`` cannot trace them, while the tracer takes th
 of the autograd Functions wrapping them (``onnx_ops.py``) and records the data-dependent sizes
 after each NMS as they come.
 """
+import json
 import warnings
 
 import numpy as np
@@ -95,11 +96,14 @@ def prepare_input(cfg, image, shape):
     return img.float().contiguous(), meta
 
 
-def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False, img_shape=None):
+def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False, img_shape=None,
+                     class_names=None):
     """Trace ``detector`` on ``img`` (whose image fills ``img_shape``, (h, w), of it; default all)
     and write ``output_file``; returns the loaded ONNX model. Its metadata holds the class count
-    (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's, and the
-    mask threshold (``mask_thr_binary``) it pastes the masks with.
+    (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's, the
+    mask threshold (``mask_thr_binary``) it pastes the masks with, and, when given (the
+    checkpoint's ``meta['CLASSES']``), the class names in label order (``classes``, a JSON list),
+    which tools/deployment/test.py checks the dataset's order against.
 
     Raises ValueError for an unsupported opset, and ExportError when the DCNv3 extension is
     missing or the graph would need an operator outside the standard ONNX domain.
@@ -137,8 +141,11 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
                           do_constant_folding=True)
     model = onnx.load(output_file)
     roi_head = detector.roi_head
-    onnx.helper.set_model_props(model, {'num_classes': str(roi_head.bbox_head.num_classes),
-                                        'mask_thr_binary': repr(float(roi_head.test_cfg.mask_thr_binary))})
+    metadata = {'num_classes': str(roi_head.bbox_head.num_classes),
+                'mask_thr_binary': repr(float(roi_head.test_cfg.mask_thr_binary))}
+    if class_names is not None:
+        metadata['classes'] = json.dumps(list(class_names))
+    onnx.helper.set_model_props(model, metadata)
     onnx.save(model, output_file)
     onnx.checker.check_model(model)
     others = non_standard_ops(model)

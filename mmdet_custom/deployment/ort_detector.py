@@ -1,4 +1,5 @@
 """Run an exported Mask R-CNN in ONNX Runtime and return mmdet's results, for evaluation."""
+import json
 import os.path as osp
 
 import numpy as np
@@ -19,6 +20,8 @@ class ONNXRuntimeMaskRCNN:
     ``detector.simple_test(..., rescale=True)`` does: the masks pasted onto the original image
     with the boxes scaled back, as mmdet pastes them. ``num_classes`` is the dataset's (or what
     ``classes_of`` names, for the message); a model exported for another count is refused.
+    ``class_names`` are the names the file records in label order (None in files exported
+    without them).
     """
 
     def __init__(self, onnx_file: str, num_classes: int, num_threads: int = 0,
@@ -45,6 +48,7 @@ class ONNXRuntimeMaskRCNN:
             raise ValueError(f'{onnx_file} does not say its mask threshold (mask_thr_binary in its '
                              f'metadata): export it again with tools/deployment/pytorch2onnx.py')
         self.mask_thr_binary = float(metadata['mask_thr_binary'])
+        self.class_names = tuple(json.loads(metadata['classes'])) if 'classes' in metadata else None
         height, width = inputs[0].shape[2:]
         # A static export takes one size only; smaller images are zero-padded up to it.
         self.input_shape = (height, width) if isinstance(height, int) and isinstance(width, int) else None

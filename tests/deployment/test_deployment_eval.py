@@ -100,7 +100,7 @@ def padded_model(tiny_detector, tmp_path_factory):
     """A dynamic export of the tiny detector and a test set whose images the pipeline pads:
     48x80 images resized to 38x64 in a 64x64 input (random weights: many boxes, some in the
     padding before clipping)."""
-    from mmdet_custom.datasets.synthetic_shapes import generate
+    from mmdet_custom.datasets.synthetic_shapes import CLASSES, generate
     from mmdet_custom.deployment import export_mask_rcnn, prepare_input
     config, checkpoint, cfg, detector = tiny_detector
     folder = tmp_path_factory.mktemp('padded')
@@ -108,7 +108,8 @@ def padded_model(tiny_detector, tmp_path_factory):
     img, meta = prepare_input(cfg, str(folder / 'val' / '000000.png'), (64, 64))
     assert meta['img_shape'][:2] == (38, 64)
     model = str(folder / 'tiny.onnx')
-    export_mask_rcnn(detector, img, model, dynamic=True, img_shape=meta['img_shape'])
+    export_mask_rcnn(detector, img, model, dynamic=True, img_shape=meta['img_shape'],
+                     class_names=CLASSES)
     options = ['--cfg-options', f'data.test.ann_file={folder}/annotations/instances_val.json',
                f'data.test.img_prefix={folder}/val/']
     return config, checkpoint, model, options
@@ -156,3 +157,27 @@ def test_test_time_augmentation_is_refused(padded_model):
     assert message.endswith('the test pipeline asks for test-time augmentation (flip or several '
                             'scales), which an exported model does not run: set '
                             "MultiScaleFlipAug's flip=False and one img_scale")
+
+
+def _with_metadata(model, path, **props):
+    """A copy of the ONNX file ``model`` at ``path`` with its metadata entries replaced by
+    ``props`` (None: the entry removed, as in files exported before it was recorded)."""
+    import onnx
+    proto = onnx.load(model)
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    metadata.update(props)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {k: v for k, v in metadata.items() if v is not None})
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def test_a_model_with_its_classes_in_another_order_is_refused(padded_model, tmp_path):
+    # The file recorded only the class count: the labels were scored as other classes.
+    config, _, model, options = padded_model
+    reordered = _with_metadata(model, tmp_path / 'reordered.onnx',
+                               classes=json.dumps(['rectangle', 'triangle', 'circle']))
+    assert _deploy_test_error(config, reordered, *options) == (
+        f'tools/deployment/test.py: error: {reordered} was exported with its classes in another '
+        'order (rectangle, triangle, circle) than data.test numbers them (circle, triangle, '
+        'rectangle): its labels would be scored as other classes')

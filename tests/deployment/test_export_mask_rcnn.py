@@ -1,5 +1,6 @@
 """Export of the tiny InternImage Mask R-CNN: ONNX Runtime gives PyTorch's detections, in
 standard operators only; the export tool's command line and its errors."""
+import json
 import os
 import os.path as osp
 
@@ -36,6 +37,25 @@ def static_export(tiny_detector, tmp_path_factory):
     path = str(tmp_path_factory.mktemp('static') / 'tiny.onnx')
     model = export_mask_rcnn(detector, img, path, opset_version=17)
     return path, model, img, meta
+
+
+@pytest.fixture(scope='module')
+def tool_export(tiny_detector, tmp_path_factory):
+    """The export tool's file of the tiny detector and its metadata."""
+    config, checkpoint, _, _ = tiny_detector
+    path = str(tmp_path_factory.mktemp('tool') / 'tiny.onnx')
+    load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', path, '--shape', '64'])
+    return path, {prop.key: prop.value for prop in onnx.load(path).metadata_props}
+
+
+def test_export_tool_records_the_checkpoints_class_names(tool_export, static_export):
+    # The file recorded only the class count: evaluation could not refuse another order.
+    from mmdet_custom.datasets.synthetic_shapes import CLASSES
+    path, metadata = tool_export
+    assert json.loads(metadata['classes']) == list(CLASSES)
+    assert ONNXRuntimeMaskRCNN(path, num_classes=3).class_names == CLASSES
+    # A file without them (exported before they were recorded, or without a checkpoint's).
+    assert ONNXRuntimeMaskRCNN(static_export[0], num_classes=3).class_names is None
 
 
 def test_static_export_gives_pytorch_detections(tiny_detector, static_export):

@@ -129,7 +129,7 @@ def run(args):
     shape = input_shape(args, cfg)
     image = input_image(args.input_img, shape)
     detector = build_model(cfg, args.config)
-    load_detector_checkpoint(detector, args.checkpoint)
+    checkpoint = load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
     num_classes = detector.roi_head.bbox_head.num_classes
     try:
@@ -139,8 +139,10 @@ def run(args):
 
     start = time.perf_counter()
     try:
+        # The class names go into the file, so that evaluation can refuse another order.
         export_mask_rcnn(detector, img, output_file, args.opset_version, args.dynamic_export,
-                         img_shape=meta['img_shape'])
+                         img_shape=meta['img_shape'],
+                         class_names=(checkpoint.get('meta') or {}).get('CLASSES'))
     except NotImplementedError as error:
         raise UsageError(f'cannot export {args.config}: {error}') from None
     except ExportError as error:  # the DCNv3 extension missing, or an operator outside ONNX

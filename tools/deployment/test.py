@@ -4,8 +4,8 @@
 
 The images go through the config's test pipeline as in tools/test.py; a model exported with a
 static input size takes smaller images zero-padded up to it. A model exported for another class
-count than the dataset's, and a pipeline asking for test-time augmentation (flip, several scales),
-which an exported model does not run, are refused.
+count than the dataset's or with its classes in another order, and a pipeline asking for
+test-time augmentation (flip, several scales), which an exported model does not run, are refused.
 """
 import argparse
 import os.path as osp
@@ -74,6 +74,19 @@ def open_onnx_model(path, num_classes, threads, classes_of='the dataset'):
         raise UsageError(f'cannot load {path} in ONNX Runtime: {error}') from None
 
 
+def check_class_order(model, model_path, dataset):
+    """A model whose recorded class names are the dataset's in another order would have its
+    labels scored as other classes: refuse it, as tools/test.py refuses such a checkpoint (files
+    exported before the names were recorded have none, and pass)."""
+    exported = model.class_names
+    if (exported is not None and exported != tuple(dataset.CLASSES)
+            and sorted(exported) == sorted(dataset.CLASSES)):
+        raise UsageError(f'{model_path} was exported with its classes in another order '
+                         f'({", ".join(exported)}) than data.test numbers them '
+                         f'({", ".join(dataset.CLASSES)}): its labels would be scored as other '
+                         f'classes')
+
+
 def check_single_scale(cfg):
     """The exported model runs the test pipeline's one scale, unflipped: refuse test-time
     augmentation rather than evaluate without it."""
@@ -110,6 +123,8 @@ def run(args):
     cfg.data.test.test_mode = True
     dataset = load_dataset(cfg.data.test, 'data.test')
     model = open_onnx_model(args.model, len(dataset.CLASSES), args.threads)
+    if args.eval or args.format_only:  # (--out keeps the model's own labels, as tools/test.py)
+        check_class_order(model, args.model, dataset)
     data_loader = build_dataloader(dataset, samples_per_gpu=1,
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
                                    dist=False, shuffle=False)
