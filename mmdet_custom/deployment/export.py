@@ -101,9 +101,11 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
     """Trace ``detector`` on ``img`` (whose image fills ``img_shape``, (h, w), of it; default all)
     and write ``output_file``; returns the loaded ONNX model. Its metadata holds the class count
     (``num_classes``), which :class:`ONNXRuntimeMaskRCNN` checks against the dataset's, the
-    mask threshold (``mask_thr_binary``) it pastes the masks with, and, when given (the
-    checkpoint's ``meta['CLASSES']``), the class names in label order (``classes``, a JSON list),
-    which tools/deployment/test.py checks the dataset's order against.
+    mask threshold (``mask_thr_binary``) it pastes the masks with, the test-time settings traced
+    into the graph (``test_cfg``, the RPN's and the box and mask heads' as JSON: {"rpn": ...,
+    "rcnn": ...}), which tools/deployment/test.py checks the config's against, and, when given
+    (the checkpoint's ``meta['CLASSES']``), the class names in label order (``classes``, a JSON
+    list), which tools/deployment/test.py checks the dataset's order against.
 
     Raises ValueError for an unsupported opset, and ExportError when the DCNv3 extension is
     missing or the graph would need an operator outside the standard ONNX domain.
@@ -141,8 +143,10 @@ def export_mask_rcnn(detector, img, output_file, opset_version=17, dynamic=False
                           do_constant_folding=True)
     model = onnx.load(output_file)
     roi_head = detector.roi_head
+    test_cfg = dict(rpn=detector.rpn_head.test_cfg, rcnn=roi_head.test_cfg)
     metadata = {'num_classes': str(roi_head.bbox_head.num_classes),
-                'mask_thr_binary': repr(float(roi_head.test_cfg.mask_thr_binary))}
+                'mask_thr_binary': repr(float(roi_head.test_cfg.mask_thr_binary)),
+                'test_cfg': json.dumps(test_cfg)}
     if class_names is not None:
         metadata['classes'] = json.dumps(list(class_names))
     onnx.helper.set_model_props(model, metadata)

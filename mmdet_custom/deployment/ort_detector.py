@@ -20,8 +20,8 @@ class ONNXRuntimeMaskRCNN:
     ``detector.simple_test(..., rescale=True)`` does: the masks pasted onto the original image
     with the boxes scaled back, as mmdet pastes them. ``num_classes`` is the dataset's (or what
     ``classes_of`` names, for the message); a model exported for another count is refused.
-    ``class_names`` are the names the file records in label order (None in files exported
-    without them).
+    ``class_names`` are the names the file records in label order, ``test_cfg`` the test-time
+    settings it was exported with ({'rpn': ..., 'rcnn': ...}); None in files exported without.
     """
 
     def __init__(self, onnx_file: str, num_classes: int, num_threads: int = 0,
@@ -49,6 +49,7 @@ class ONNXRuntimeMaskRCNN:
                              f'metadata): export it again with tools/deployment/pytorch2onnx.py')
         self.mask_thr_binary = float(metadata['mask_thr_binary'])
         self.class_names = tuple(json.loads(metadata['classes'])) if 'classes' in metadata else None
+        self.test_cfg = json.loads(metadata['test_cfg']) if 'test_cfg' in metadata else None
         height, width = inputs[0].shape[2:]
         # A static export takes one size only; smaller images are zero-padded up to it.
         self.input_shape = (height, width) if isinstance(height, int) and isinstance(width, int) else None

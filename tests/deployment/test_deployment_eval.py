@@ -181,3 +181,32 @@ def test_a_model_with_its_classes_in_another_order_is_refused(padded_model, tmp_
         f'tools/deployment/test.py: error: {reordered} was exported with its classes in another '
         'order (rectangle, triangle, circle) than data.test numbers them (circle, triangle, '
         'rectangle): its labels would be scored as other classes')
+
+
+@pytest.mark.parametrize('option, difference', [
+    ('model.test_cfg.rcnn.score_thr=0.3', 'model.test_cfg.rcnn.score_thr=0.05, the config has 0.3'),
+    ('model.test_cfg.rpn.nms.iou_threshold=0.6',
+     'model.test_cfg.rpn.nms.iou_threshold=0.7, the config has 0.6'),
+    ('model.test_cfg.rcnn.mask_thr_binary=0', 'model.test_cfg.rcnn.mask_thr_binary=0.5, the config '
+     'has 0'),
+    ('model.test_cfg.rcnn.nms_pre=50', 'model.test_cfg.rcnn.nms_pre=unset, the config has 50'),
+])
+def test_test_time_settings_other_than_the_exported_are_refused(padded_model, option, difference):
+    # The graph fixed them at export: the config's were ignored, and its results named by them.
+    config, _, model, options = padded_model
+    assert _deploy_test_error(config, model, *options, option) == (
+        f'tools/deployment/test.py: error: {model} was exported with {difference}: test-time '
+        'settings are fixed at export; export again with them (tools/deployment/pytorch2onnx.py '
+        '--cfg-options)')
+
+
+def test_a_model_exported_before_settings_and_names_were_recorded_still_runs(padded_model,
+                                                                             tmp_path, capsys):
+    config, _, model, options = padded_model
+    older = _with_metadata(model, tmp_path / 'older.onnx', classes=None, test_cfg=None)
+    load_tool('test').main([config, older, '--out', str(tmp_path / 'older.pkl'), *options,
+                            'model.test_cfg.rcnn.score_thr=0.3'])
+    printed = capsys.readouterr().out
+    assert (f'note: {older} does not record the test-time settings it was exported with (an older '
+            "export): those apply, whatever the config's model.test_cfg says") in printed
+    assert osp.isfile(tmp_path / 'older.pkl')

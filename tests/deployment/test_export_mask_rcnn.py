@@ -44,7 +44,8 @@ def tool_export(tiny_detector, tmp_path_factory):
     """The export tool's file of the tiny detector and its metadata."""
     config, checkpoint, _, _ = tiny_detector
     path = str(tmp_path_factory.mktemp('tool') / 'tiny.onnx')
-    load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', path, '--shape', '64'])
+    load_tool('pytorch2onnx').main([config, checkpoint, '--output-file', path, '--shape', '64',
+                                    '--cfg-options', 'model.test_cfg.rcnn.score_thr=0.3'])
     return path, {prop.key: prop.value for prop in onnx.load(path).metadata_props}
 
 
@@ -56,6 +57,16 @@ def test_export_tool_records_the_checkpoints_class_names(tool_export, static_exp
     assert ONNXRuntimeMaskRCNN(path, num_classes=3).class_names == CLASSES
     # A file without them (exported before they were recorded, or without a checkpoint's).
     assert ONNXRuntimeMaskRCNN(static_export[0], num_classes=3).class_names is None
+
+
+def test_export_tool_records_the_test_time_settings(tiny_detector, tool_export):
+    # The graph fixes them, and nothing recorded them: evaluation could not refuse other ones.
+    _, _, cfg, _ = tiny_detector
+    path, metadata = tool_export
+    expected = dict(rpn=cfg.model.test_cfg.rpn.to_dict(),
+                    rcnn=dict(cfg.model.test_cfg.rcnn.to_dict(), score_thr=0.3))
+    assert json.loads(metadata['test_cfg']) == expected
+    assert ONNXRuntimeMaskRCNN(path, num_classes=3).test_cfg == expected
 
 
 def test_static_export_gives_pytorch_detections(tiny_detector, static_export):

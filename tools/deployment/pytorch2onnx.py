@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--verify', action='store_true',
                         help='compare ONNX Runtime\'s detections with PyTorch\'s on the input image')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
-                        help='override config entries, e.g. model.test_cfg.rcnn.max_per_img=50')
+                        help='override config entries, e.g. model.test_cfg.rcnn.max_per_img=50 '
+                        '(test-time settings are fixed into the file: evaluation refuses others)')
     args = parser.parse_args(argv)
     if args.shape is not None and len(args.shape) not in (1, 2):
         parser.error('--shape takes one or two values: H W (or one for a square)')

@@ -6,8 +6,11 @@ The images go through the config's test pipeline as in tools/test.py; a model ex
 static input size takes smaller images zero-padded up to it. A model exported for another class
 count than the dataset's or with its classes in another order, and a pipeline asking for
 test-time augmentation (flip, several scales), which an exported model does not run, are refused.
+The test-time settings (model.test_cfg: score_thr, NMS, max_per_img, mask_thr_binary) are fixed
+at export: a config asking for other ones is refused (export again with them).
 """
 import argparse
+import json
 import os.path as osp
 import sys
 
@@ -28,7 +31,10 @@ BACKENDS = ('onnxruntime',)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=PROG, description='Evaluate an exported model')
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='Evaluate an exported model. Its test-time settings '
+        '(model.test_cfg: score_thr, NMS, max_per_img, mask_thr_binary) are fixed at export: a '
+        'config asking for other ones is refused; export again with them.')
     parser.add_argument('config', help='test config file')
     parser.add_argument('model', help='exported model file (.onnx)')
     parser.add_argument('--backend', default='onnxruntime',
@@ -41,7 +47,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=count_at_least(0), default=0,
                         help='ONNX Runtime intra-op threads (0: its default, all cores)')
     parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
-                        help='override config entries, e.g. data.test.ann_file=...')
+                        help='override config entries, e.g. data.test.ann_file=... '
+                        '(model.test_cfg must stay as exported)')
     parser.add_argument('--eval-options', nargs='+', action=ConfigOptions,
                         help='extra arguments of dataset.evaluate(), e.g. classwise=True')
     args = parser.parse_args(argv)
@@ -87,6 +94,46 @@ def check_class_order(model, model_path, dataset):
                          f'classes')
 
 
+_UNSET = object()
+
+
+def _first_difference(exported, configured, key):
+    """(key, exported value, configured value) of the first entry where two settings differ
+    (nested dicts entry by entry, the exported order first), or None."""
+    if isinstance(exported, dict) and isinstance(configured, dict):
+        names = list(exported) + [name for name in configured if name not in exported]
+        for name in names:
+            found = _first_difference(exported.get(name, _UNSET), configured.get(name, _UNSET),
+                                      f'{key}.{name}')
+            if found:
+                return found
+        return None
+    return None if exported == configured else (key, exported, configured)
+
+
+def _shown(value):
+    return 'unset' if value is _UNSET else repr(value)
+
+
+def check_test_cfg(model, model_path, cfg):
+    """Score threshold, NMS, max_per_img and the mask threshold are traced into the graph (or
+    its metadata) at export: refuse a config asking for others rather than evaluate the exported
+    ones under its name."""
+    if model.test_cfg is None:
+        print(f'note: {model_path} does not record the test-time settings it was exported with '
+              '(an older export): those apply, whatever the config\'s model.test_cfg says')
+        return
+    configured = cfg.model.get('test_cfg') or cfg.get('test_cfg') or {}
+    # As the export wrote them: JSON, tuples as lists.
+    configured = json.loads(json.dumps({part: configured.get(part) for part in ('rpn', 'rcnn')}))
+    difference = _first_difference(model.test_cfg, configured, 'model.test_cfg')
+    if difference:
+        key, exported, wanted = difference
+        raise UsageError(f'{model_path} was exported with {key}={_shown(exported)}, the config '
+                         f'has {_shown(wanted)}: test-time settings are fixed at export; export '
+                         'again with them (tools/deployment/pytorch2onnx.py --cfg-options)')
+
+
 def check_single_scale(cfg):
     """The exported model runs the test pipeline's one scale, unflipped: refuse test-time
     augmentation rather than evaluate without it."""
@@ -125,6 +172,7 @@ def run(args):
     model = open_onnx_model(args.model, len(dataset.CLASSES), args.threads)
     if args.eval or args.format_only:  # (--out keeps the model's own labels, as tools/test.py)
         check_class_order(model, args.model, dataset)
+    check_test_cfg(model, args.model, cfg)
     data_loader = build_dataloader(dataset, samples_per_gpu=1,
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
                                    dist=False, shuffle=False)
