@@ -364,6 +364,49 @@ def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):
         tiny(init_cfg=dict(type='Pretrained', checkpoint=str(corrupt))).init_weights()
 
 
+def test_pretrained_of_another_model_size_is_refused_by_its_first_weight(tmp_path):
+    # load_state_dict raised a RuntimeError listing every mismatch, 125 lines for the tiny model.
+    path = tmp_path / 'wider.pth'
+    wider = tiny(channels=32).state_dict()
+    torch.save({'state_dict': wider}, path)
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other_shapes = sum(v.shape != before[k].shape for k, v in wider.items())
+    with pytest.raises(PretrainedCheckpointError) as error:
+        model.load_pretrained(str(path))
+    assert str(error.value) == (
+        f'InternImage: pretrained checkpoint {path} does not fit this backbone (saved for another '
+        f'model size?): {other_shapes} of its weights have another shape (first: '
+        f'patch_embed.conv1.weight is (16, 3, 3, 3) in the checkpoint, (8, 3, 3, 3) in the model)')
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('source_overrides, first_key, count', [
+    (dict(layer_scale=1.0), 'levels.0.blocks.0.gamma1', 10),  # into a model without layer scale
+    (dict(depths=[1, 1, 3, 1], layer_scale=None), 'levels.2.blocks.2.norm1.0.weight', 20),
+])
+def test_pretrained_backbone_weights_without_a_place_are_warned_of(tmp_path, mmdet_log,
+                                                                   source_overrides, first_key,
+                                                                   count):
+    # They were skipped with an info line calling them the classifier head: the model then
+    # computed another function than the checkpoint's (no gammas, a block fewer).
+    source = tiny(**source_overrides)
+    path = tmp_path / 'pretrained.pth'
+    torch.save(_classification_checkpoint(source), path)
+    model = tiny(layer_scale=None)
+    unplaced = [k for k in source.state_dict() if k not in model.state_dict()]
+    _, skipped = model.load_pretrained(str(path))
+    assert unplaced[0] == first_key and len(unplaced) == (count or len(unplaced))
+    assert skipped == unplaced + ['head.weight', 'conv_head.0.weight', 'fc_norm.weight']
+    warnings = [r.getMessage() for r in mmdet_log if r.levelno == logging.WARNING]
+    assert (f'InternImage: {len(unplaced)} backbone weights in {path} this model has no place '
+            f"for: does its layer_scale / depths differ from the checkpoint's? (first: "
+            f"{', '.join(unplaced[:5])})") in warnings
+    infos = [r.getMessage() for r in mmdet_log if r.levelno == logging.INFO]
+    assert ("InternImage: skipped 3 keys that are not backbone parameters (e.g. the classifier "
+            "head): ['head.weight', 'conv_head.0.weight', 'fc_norm.weight']") in infos
+
+
 @pytest.mark.parametrize('layer_scale', [None, 0.7])
 @pytest.mark.parametrize('training', [False, True])
 def test_block_residual_equals_the_original_composition(training, layer_scale):

@@ -421,3 +421,20 @@ def test_validation_of_other_classes_than_training_is_refused(train_tool, tmp_pa
                       'model.roi_head.bbox_head.num_classes=2',
                       'model.roi_head.mask_head.num_classes=2')
     assert 'data.val has the classes circle, triangle, rectangle and data.train circle, ' in message
+
+
+def test_a_pretrained_checkpoint_of_another_model_size_is_one_line(train_tool, tmp_path,
+                                                                   tiny_config):
+    # load_state_dict's size mismatches ended the run in a 125-line traceback.
+    from mmdet_custom.models.backbones import InternImage
+    other_size = tmp_path / 'other_size.pth'
+    torch.save({'state_dict': InternImage(channels=8, depths=[1, 1, 2, 1],
+                                          groups=[1, 2, 4, 8]).state_dict()}, other_size)
+    message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
+                      '--cfg-options', 'model.backbone.init_cfg.type=Pretrained',
+                      f'model.backbone.init_cfg.checkpoint={other_size}')
+    assert (f'pretrained checkpoint {other_size} does not fit this backbone (saved for another '
+            f'model size?): ' in message)
+    assert ('(first: patch_embed.conv1.weight is (4, 3, 3, 3) in the checkpoint, (8, 3, 3, 3) in '
+            'the model)' in message)
+

@@ -408,9 +408,11 @@ class InternImage(BaseModule):
         """Load backbone weights from a classification or detection checkpoint.
 
         Accepts a bare state_dict or one under 'state_dict' or 'model', with or without
-        'module.'/'backbone.' prefixes. Keys that are not backbone parameters (the classifier
-        head, a detector's neck and heads) are skipped; both lists are logged and returned as
-        ``(missing, skipped)``.
+        'module.'/'backbone.' prefixes. A weight of another shape than the model's (a checkpoint of
+        another model size) is a PretrainedCheckpointError. Keys the model has no place for are
+        skipped: those under the backbone's own modules (a checkpoint with other depths or
+        layer_scale) with a warning, the rest (the classifier head, a detector's neck and heads)
+        with an info line. Returns ``(missing, skipped)``, missing parameters being warned of.
         """
         logger = get_root_logger()
         if '://' not in path and not osp.isfile(osp.expanduser(path)):  # mmcv expands ~ too
@@ -422,19 +424,42 @@ class InternImage(BaseModule):
                 f'InternImage: could not load pretrained checkpoint {path}: {error_summary(exc)}') from exc
         state_dict = _backbone_state_dict(ckpt, path)
 
-        own_keys = set(self.state_dict().keys())
-        skipped = [k for k in state_dict if k not in own_keys]
-        missing = [k for k in own_keys if k not in state_dict]
-        self.load_state_dict(OrderedDict((k, v) for k, v in state_dict.items() if k in own_keys),
+        own_state = self.state_dict()
+        _check_shapes(state_dict, own_state, path)
+        skipped = [k for k in state_dict if k not in own_state]
+        missing = [k for k in own_state if k not in state_dict]
+        self.load_state_dict(OrderedDict((k, v) for k, v in state_dict.items() if k in own_state),
                              strict=False)
         logger.info(f'InternImage: loaded {len(state_dict) - len(skipped)} tensors from {path}')
-        if skipped:
-            logger.info(f'InternImage: skipped {len(skipped)} keys that are not backbone parameters '
-                        f'(e.g. the classifier head): {skipped}')
+        own_modules = {k.split('.')[0] for k in own_state} | dict(self.named_children()).keys()
+        unplaced = [k for k in skipped if k.split('.')[0] in own_modules]
+        others = [k for k in skipped if k not in unplaced]
+        if unplaced:
+            # Dropping them changes what the blocks compute (a gamma, a whole block).
+            logger.warning(f'InternImage: {len(unplaced)} backbone weights in {path} this model '
+                           f'has no place for: does its layer_scale / depths differ from the '
+                           f"checkpoint's? (first: {', '.join(unplaced[:5])})")
+        if others:
+            logger.info(f'InternImage: skipped {len(others)} keys that are not backbone parameters '
+                        f'(e.g. the classifier head): {others}')
         if missing:
             logger.warning(f'InternImage: {len(missing)} backbone parameters are not in {path} and keep '
                            f'their initial values: {sorted(missing)}')
         return sorted(missing), skipped
+
+
+def _check_shapes(state_dict: Dict[str, torch.Tensor], own_state: Dict[str, torch.Tensor],
+                  path: str) -> None:
+    """Refuse a checkpoint whose weights have other shapes than the model's (load_state_dict's
+    error lists every one of them, in a traceback)."""
+    wrong = [k for k, v in state_dict.items() if k in own_state and v.shape != own_state[k].shape]
+    if wrong:
+        key = wrong[0]
+        raise PretrainedCheckpointError(
+            f'InternImage: pretrained checkpoint {path} does not fit this backbone (saved for '
+            f'another model size?): {len(wrong)} of its weights have another shape (first: {key} '
+            f'is {tuple(state_dict[key].shape)} in the checkpoint, {tuple(own_state[key].shape)} '
+            f'in the model)')
 
 
 def _backbone_state_dict(ckpt, path: str) -> Dict[str, torch.Tensor]:
