@@ -364,6 +364,21 @@ def test_pretrained_missing_or_corrupt_file_names_the_path(tmp_path):
         tiny(init_cfg=dict(type='Pretrained', checkpoint=str(corrupt))).init_weights()
 
 
+def test_pretrained_unreadable_files_say_they_may_be_truncated(tmp_path):
+    # torch's own errors ('[Errno 22] Invalid argument', a bare '101') named no cause.
+    whole = tmp_path / 'whole.pth'
+    torch.save({'state_dict': tiny().state_dict()}, whole)
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(whole.read_bytes()[:4096])
+    text = tmp_path / 'text.pth'
+    text.write_text('epoch 3, top-1 82.1\n')
+    for path in (truncated, text):
+        with pytest.raises(PretrainedCheckpointError) as error:
+            tiny().load_pretrained(str(path))
+        assert str(error.value).startswith(f'InternImage: could not load pretrained checkpoint '
+                                           f'{path} (truncated or not a PyTorch checkpoint?): ')
+
+
 def test_pretrained_of_another_model_size_is_refused_by_its_first_weight(tmp_path):
     # load_state_dict raised a RuntimeError listing every mismatch, 125 lines for the tiny model.
     path = tmp_path / 'wider.pth'

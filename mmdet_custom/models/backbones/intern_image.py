@@ -420,8 +420,7 @@ class InternImage(BaseModule):
         try:
             ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
         except Exception as exc:
-            raise PretrainedCheckpointError(
-                f'InternImage: could not load pretrained checkpoint {path}: {error_summary(exc)}') from exc
+            raise PretrainedCheckpointError(_unreadable_checkpoint_message(path, exc)) from exc
         state_dict = _backbone_state_dict(ckpt, path)
 
         own_state = self.state_dict()
@@ -446,6 +445,15 @@ class InternImage(BaseModule):
             logger.warning(f'InternImage: {len(missing)} backbone parameters are not in {path} and keep '
                            f'their initial values: {sorted(missing)}')
         return sorted(missing), skipped
+
+
+def _unreadable_checkpoint_message(path: str, error: Exception) -> str:
+    """Why ``path`` could not be loaded, worded as read_checkpoint (mmdet_custom/apis/checkpoint.py)
+    words a damaged file: torch's own error for one (an OSError, a KeyError) names no cause."""
+    refused_by_safe_loader = 'Weights only load failed' in str(error)
+    damaged = '://' not in path and not refused_by_safe_loader  # a URL may fail to download
+    hint = ' (truncated or not a PyTorch checkpoint?)' if damaged else ''
+    return f'InternImage: could not load pretrained checkpoint {path}{hint}: {error_summary(error)}'
 
 
 def _check_shapes(state_dict: Dict[str, torch.Tensor], own_state: Dict[str, torch.Tensor],
