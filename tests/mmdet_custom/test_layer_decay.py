@@ -1,6 +1,7 @@
 """CustomLayerDecayOptimizerConstructor: layer ids, lr scales and weight-decay groups."""
 import copy
 import logging
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from mmdet_custom.apis.train import configured_update_implementation
 from mmdet_custom.core.optimizers import CustomLayerDecayOptimizerConstructor, get_layer_id
+from mmdet_custom.core.optimizers.layer_decay_optimizer_constructor import ParamwiseConfigError
 from mmdet_custom.models.backbones import InternImage
 
 DEPTHS = TINY_BACKBONE['depths']  # [1, 1, 2, 1]: blocks 1..5, heads 6
@@ -158,13 +160,38 @@ def test_group_summary_is_logged():
 def test_invalid_paramwise_cfg():
     with pytest.raises(ValueError, match='sum\\(depths\\)'):
         optimizer_for(ToyDetector(), num_layers=4)
-    with pytest.raises(KeyError, match='depths'):
-        build_optimizer(ToyDetector(), dict(type='AdamW', lr=BASE_LR,
-                                            constructor='CustomLayerDecayOptimizerConstructor',
-                                            paramwise_cfg=dict(num_layers=5)))
+    # empty: mmcv's constructor took it for no per-parameter settings and grouped nothing, silently
+    for paramwise_cfg, missing in ((dict(num_layers=5), "['depths']"),
+                                   ({}, "['num_layers', 'depths']")):
+        with pytest.raises(ParamwiseConfigError, match=re.escape(f'needs {missing} (')):
+            build_optimizer(ToyDetector(), dict(type='AdamW', lr=BASE_LR,
+                                                constructor='CustomLayerDecayOptimizerConstructor',
+                                                paramwise_cfg=paramwise_cfg))
     with pytest.raises(ValueError, match='cannot assign a layer id'):
         get_layer_id('backbone.levels.0.blocks.gamma', DEPTHS)
     assert get_layer_id('backbone.cls_token', DEPTHS) == 6  # as the heads, as in the original
+
+
+@pytest.mark.parametrize('depths', [None, [1, -1, 2, 1], [1.0, 1, 2, 1], '1121', [True, 1, 2, 1]])
+def test_depths_that_are_not_block_counts_are_refused_by_name(depths):
+    # None reached the user as "TypeError: 'NoneType' object is not iterable".
+    with pytest.raises(ParamwiseConfigError) as error:
+        optimizer_for(ToyDetector(), depths=depths)
+    assert str(error.value) == (
+        f'optimizer.paramwise_cfg: depths must be a list of whole numbers of at least 0 (the '
+        f'blocks per backbone stage, as model.backbone.depths), got {depths!r}: set '
+        f'optimizer.paramwise_cfg.depths')
+
+
+def test_unknown_paramwise_keys_are_refused_by_name():
+    # mmcv's own options (and misspellings) were dropped: every group trained at the base lr.
+    with pytest.raises(ParamwiseConfigError) as error:
+        optimizer_for(ToyDetector(), layer_decay=0.9, custom_keys={'head': dict(lr_mult=0.1)},
+                      norm_decay_mult=1.0)
+    assert str(error.value) == (
+        "optimizer.paramwise_cfg: unknown keys ['custom_keys', 'layer_decay', 'norm_decay_mult'] "
+        "(the layer-decay constructor reads only ['num_layers', 'depths', 'layer_decay_rate', "
+        "'offset_lr_scale', 'backbone_small_lr', 'dino_head'])")
 
 
 def test_optimizer_steps():

@@ -438,3 +438,19 @@ def test_a_pretrained_checkpoint_of_another_model_size_is_one_line(train_tool, t
     assert ('(first: patch_embed.conv1.weight is (4, 3, 3, 3) in the checkpoint, (8, 3, 3, 3) in '
             'the model)' in message)
 
+
+@pytest.mark.parametrize('option, problem', [
+    ('optimizer.paramwise_cfg.num_layers=6',
+     'num_layers (6) must equal sum(depths) (5, depths=[1, 1, 2, 1])'),
+    ('optimizer.paramwise_cfg.depths=None', 'depths must be a list of whole numbers of at least 0'),
+    ('optimizer.paramwise_cfg.norm_decay_mult=1.0', "unknown keys ['norm_decay_mult']"),
+])
+def test_a_layer_decay_setting_that_cannot_group_the_model_is_one_line(train_tool, tmp_path,
+                                                                       tiny_config, option,
+                                                                       problem):
+    # The constructor's refusals (and a TypeError for depths=None) ended in tracebacks.
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                      '--cfg-options', 'optimizer.constructor=CustomLayerDecayOptimizerConstructor',
+                      'optimizer.paramwise_cfg.num_layers=5',
+                      'optimizer.paramwise_cfg.depths=[1,1,2,1]', option)
+    assert message.startswith(f'tools/train.py: error: optimizer.paramwise_cfg: {problem}')

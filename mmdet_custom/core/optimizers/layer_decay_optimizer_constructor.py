@@ -26,6 +26,9 @@ The original's options for DETR-style heads are understood too: ``offset_lr_scal
 of parameters named ``sampling_offsets``/``reference_points`` (InternImage's own DCNv3 offsets are
 named ``offset`` and are not affected), ``dino_head=True`` gives those parameters of the heads 0.1x,
 and ``backbone_small_lr=True`` gives 0.1x to every group whose decayed scale is below 1.
+
+A ``paramwise_cfg`` with other keys, with ``depths`` that are not block counts, or with
+``num_layers`` other than ``sum(depths)`` is a ParamwiseConfigError (tools/train.py: one line).
 """
 from typing import Dict, List, Sequence
 
@@ -34,12 +37,19 @@ from mmdet.utils import get_root_logger
 
 from ...models.backbones.intern_image import InternImage
 
-__all__ = ['CustomLayerDecayOptimizerConstructor', 'get_layer_id']
+__all__ = ['CustomLayerDecayOptimizerConstructor', 'ParamwiseConfigError', 'get_layer_id']
 
 # Substrings of names that get no weight decay besides vectors and biases (the last two are Swin's
 # and Deformable DETR's parameters; kept so that any model groups as in the original).
 _NO_DECAY_NAME_PARTS = ('norm', 'relative_position', 'sampling_offsets')
 _OFFSET_NAME_PARTS = ('sampling_offsets', 'reference_points')
+# What add_params reads; mmcv's own options (custom_keys, norm_decay_mult, ...) it does not apply.
+_REQUIRED_KEYS = ('num_layers', 'depths')
+_OPTIONAL_KEYS = ('layer_decay_rate', 'offset_lr_scale', 'backbone_small_lr', 'dino_head')
+
+
+class ParamwiseConfigError(ValueError):
+    """``optimizer.paramwise_cfg`` cannot group this model's parameters; the message says why."""
 
 
 def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backbone.') -> int:
@@ -68,6 +78,10 @@ def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backb
     return first_block(stage) + int(parts[3])
 
 
+def _is_whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _group_name(name: str, param, layer_id: int, num_layers: int, dino_head: bool) -> str:
     no_decay = (param.ndim == 1 or name.endswith('.bias')
                 or any(part in name for part in _NO_DECAY_NAME_PARTS))
@@ -83,16 +97,44 @@ class CustomLayerDecayOptimizerConstructor(DefaultOptimizerConstructor):
     """Parameter groups per (layer id, decay or not), in the order their first parameter comes in
     ``named_parameters()``; see the module docstring."""
 
+    def _validate_cfg(self) -> None:
+        # mmcv's checks are of options this constructor refuses. Ours run in __call__: the registry
+        # that builds the constructor would prefix an error raised here with the class name.
+        pass
+
+    def __call__(self, model):
+        self._check_paramwise_cfg()
+        return super().__call__(model)
+
+    def _check_paramwise_cfg(self) -> None:
+        cfg = self.paramwise_cfg
+        if not isinstance(cfg, dict):
+            raise ParamwiseConfigError(f'optimizer.paramwise_cfg: expected a dict, got {cfg!r}')
+        unknown = sorted(set(cfg) - set(_REQUIRED_KEYS + _OPTIONAL_KEYS))
+        if unknown:
+            raise ParamwiseConfigError(
+                f'optimizer.paramwise_cfg: unknown keys {unknown} (the layer-decay constructor '
+                f'reads only {list(_REQUIRED_KEYS + _OPTIONAL_KEYS)})')
+        missing = [key for key in _REQUIRED_KEYS if key not in cfg]
+        if missing:
+            raise ParamwiseConfigError(f'optimizer.paramwise_cfg: the layer-decay constructor '
+                                       f'needs {missing} (model.backbone.depths and their sum)')
+        depths, num_layers = cfg['depths'], cfg['num_layers']
+        if not (isinstance(depths, (list, tuple))
+                and all(_is_whole_number(d) and d >= 0 for d in depths)):
+            raise ParamwiseConfigError(
+                f'optimizer.paramwise_cfg: depths must be a list of whole numbers of at least 0 '
+                f'(the blocks per backbone stage, as model.backbone.depths), got {depths!r}: set '
+                f'optimizer.paramwise_cfg.depths')
+        if not _is_whole_number(num_layers) or num_layers != sum(depths):
+            raise ParamwiseConfigError(
+                f'optimizer.paramwise_cfg: num_layers ({num_layers!r}) must equal sum(depths) '
+                f'({sum(depths)}, depths={list(depths)})')
+
     def add_params(self, params: List[dict], module, prefix: str = '', is_dcn_module=None) -> None:
         cfg = self.paramwise_cfg
-        missing = [key for key in ('num_layers', 'depths') if key not in cfg]
-        if missing:
-            raise KeyError(f'CustomLayerDecayOptimizerConstructor: paramwise_cfg needs {missing}')
         depths = list(cfg['depths'])
         num_layers = cfg['num_layers']
-        if num_layers != sum(depths):
-            raise ValueError(f'paramwise_cfg: num_layers ({num_layers}) must equal sum(depths) '
-                             f'({sum(depths)}, depths={depths})')
         decay_rate = cfg.get('layer_decay_rate', 1.0)
         offset_lr_scale = cfg.get('offset_lr_scale', 1.0)
         backbone_small_lr = cfg.get('backbone_small_lr', False)
