@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from internimage_testlib import TINY_BACKBONE
+from mmcv.parallel import MMDataParallel
 from mmcv.runner import OPTIMIZER_BUILDERS, build_optimizer
 from torch import nn
 
@@ -170,6 +171,24 @@ def test_invalid_paramwise_cfg():
     with pytest.raises(ValueError, match='cannot assign a layer id'):
         get_layer_id('backbone.levels.0.blocks.gamma', DEPTHS)
     assert get_layer_id('backbone.cls_token', DEPTHS) == 6  # as the heads, as in the original
+
+
+def test_depths_other_than_the_backbones_are_refused():
+    # A config inheriting T's and building S kept T's depths: stage 2's last blocks then shared
+    # layer ids (and lr scales) with stage 3's.
+    message = ('optimizer.paramwise_cfg: depths [1, 1, 4, 1] are not model.backbone.depths '
+               '[1, 1, 2, 1]: set optimizer.paramwise_cfg.depths and num_layers to match '
+               'model.backbone.depths')
+    with pytest.raises(ParamwiseConfigError) as error:
+        optimizer_for(ToyDetector(), num_layers=7, depths=[1, 1, 4, 1])
+    assert str(error.value) == message
+    with pytest.raises(ParamwiseConfigError) as error:  # the backbone alone, wrapped
+        constructor = CustomLayerDecayOptimizerConstructor(
+            dict(type='AdamW', lr=BASE_LR), dict(num_layers=7, depths=[1, 1, 4, 1]))
+        constructor.add_params([], MMDataParallel(InternImage(**TINY_BACKBONE)))
+    assert str(error.value) == message
+    groups = optimizer_for(ToyDetector(), depths=(1, 1, 2, 1)).param_groups  # a tuple is the same
+    assert len(groups) == len(optimizer_for(ToyDetector()).param_groups)
 
 
 @pytest.mark.parametrize('depths', [None, [1, -1, 2, 1], [1.0, 1, 2, 1], '1121', [True, 1, 2, 1]])

@@ -27,11 +27,12 @@ of parameters named ``sampling_offsets``/``reference_points`` (InternImage's own
 named ``offset`` and are not affected), ``dino_head=True`` gives those parameters of the heads 0.1x,
 and ``backbone_small_lr=True`` gives 0.1x to every group whose decayed scale is below 1.
 
-A ``paramwise_cfg`` with other keys, with ``depths`` that are not block counts, or with
+A ``paramwise_cfg`` with other keys, with ``depths`` that are not the model's backbone's, or with
 ``num_layers`` other than ``sum(depths)`` is a ParamwiseConfigError (tools/train.py: one line).
 """
 from typing import Dict, List, Sequence
 
+from mmcv.parallel import is_module_wrapper
 from mmcv.runner import OPTIMIZER_BUILDERS, DefaultOptimizerConstructor
 from mmdet.utils import get_root_logger
 
@@ -80,6 +81,20 @@ def get_layer_id(name: str, depths: Sequence[int], backbone_prefix: str = 'backb
 
 def _is_whole_number(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_depths_fit(depths: List[int], model) -> None:
+    """Refuse depths other than the backbone's: with them, blocks of different stages would share
+    layer ids (a config that inherits T's and builds S keeps T's depths)."""
+    if is_module_wrapper(model):
+        model = model.module
+    backbone = model if isinstance(model, InternImage) else getattr(model, 'backbone', None)
+    backbone_depths = getattr(backbone, 'depths', None)
+    if backbone_depths is not None and list(backbone_depths) != depths:
+        raise ParamwiseConfigError(
+            f'optimizer.paramwise_cfg: depths {depths} are not model.backbone.depths '
+            f'{list(backbone_depths)}: set optimizer.paramwise_cfg.depths and num_layers to match '
+            f'model.backbone.depths')
 
 
 def _group_name(name: str, param, layer_id: int, num_layers: int, dino_head: bool) -> str:
@@ -135,6 +150,7 @@ class CustomLayerDecayOptimizerConstructor(DefaultOptimizerConstructor):
         cfg = self.paramwise_cfg
         depths = list(cfg['depths'])
         num_layers = cfg['num_layers']
+        _check_depths_fit(depths, module)
         decay_rate = cfg.get('layer_decay_rate', 1.0)
         offset_lr_scale = cfg.get('offset_lr_scale', 1.0)
         backbone_small_lr = cfg.get('backbone_small_lr', False)
