@@ -36,8 +36,7 @@ from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  #
                                check_mixed_precision, load_dataset, resume_checkpoint,
                                set_mixed_precision, start_worker_server, stored_seed,
                                train_detector, train_loader_config)
-from mmdet_custom.core.optimizers.layer_decay_optimizer_constructor import (  # noqa: E402
-    ParamwiseConfigError)
+from mmdet_custom.core.optimizers import ParamwiseConfigError  # noqa: E402
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
                     check_num_classes, dataset_files, evaluation_settings, join_process_group,

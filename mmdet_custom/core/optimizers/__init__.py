@@ -1,3 +1,4 @@
-from .layer_decay_optimizer_constructor import CustomLayerDecayOptimizerConstructor, get_layer_id
+from .layer_decay_optimizer_constructor import (CustomLayerDecayOptimizerConstructor,
+                                               ParamwiseConfigError, get_layer_id)
 
-__all__ = ['CustomLayerDecayOptimizerConstructor', 'get_layer_id']
+__all__ = ['CustomLayerDecayOptimizerConstructor', 'ParamwiseConfigError', 'get_layer_id']
