@@ -140,15 +140,16 @@ def _is_box(bbox):
 def _check_images(dataset, name):
     """A DatasetError naming the first image entry of the annotation file without a size, or
     whose id another entry has: mmdet reads every image's size, and of images sharing an id it
-    keeps one, with the annotations of all of them."""
+    keeps one, with the annotations of all of them. In training, a warning counting the images
+    mmdet leaves out for being under 32 pixels a side (CocoDataset's min_size)."""
     coco = getattr(dataset, 'coco', None)
     if coco is None:
         return
+    small = 0
     files = {}
     for image in coco.dataset.get('images', []):
         where = f'{name}: image id {image.get("id")} ({image.get("file_name")})'
-        if not all(isinstance(image.get(side), int) and image[side] > 0
-                   for side in ('width', 'height')):
+        if not all(_is_number(image.get(side)) and image[side] > 0 for side in ('width', 'height')):
             raise DatasetError(f'{where} has no width and height in pixels (width '
                                f'{image.get("width")!r}, height {image.get("height")!r}) (ann_file '
                                f'{dataset.ann_file})')
@@ -157,6 +158,11 @@ def _check_images(dataset, name):
                                f'keep one of them with the annotations of both (ann_file '
                                f'{dataset.ann_file})')
         files[image.get('id')] = image.get('file_name')
+        small += min(image['width'], image['height']) < 32
+    if small and not getattr(dataset, 'test_mode', True):
+        get_root_logger().warning(f'{name}: {small} of {len(files)} images are under 32 pixels a '
+                                  f'side and left out of training, as mmdet leaves them out '
+                                  f'(ann_file {dataset.ann_file})')
 
 
 def _loads_masks(dataset):
@@ -177,11 +183,13 @@ def _segmentation_problem(segmentation, image, needed):
         return None
     if not isinstance(segmentation, list):
         return f'has a segmentation that is a {type(segmentation).__name__}'
-    for polygon in segmentation:
-        if not isinstance(polygon, list) or len(polygon) < 6:
-            length = len(polygon) if isinstance(polygon, list) else type(polygon).__name__
-            return (f'has a polygon of {length} numbers, where a polygon needs 3 points '
-                    f'(6 numbers) or more')
+    # pycocotools reads the polygons as boxes where the first has 4 numbers, and refuses fewer
+    # (later short ones it takes); a polygon has 3 points, 6 numbers, or more.
+    first = segmentation[0]
+    if not isinstance(first, list) or len(first) <= 4:
+        length = len(first) if isinstance(first, list) else type(first).__name__
+        return (f'has a first polygon of {length} numbers, which pycocotools cannot read (a '
+                f'polygon has 3 points, 6 numbers, or more)')
     return None
 
 
@@ -203,7 +211,7 @@ def _ignored_in_training(ann, image):
 def _check_annotations(dataset, name):
     """A DatasetError naming the first annotation of the classes that mmdet's loading or
     pycocotools' evaluation cannot read (no box [x, y, width, height], no area, no iscrowd in
-    testing, a polygon under 3 points, a run-length mask of another size, no segmentation where
+    testing, a first polygon of 4 numbers or fewer, a run-length mask of another size, no segmentation where
     training loads masks): they failed with a traceback when read, in the first epoch or after
     inference. In training, those mmdet leaves out for an empty box or one outside its image: a
     warning with their count, or a DatasetError when nothing is left to train on."""

@@ -361,10 +361,11 @@ def _set_first(key, value):
 
 @pytest.mark.parametrize('edit, problem', [
     # pycocotools read 4 numbers as a box, not a polygon: a TypeError mid-epoch, no annotation named
-    (_set_first('segmentation', [[1, 2, 3, 4, 5]]), 'has a polygon of 5 numbers, where a polygon '
-                                                    'needs 3 points (6 numbers) or more'),
-    (_set_first('segmentation', [[]]), 'has a polygon of 0 numbers, where a polygon needs 3 '
-                                       'points (6 numbers) or more'),
+    (_set_first('segmentation', [[1, 2, 3, 4], [1, 2, 3, 4, 5, 6]]),
+     'has a first polygon of 4 numbers, which pycocotools cannot read (a polygon has 3 points, '
+     '6 numbers, or more)'),
+    (_set_first('segmentation', [[]]), 'has a first polygon of 0 numbers, which pycocotools '
+                                       'cannot read (a polygon has 3 points, 6 numbers, or more)'),
     # An IndexError and a TypeError in the mask loading, after training had started.
     (_set_first('segmentation', []), 'has no segmentation, from which the pipeline loads its mask'),
     (_set_first('segmentation', None), 'has no segmentation, from which the pipeline loads its '
@@ -449,6 +450,25 @@ def test_annotations_training_leaves_out_are_counted_or_refused(tmp_path, tiny_s
                                            r'27 crowd, iscrowd 1; 0 marked ignore\): nothing to '
                                            r'train on'):
         _load_train_set(config)
+
+
+def test_images_training_leaves_out_for_their_size_are_counted(tmp_path, tiny_shapes, mmdet_log):
+    # mmdet's training drops images under 32 pixels a side without a word.
+    data = _copy_of(tiny_shapes, tmp_path)
+    _edit_annotations(data, lambda coco: coco['images'][0].update(width=20, height=20))
+    dataset = _load_train_set(write_tiny_config(tmp_path / 'tiny.py', str(data)))
+    assert len(dataset) == 7
+    assert ('data.train: 1 of 8 images are under 32 pixels a side and left out of training, as '
+            'mmdet leaves them out') in _text(mmdet_log)
+    # All of them: the refusal blamed the classes, which every image has.
+    from mmdet_custom.apis import DatasetError
+    _edit_annotations(data, lambda coco: [image.update(width=20, height=20)
+                                          for image in coco['images']])
+    with pytest.raises(DatasetError, match=r"^data.train: no images in the dataset that mmdet's "
+                                           r'training keeps: it leaves out images under 32 pixels '
+                                           r'a side \(8 of 8 here\) and those without annotations '
+                                           r'of the classes circle, triangle, rectangle \(ann_file'):
+        _load_train_set(write_tiny_config(tmp_path / 'tiny.py', str(data)))
 
 
 def test_an_image_of_another_size_than_its_annotations_is_named(train_tool, tmp_path, tiny_shapes):
