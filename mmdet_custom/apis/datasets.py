@@ -211,8 +211,8 @@ def _ignored_in_training(ann, image):
 def _check_annotations(dataset, name):
     """A DatasetError naming the first annotation of the classes that mmdet's loading or
     pycocotools' evaluation cannot read (no box [x, y, width, height], no area, no iscrowd in
-    testing, a first polygon of 4 numbers or fewer, a run-length mask of another size, no segmentation where
-    training loads masks): they failed with a traceback when read, in the first epoch or after
+    testing, a first polygon of 4 numbers or fewer, a run-length mask of another size, no
+    segmentation where training loads masks): they failed with a traceback when read, in the first epoch or after
     inference. In training, those mmdet leaves out for an empty box or one outside its image: a
     warning with their count, or a DatasetError when nothing is left to train on."""
     coco = getattr(dataset, 'coco', None)

@@ -467,7 +467,8 @@ def test_images_training_leaves_out_for_their_size_are_counted(tmp_path, tiny_sh
     with pytest.raises(DatasetError, match=r"^data.train: no images in the dataset that mmdet's "
                                            r'training keeps: it leaves out images under 32 pixels '
                                            r'a side \(8 of 8 here\) and those without annotations '
-                                           r'of the classes circle, triangle, rectangle \(ann_file'):
+                                           r'of the classes circle, triangle, rectangle '
+                                           r'\(ann_file'):
         _load_train_set(write_tiny_config(tmp_path / 'tiny.py', str(data)))
 
 
