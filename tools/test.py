@@ -171,7 +171,7 @@ def run(args):
     checkpoint = load_detector_checkpoint(model, args.checkpoint, get_root_logger())
     if args.fuse_conv_bn:
         model = fuse_conv_bn(model)
-    dataset = load_dataset(cfg.data.test, 'data.test')
+    dataset = load_dataset(cfg.data.test, 'data.test', metrics=args.eval)
     trained_on = (checkpoint.get('meta') or {}).get('CLASSES')
     if args.eval or args.format_only:  # (--out and pictures keep the checkpoint's own classes)
         check_num_classes(model, dataset, 'data.test', args.checkpoint)

@@ -3,7 +3,7 @@ when an image fails in the pipeline later."""
 import math
 import os.path as osp
 
-from mmdet.datasets import build_dataset
+from mmdet.datasets import CocoDataset, build_dataset
 from mmdet.utils import get_root_logger
 
 from ..utils import error_summary
@@ -149,7 +149,8 @@ def _check_images(dataset, name):
     files = {}
     for image in coco.dataset.get('images', []):
         where = f'{name}: image id {image.get("id")} ({image.get("file_name")})'
-        if not all(_is_number(image.get(side)) and image[side] > 0 for side in ('width', 'height')):
+        if not all(_is_number(image.get(side)) and image[side] > 0
+                   and float(image[side]).is_integer() for side in ('width', 'height')):
             raise DatasetError(f'{where} has no width and height in pixels (width '
                                f'{image.get("width")!r}, height {image.get("height")!r}) (ann_file '
                                f'{dataset.ann_file})')
@@ -158,6 +159,8 @@ def _check_images(dataset, name):
                                f'keep one of them with the annotations of both (ann_file '
                                f'{dataset.ann_file})')
         files[image.get('id')] = image.get('file_name')
+        for side in ('width', 'height'):  # (mmdet's masks take whole numbers: 64.0 failed)
+            image[side] = int(image[side])
         small += min(image['width'], image['height']) < 32
     if small and not getattr(dataset, 'test_mode', True):
         get_root_logger().warning(f'{name}: {small} of {len(files)} images are under 32 pixels a '
@@ -170,11 +173,10 @@ def _loads_masks(dataset):
     return any(getattr(transform, 'with_mask', False) for transform in transforms)
 
 
-def _segmentation_problem(segmentation, image, needed):
-    """What keeps ``segmentation`` from being a mask of ``image``, or None. ``needed``: whether
-    a missing one is a problem (training loads the masks)."""
+def _segmentation_problem(segmentation, image):
+    """What keeps ``segmentation`` from being read as a mask of ``image``, or None."""
     if segmentation is None or segmentation == []:
-        return 'has no segmentation, from which the pipeline loads its mask' if needed else None
+        return 'has no segmentation to read its mask from'
     if isinstance(segmentation, dict):  # run-length encoded
         size = [image['height'], image['width']]
         if 'counts' not in segmentation or list(segmentation.get('size') or []) != size:
@@ -208,42 +210,55 @@ def _ignored_in_training(ann, image):
     return None
 
 
-def _check_annotations(dataset, name):
-    """A DatasetError naming the first annotation of the classes that mmdet's loading or
-    pycocotools' evaluation cannot read (no box [x, y, width, height], no area, no iscrowd in
-    testing, a first polygon of 4 numbers or fewer, a run-length mask of another size, no
-    segmentation where training loads masks): they failed with a traceback when read, in the first epoch or after
-    inference. In training, those mmdet leaves out for an empty box or one outside its image: a
+# The metrics CocoDataset.evaluate reads the annotations for, with pycocotools.
+_READ_BY_COCO_EVALUATION = {'bbox', 'segm', 'proposal'}
+
+
+def _check_annotations(dataset, name, metrics=None):
+    """A DatasetError naming the first annotation of the classes that is read and cannot be: in
+    training, by mmdet's loading (a box [x, y, width, height], an area, and where the pipeline
+    loads masks, the segmentation of each annotation it keeps); in testing, by pycocotools'
+    evaluation of ``metrics`` (a box, an area, iscrowd 0 or 1, and for segm a segmentation).
+    They failed with a traceback when read, in the first epoch or after the whole inference.
+    In training, the annotations mmdet leaves out for an empty box or one outside its image: a
     warning with their count, or a DatasetError when nothing is left to train on."""
     coco = getattr(dataset, 'coco', None)
-    if coco is None:
+    if coco is None or not isinstance(next(iter(coco.anns.values()), {}), dict):
+        return  # (a panoptic file's annotations are lists of segments)
+    training = not getattr(dataset, 'test_mode', True)
+    metrics = {metrics} if isinstance(metrics, str) else set(metrics or ())
+    evaluated = (type(dataset).evaluate is CocoDataset.evaluate
+                 and bool(metrics & _READ_BY_COCO_EVALUATION))
+    if not (training or evaluated):
         return
-    testing = getattr(dataset, 'test_mode', True)
-    masks_needed = not testing and _loads_masks(dataset)
-    annotations = [ann for ann in coco.anns.values() if ann.get('category_id') in dataset.cat_ids]
+    masks_read = _loads_masks(dataset) if training else 'segm' in metrics
+    class_ids = set(dataset.cat_ids)
     ignored = {}
-    for ann in annotations:
-        where = f'{name}: annotation {ann.get("id")} (image {ann.get("image_id")})'
+    annotations = 0
+    for ann in coco.anns.values():
+        if ann.get('category_id') not in class_ids:
+            continue
+        annotations += 1
+        problem = None
         if not _is_box(ann.get('bbox')):
-            found = repr(ann['bbox']) if 'bbox' in ann else 'missing'
-            raise DatasetError(f'{where} has no box of 4 numbers [x, y, width, height]: bbox '
-                               f'{found} (ann_file {dataset.ann_file})')
-        if not _is_number(ann.get('area')):
-            raise DatasetError(f'{where} has no area (a number), which mmdet\'s training and '
-                               f'pycocotools\' evaluation read: area {ann.get("area")!r} (ann_file '
-                               f'{dataset.ann_file})')
-        if testing and ann.get('iscrowd') not in (0, 1):
-            raise DatasetError(f'{where} has no iscrowd of 0 or 1, which pycocotools\' evaluation '
-                               f'reads: iscrowd {ann.get("iscrowd")!r} (ann_file '
-                               f'{dataset.ann_file})')
+            problem = (f'has no box of 4 numbers [x, y, width, height]: bbox '
+                       f'{repr(ann["bbox"]) if "bbox" in ann else "missing"}')
+        elif not _is_number(ann.get('area')):
+            problem = (f'has no area (a number), which mmdet\'s training and pycocotools\' '
+                       f'evaluation read: area {ann.get("area")!r}')
+        elif not training and ann.get('iscrowd') not in (0, 1):
+            problem = (f'has no iscrowd of 0 or 1, which pycocotools\' evaluation reads: iscrowd '
+                       f'{ann.get("iscrowd")!r}')
         image = coco.imgs.get(ann.get('image_id'))
-        reason = None if testing else _ignored_in_training(ann, image)
-        ignored[reason] = ignored.get(reason, 0) + 1
-        problem = image and _segmentation_problem(ann.get('segmentation'), image,
-                                                  masks_needed and reason is None)
+        if problem is None:
+            reason = _ignored_in_training(ann, image) if training else None
+            ignored[reason] = ignored.get(reason, 0) + 1
+            if masks_read and reason is None and image is not None:
+                problem = _segmentation_problem(ann.get('segmentation'), image)
         if problem:
-            raise DatasetError(f'{where} {problem} (ann_file {dataset.ann_file})')
-    if testing or not annotations:
+            raise DatasetError(f'{name}: annotation {ann.get("id")} (image {ann.get("image_id")}) '
+                               f'{problem} (ann_file {dataset.ann_file})')
+    if not training or not annotations:
         return
     if not ignored.get(None):
         raise DatasetError(f'{name}: mmdet\'s training leaves out every annotation ('
@@ -255,7 +270,7 @@ def _check_annotations(dataset, name):
     for reason, what in (('empty', 'an empty box (under 1 px wide or high, or area 0)'),
                          ('outside', 'a box outside its image')):
         if ignored.get(reason):
-            get_root_logger().warning(f'{name}: {ignored[reason]} of {len(annotations)} '
+            get_root_logger().warning(f'{name}: {ignored[reason]} of {annotations} '
                                       f'annotations have {what} and are ignored, as mmdet '
                                       f'ignores them (ann_file {dataset.ann_file})')
 
@@ -269,9 +284,10 @@ def _builder_error(error):
     return f'{type(error).__name__}: {error_summary(error)}'
 
 
-def load_dataset(dataset_cfg, name, default_args=None):
+def load_dataset(dataset_cfg, name, default_args=None, metrics=None):
     """``build_dataset(dataset_cfg, default_args)``, raising DatasetError naming ``name`` where
-    that fails or gives a dataset without images."""
+    that fails, gives a dataset without images, or holds annotations that training, or the
+    evaluation of ``metrics`` (a test set's), cannot read."""
     try:
         dataset = build_dataset(dataset_cfg, default_args)
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
@@ -300,7 +316,7 @@ def load_dataset(dataset_cfg, name, default_args=None):
         raise DatasetError(f'{name}: no images in the dataset{kept} (ann_file '
                            f'{getattr(dataset, "ann_file", None)})')  # (wrappers have none)
     for base in _base_datasets(dataset):
-        _check_annotations(base, name)
+        _check_annotations(base, name, metrics)
         if callable(getattr(base, 'pipeline', None)):
             base.pipeline = _PipelineNamingItsImage(base.pipeline)
     return dataset

@@ -288,7 +288,8 @@ def _build_eval_hook(cfg, distributed, train_classes=None):
     if loader_args['samples_per_gpu'] > 1:
         # Batched testing needs DefaultFormatBundle in place of ImageToTensor.
         cfg.data.val.pipeline = replace_ImageToTensor(cfg.data.val.pipeline)
-    val_set = load_dataset(cfg.data.val, 'data.val', dict(test_mode=True))
+    val_set = load_dataset(cfg.data.val, 'data.val', dict(test_mode=True),
+                           metrics=cfg.get('evaluation', {}).get('metric', 'bbox'))
     if None not in (train_classes, val_set.CLASSES) and (tuple(val_set.CLASSES)
                                                          != tuple(train_classes)):
         raise DatasetError(f'data.val has the classes {", ".join(val_set.CLASSES)} and data.train '

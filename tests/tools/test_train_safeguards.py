@@ -367,9 +367,8 @@ def _set_first(key, value):
     (_set_first('segmentation', [[]]), 'has a first polygon of 0 numbers, which pycocotools '
                                        'cannot read (a polygon has 3 points, 6 numbers, or more)'),
     # An IndexError and a TypeError in the mask loading, after training had started.
-    (_set_first('segmentation', []), 'has no segmentation, from which the pipeline loads its mask'),
-    (_set_first('segmentation', None), 'has no segmentation, from which the pipeline loads its '
-                                       'mask'),
+    (_set_first('segmentation', []), 'has no segmentation to read its mask from'),
+    (_set_first('segmentation', None), 'has no segmentation to read its mask from'),
     (_set_first('segmentation', dict(size=[32, 32], counts='PPYo0')),
      'has a run-length segmentation of size [32, 32] (with counts: True) on an image of size '
      '[64, 64]'),
@@ -389,33 +388,68 @@ def test_an_annotation_that_cannot_be_read_is_named_before_training(tmp_path, ti
                                 f'{data}/annotations/instances_train.json)')
 
 
-def test_evaluation_needs_iscrowd_and_image_sizes_and_one_image_per_id(tmp_path, tiny_shapes):
-    # pycocotools' evaluation read them after the whole inference (KeyError tracebacks); of
-    # images sharing an id, mmdet kept one, with the annotations of both.
+def test_training_reads_the_segmentations_of_the_annotations_it_keeps_only(tmp_path,
+                                                                          tiny_shapes):
+    # A line-shaped object: an empty box and a 4-number polygon, which mmdet skips unread.
+    data = _copy_of(tiny_shapes, tmp_path)
+    _edit_annotations(data, lambda coco: coco['annotations'][0].update(
+        bbox=[3, 3, 0.5, 0], area=0, segmentation=[[3, 3, 3.5, 3]]))
+    _edit_annotations(data, lambda coco: coco['annotations'][1].update(iscrowd=1,
+                                                                      segmentation=[[1, 2]]))
+    assert len(_load_train_set(write_tiny_config(tmp_path / 'tiny.py', str(data)))) == 8
+
+
+def _load_val_set(tiny_shapes, tmp_path, edit, metrics):
     import json
 
     from mmcv import ConfigDict
 
-    from mmdet_custom.apis import DatasetError, load_dataset
-    val = json.loads((Path(tiny_shapes) / 'annotations' / 'instances_val.json').read_text())
+    from mmdet_custom.apis import load_dataset
+    coco = json.loads((Path(tiny_shapes) / 'annotations' / 'instances_val.json').read_text())
+    edit(coco)
+    ann_file = tmp_path / 'val.json'
+    ann_file.write_text(json.dumps(coco))
+    return load_dataset(ConfigDict(type='CocoDataset', ann_file=str(ann_file), pipeline=[],
+                                   img_prefix=str(Path(tiny_shapes) / 'val'), test_mode=True,
+                                   classes=('circle', 'triangle', 'rectangle')),
+                        'data.val', metrics=metrics), ann_file
 
-    def message(edit):
-        coco = json.loads(json.dumps(val))
-        edit(coco)
-        ann_file = tmp_path / 'val.json'
-        ann_file.write_text(json.dumps(coco))
+
+def test_evaluation_needs_iscrowd_and_image_sizes_and_one_image_per_id(tmp_path, tiny_shapes):
+    # pycocotools' evaluation read them after the whole inference (KeyError tracebacks); of
+    # images sharing an id, mmdet kept one, with the annotations of both.
+    from mmdet_custom.apis import DatasetError
+
+    def message(edit, metrics=('bbox',)):
         with pytest.raises(DatasetError) as error:
-            load_dataset(ConfigDict(type='CocoDataset', ann_file=str(ann_file), pipeline=[],
-                                    img_prefix=str(Path(tiny_shapes) / 'val'), test_mode=True,
-                                    classes=('circle', 'triangle', 'rectangle')),
-                         'data.val')
-        suffix = f' (ann_file {ann_file})'
+            _load_val_set(tiny_shapes, tmp_path, edit, metrics)
+        suffix = f' (ann_file {tmp_path / "val.json"})'
         assert str(error.value).endswith(suffix)
         return str(error.value)[:-len(suffix)]
+
+    def without_iscrowd_and_area(coco):
+        for annotation in coco['annotations']:
+            del annotation['iscrowd'], annotation['area']
 
     assert message(lambda coco: coco['annotations'][0].pop('iscrowd')) == (
         "data.val: annotation 1 (image 1) has no iscrowd of 0 or 1, which pycocotools' "
         'evaluation reads: iscrowd None')
+    assert message(without_iscrowd_and_area).startswith('data.val: annotation 1 (image 1) has no '
+                                                        'area')
+    assert message(lambda coco: coco['annotations'][0].update(segmentation=[[1, 2, 3, 4]]),
+                   metrics='segm').startswith('data.val: annotation 1 (image 1) has a first '
+                                              'polygon of 4 numbers')
+    # Results written (--out), drawn or evaluated for boxes only do not read them.
+    assert len(_load_val_set(tiny_shapes, tmp_path, without_iscrowd_and_area, None)[0]) == 4
+    assert len(_load_val_set(tiny_shapes, tmp_path, lambda coco: coco['annotations'][0].update(
+        segmentation=[[1, 2, 3, 4]]), 'bbox')[0]) == 4
+    # Sizes written as floats: mmdet's masks took only whole numbers (a TypeError mid-epoch).
+    dataset, _ = _load_val_set(tiny_shapes, tmp_path, lambda coco: coco['images'][0].update(
+        width=64.0, height=64.0), 'bbox')
+    assert dataset.data_infos[0]['width'] == 64 and isinstance(dataset.data_infos[0]['width'], int)
+    assert message(lambda coco: coco['images'][1].update(width=63.5)) == (
+        'data.val: image id 2 (000001.png) has no width and height in pixels (width 63.5, '
+        'height 64)')
     assert message(lambda coco: coco['images'][1].pop('width')) == (
         'data.val: image id 2 (000001.png) has no width and height in pixels (width None, '
         'height 64)')

@@ -168,7 +168,7 @@ def run(args):
     check_request(args, cfg)
     check_single_scale(cfg)
     cfg.data.test.test_mode = True
-    dataset = load_dataset(cfg.data.test, 'data.test')
+    dataset = load_dataset(cfg.data.test, 'data.test', metrics=args.eval)
     model = open_onnx_model(args.model, len(dataset.CLASSES), args.threads)
     if args.eval or args.format_only:  # (--out keeps the model's own labels, as tools/test.py)
         check_class_order(model, args.model, dataset)
