@@ -255,6 +255,19 @@ def check_num_classes(model, dataset, name, checkpoint=None):
                              f'{remedy}')
 
 
+def check_class_order(recorded, dataset, source):
+    """A UsageError where the class names ``recorded`` with a model (``source`` says how, e.g.
+    'CKPT was trained') are the test set's in another order: its labels would be scored as other
+    classes. A model or dataset without class names passes."""
+    if recorded is None or dataset.CLASSES is None:
+        return
+    recorded, classes = tuple(recorded), tuple(dataset.CLASSES)
+    if recorded != classes and sorted(recorded) == sorted(classes):
+        raise UsageError(f'{source} with its classes in another order ({", ".join(recorded)}) '
+                         f'than data.test numbers them ({", ".join(classes)}): its labels would '
+                         f'be scored as other classes')
+
+
 def _named_parameters(function):
     return {name for name, parameter in inspect.signature(function).parameters.items()
             if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}

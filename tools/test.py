@@ -28,8 +28,8 @@ import mmdet_custom  # noqa: E402,F401
 from mmdet_custom.apis import (RANK_RESULTS_FOLDER, CheckpointError, evaluate_kwargs,  # noqa: E402
                                load_dataset, load_detector_checkpoint, multi_process_test,
                                wrap_model)
-from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
-                    check_not_over_images, check_num_classes, check_output_path,
+from _usage import (ConfigOptions, UsageError, build_model, check_class_order,  # noqa: E402
+                    check_evaluation, check_not_over_images, check_num_classes, check_output_path,
                     evaluation_settings, join_process_group, one_line_errors, predicts_masks,
                     read_config, registered_dataset, select_gpu)
 
@@ -175,12 +175,7 @@ def run(args):
     trained_on = (checkpoint.get('meta') or {}).get('CLASSES')
     if args.eval or args.format_only:  # (--out and pictures keep the checkpoint's own classes)
         check_num_classes(model, dataset, 'data.test', args.checkpoint)
-        if (trained_on is not None and tuple(trained_on) != tuple(dataset.CLASSES)
-                and sorted(trained_on) == sorted(dataset.CLASSES)):
-            raise UsageError(f'{args.checkpoint} was trained with its classes in another order '
-                             f'({", ".join(trained_on)}) than data.test numbers them '
-                             f'({", ".join(dataset.CLASSES)}): its labels would be scored as '
-                             f'other classes')
+        check_class_order(trained_on, dataset, f'{args.checkpoint} was trained')
     data_loader = build_dataloader(dataset, **loader_args)
     model.CLASSES = trained_on or dataset.CLASSES
 

@@ -261,6 +261,19 @@ def test_a_model_of_another_class_count_than_the_test_set_is_refused_before_infe
                             'trained on in data.test.classes')
 
 
+def test_class_names_missing_on_either_side_have_no_order_to_check():
+    # mmdet's CustomDataset without classes has CLASSES None: tuple(None) stopped the run.
+    import types
+    usage = load_script('tools/_usage.py', '_usage')
+    usage.check_class_order(('a', 'b'), types.SimpleNamespace(CLASSES=None), 'm was trained')
+    usage.check_class_order(None, types.SimpleNamespace(CLASSES=('a', 'b')), 'm was trained')
+    with pytest.raises(usage.UsageError, match=r'^m was trained with its classes in another '
+                                               r'order \(b, a\) than data.test numbers them '
+                                               r'\(a, b\)'):
+        usage.check_class_order(['b', 'a'], types.SimpleNamespace(CLASSES=('a', 'b')),
+                                'm was trained')
+
+
 def test_a_checkpoint_of_the_classes_in_another_order_is_refused_before_inference(
         test_tool, matching_checkpoint, tmp_path):
     # Trained on an annotation file listing the categories in another order: its label i is

@@ -23,7 +23,7 @@ from mmdet.datasets import build_dataloader  # noqa: E402
 
 from mmdet_custom.apis import load_dataset  # noqa: E402
 from _timing import count_at_least  # noqa: E402
-from _usage import ConfigOptions, one_line_errors  # noqa: E402
+from _usage import ConfigOptions, check_class_order, one_line_errors  # noqa: E402
 from tools.test import UsageError, check_request, load_config, report_results  # noqa: E402
 
 PROG = 'tools/deployment/test.py'
@@ -79,19 +79,6 @@ def open_onnx_model(path, num_classes, threads, classes_of='the dataset'):
         raise UsageError(str(error)) from None
     except Exception as error:  # onnxruntime raises its own types for unreadable files
         raise UsageError(f'cannot load {path} in ONNX Runtime: {error}') from None
-
-
-def check_class_order(model, model_path, dataset):
-    """A model whose recorded class names are the dataset's in another order would have its
-    labels scored as other classes: refuse it, as tools/test.py refuses such a checkpoint (files
-    exported before the names were recorded have none, and pass)."""
-    exported = model.class_names
-    if (exported is not None and exported != tuple(dataset.CLASSES)
-            and sorted(exported) == sorted(dataset.CLASSES)):
-        raise UsageError(f'{model_path} was exported with its classes in another order '
-                         f'({", ".join(exported)}) than data.test numbers them '
-                         f'({", ".join(dataset.CLASSES)}): its labels would be scored as other '
-                         f'classes')
 
 
 _UNSET = object()
@@ -171,7 +158,7 @@ def run(args):
     dataset = load_dataset(cfg.data.test, 'data.test', metrics=args.eval)
     model = open_onnx_model(args.model, len(dataset.CLASSES), args.threads)
     if args.eval or args.format_only:  # (--out keeps the model's own labels, as tools/test.py)
-        check_class_order(model, args.model, dataset)
+        check_class_order(model.class_names, dataset, f'{args.model} was exported')
     check_test_cfg(model, args.model, cfg)
     data_loader = build_dataloader(dataset, samples_per_gpu=1,
                                    workers_per_gpu=cfg.data.get('workers_per_gpu', 2),
