@@ -7,8 +7,8 @@ A missing or unreadable config, missing training (or validation) data, a pretrai
 that cannot be fetched or read, and a checkpoint to resume from that is missing, damaged or does
 not load end the run with one line naming the problem and exit status 1; so do a NaN/inf loss
 and a checkpoint that cannot be written, naming the newest complete checkpoint to go on from
-(Ctrl-C does the same with exit status 130). The data is checked before the model is built, so
-that a run does not first download weights it cannot use. Training turns on TF32 matmuls, as
+(Ctrl-C does the same with exit status 130). The data files are checked before the model is
+built, so that a run does not first download weights it cannot use; the annotations once it is. Training turns on TF32 matmuls, as
 the original's train.py does.
 """
 import argparse
@@ -56,7 +56,8 @@ def parse_args(argv=None):
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--resume-from', help='checkpoint to resume from (weights, optimizer, epoch)')
     parser.add_argument('--auto-resume', action='store_true',
-                        help='resume from the newest complete checkpoint in the work dir, if any')
+                        help='resume from the complete checkpoint furthest into training where '
+                        'the checkpoints go (the work dir, or checkpoint_config.out_dir), if any')
     parser.add_argument('--no-validate', action='store_true',
                         help='do not evaluate checkpoints during training')
     parser.add_argument('--seed', type=int, default=None, help='random seed')
