@@ -3,7 +3,7 @@ when an image fails in the pipeline later."""
 import math
 import os.path as osp
 
-from mmdet.datasets import CocoDataset, build_dataset
+from mmdet.datasets import CocoDataset, LVISV05Dataset, build_dataset
 from mmdet.utils import get_root_logger
 
 from ..utils import error_summary
@@ -196,10 +196,9 @@ def _segmentation_problem(segmentation, image):
 
 
 def _ignored_in_training(ann, image):
-    """Why mmdet's training leaves annotation ``ann`` of ``image`` out, or None."""
+    """Why mmdet's training leaves annotation ``ann`` of ``image`` out, or None (those marked
+    ignore are left out before it is read)."""
     x, y, width, height = ann['bbox']
-    if ann.get('ignore', False):
-        return 'ignore'
     if image is not None and (max(0, min(x + width, image['width']) - max(x, 0))
                               * max(0, min(y + height, image['height']) - max(y, 0))) == 0:
         return 'outside'
@@ -210,15 +209,24 @@ def _ignored_in_training(ann, image):
     return None
 
 
-# The metrics CocoDataset.evaluate reads the annotations for, with pycocotools.
-_READ_BY_COCO_EVALUATION = {'bbox', 'segm', 'proposal'}
+# The metrics CocoDataset.evaluate reads the annotations for: with pycocotools (which reads
+# their areas too), and proposal_fast with mmdet's own recall (boxes and iscrowd).
+_READ_BY_COCOEVAL = {'bbox', 'segm', 'proposal'}
+_READ_BY_COCO_EVALUATION = _READ_BY_COCOEVAL | {'proposal_fast'}
+
+
+def _evaluated_as_coco(dataset):
+    """Whether ``dataset``'s evaluate() reads its annotations as CocoDataset's does: those of its
+    subclasses that keep or call it (Cityscapes' for bbox and segm), not LVIS's own evaluation."""
+    return isinstance(dataset, CocoDataset) and not isinstance(dataset, LVISV05Dataset)
 
 
 def _check_annotations(dataset, name, metrics=None):
-    """A DatasetError naming the first annotation of the classes that is read and cannot be: in
-    training, by mmdet's loading (a box [x, y, width, height], an area, and where the pipeline
-    loads masks, the segmentation of each annotation it keeps); in testing, by pycocotools'
-    evaluation of ``metrics`` (a box, an area, iscrowd 0 or 1, and for segm a segmentation).
+    """A DatasetError naming the first annotation that is read and cannot be: in training, by
+    mmdet's loading (a box [x, y, width, height] and an area of every annotation of the images
+    not marked ignore, and where the pipeline loads masks, the segmentation of each annotation of
+    the classes it keeps); in testing, by the evaluation of ``metrics`` (of the classes: a box,
+    iscrowd 0 or 1, an area for pycocotools, and for segm a segmentation).
     They failed with a traceback when read, in the first epoch or after the whole inference.
     In training, the annotations mmdet leaves out for an empty box or one outside its image: a
     warning with their count, or a DatasetError when nothing is left to train on."""
@@ -227,28 +235,36 @@ def _check_annotations(dataset, name, metrics=None):
         return  # (a panoptic file's annotations are lists of segments)
     training = not getattr(dataset, 'test_mode', True)
     metrics = {metrics} if isinstance(metrics, str) else set(metrics or ())
-    evaluated = (type(dataset).evaluate is CocoDataset.evaluate
-                 and bool(metrics & _READ_BY_COCO_EVALUATION))
+    evaluated = _evaluated_as_coco(dataset) and bool(metrics & _READ_BY_COCO_EVALUATION)
     if not (training or evaluated):
         return
+    area_read = training or bool(metrics & _READ_BY_COCOEVAL)
     masks_read = _loads_masks(dataset) if training else 'segm' in metrics
     class_ids = set(dataset.cat_ids)
     ignored = {}
     annotations = 0
     for ann in coco.anns.values():
-        if ann.get('category_id') not in class_ids:
+        of_the_classes = ann.get('category_id') in class_ids
+        if not (of_the_classes or training):  # (training reads every annotation of an image)
             continue
-        annotations += 1
+        if training and ann.get('ignore', False):  # left out before anything is read
+            if of_the_classes:
+                annotations += 1
+                ignored['ignore'] = ignored.get('ignore', 0) + 1
+            continue
         problem = None
         if not _is_box(ann.get('bbox')):
             problem = (f'has no box of 4 numbers [x, y, width, height]: bbox '
                        f'{repr(ann["bbox"]) if "bbox" in ann else "missing"}')
-        elif not _is_number(ann.get('area')):
+        elif area_read and not _is_number(ann.get('area')):
             problem = (f'has no area (a number), which mmdet\'s training and pycocotools\' '
                        f'evaluation read: area {ann.get("area")!r}')
         elif not training and ann.get('iscrowd') not in (0, 1):
             problem = (f'has no iscrowd of 0 or 1, which pycocotools\' evaluation reads: iscrowd '
                        f'{ann.get("iscrowd")!r}')
+        if problem is None and not of_the_classes:
+            continue
+        annotations += 1
         image = coco.imgs.get(ann.get('image_id'))
         if problem is None:
             reason = _ignored_in_training(ann, image) if training else None

@@ -27,14 +27,16 @@ class ResultsNotGathered(RuntimeError):
 def evaluate_kwargs(options):
     """``dataset.evaluate()``'s keyword arguments from a config or the command line, in the types
     mmdet's CocoDataset needs, where other forms failed once inference was done: ``iou_thrs`` an
-    array (pycocotools compares it with ==, and takes its length), ``metric_items`` a list (mmdet
-    takes a tuple, as --eval-options gives (a,b), for one name)."""
+    array (pycocotools compares it with ==, and takes its length), ``metric`` and
+    ``metric_items`` lists (mmdet takes a tuple, as --cfg-options and --eval-options give (a,b),
+    for one name)."""
     options = dict(options)
     iou_thrs = options.get('iou_thrs')
     if isinstance(iou_thrs, (list, tuple, int, float)) and not isinstance(iou_thrs, bool):
         options['iou_thrs'] = np.atleast_1d(np.asarray(iou_thrs, dtype=np.float64))
-    if isinstance(options.get('metric_items'), tuple):
-        options['metric_items'] = list(options['metric_items'])
+    for listed in ('metric', 'metric_items'):
+        if isinstance(options.get(listed), tuple):
+            options[listed] = list(options[listed])
     return options
 
 

@@ -368,7 +368,7 @@ model.eval = lambda: None
 try:
     multi_process_test(model, Loader([dict(image=0)]))
 except ResultsNotGathered as error:
-    print(error)
+    print(error, flush=True)  # (os._exit drops what is buffered)
     os._exit(0)
 os._exit(2)
 '''

@@ -390,16 +390,44 @@ def test_an_annotation_that_cannot_be_read_is_named_before_training(tmp_path, ti
 
 def test_training_reads_the_segmentations_of_the_annotations_it_keeps_only(tmp_path,
                                                                           tiny_shapes):
-    # A line-shaped object: an empty box and a 4-number polygon, which mmdet skips unread.
+    # A line-shaped object: an empty box and a 4-number polygon, which mmdet skips unread; and
+    # an annotation marked ignore, which it skips before reading its box.
     data = _copy_of(tiny_shapes, tmp_path)
     _edit_annotations(data, lambda coco: coco['annotations'][0].update(
         bbox=[3, 3, 0.5, 0], area=0, segmentation=[[3, 3, 3.5, 3]]))
     _edit_annotations(data, lambda coco: coco['annotations'][1].update(iscrowd=1,
                                                                       segmentation=[[1, 2]]))
-    assert len(_load_train_set(write_tiny_config(tmp_path / 'tiny.py', str(data)))) == 8
+    _edit_annotations(data, lambda coco: coco['annotations'][2].update(ignore=True, bbox=None))
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    assert len(_load_train_set(config)) == 8
 
 
-def _load_val_set(tiny_shapes, tmp_path, edit, metrics):
+def test_training_reads_the_annotations_of_other_categories_too(tmp_path, tiny_shapes):
+    # mmdet reads the box and area of every annotation of an image before it looks at its
+    # category: a KeyError at the first batch, no image named.
+    from mmdet_custom.apis import DatasetError
+
+    def other_category(coco):
+        coco['categories'].append(dict(id=9, name='hexagon'))
+        coco['annotations'].append(dict(id=99, image_id=1, category_id=9, bbox=[1, 1, 9, 9],
+                                        iscrowd=0, segmentation=[[1, 1, 9, 1, 9, 9]]))
+    data = _copy_of(tiny_shapes, tmp_path)
+    _edit_annotations(data, other_category)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data))
+    with pytest.raises(DatasetError, match=r"^data.train: annotation 99 \(image 1\) has no area "
+                                           r"\(a number\), which mmdet's training"):
+        _load_train_set(config)
+
+
+def test_a_metric_tuple_is_a_list_of_metrics():
+    # mmdet's evaluate takes a tuple for one metric's name: "metric ('bbox', 'segm') is not
+    # supported", after the first epoch's training.
+    from mmdet_custom.apis import evaluate_kwargs
+    assert evaluate_kwargs(dict(metric=('bbox', 'segm'), interval=1)) == dict(
+        metric=['bbox', 'segm'], interval=1)
+
+
+def _load_val_set(tiny_shapes, tmp_path, edit, metrics, dataset_type='CocoDataset'):
     import json
 
     from mmcv import ConfigDict
@@ -409,7 +437,7 @@ def _load_val_set(tiny_shapes, tmp_path, edit, metrics):
     edit(coco)
     ann_file = tmp_path / 'val.json'
     ann_file.write_text(json.dumps(coco))
-    return load_dataset(ConfigDict(type='CocoDataset', ann_file=str(ann_file), pipeline=[],
+    return load_dataset(ConfigDict(type=dataset_type, ann_file=str(ann_file), pipeline=[],
                                    img_prefix=str(Path(tiny_shapes) / 'val'), test_mode=True,
                                    classes=('circle', 'triangle', 'rectangle')),
                         'data.val', metrics=metrics), ann_file
@@ -420,9 +448,9 @@ def test_evaluation_needs_iscrowd_and_image_sizes_and_one_image_per_id(tmp_path,
     # images sharing an id, mmdet kept one, with the annotations of both.
     from mmdet_custom.apis import DatasetError
 
-    def message(edit, metrics=('bbox',)):
+    def message(edit, metrics=('bbox',), dataset_type='CocoDataset'):
         with pytest.raises(DatasetError) as error:
-            _load_val_set(tiny_shapes, tmp_path, edit, metrics)
+            _load_val_set(tiny_shapes, tmp_path, edit, metrics, dataset_type)
         suffix = f' (ann_file {tmp_path / "val.json"})'
         assert str(error.value).endswith(suffix)
         return str(error.value)[:-len(suffix)]
@@ -436,6 +464,13 @@ def test_evaluation_needs_iscrowd_and_image_sizes_and_one_image_per_id(tmp_path,
         'evaluation reads: iscrowd None')
     assert message(without_iscrowd_and_area).startswith('data.val: annotation 1 (image 1) has no '
                                                         'area')
+    # mmdet's proposal_fast reads boxes and iscrowd (not areas); Cityscapes' evaluate runs
+    # CocoDataset's for bbox and segm.
+    assert 'has no iscrowd of 0 or 1' in message(without_iscrowd_and_area, 'proposal_fast')
+    assert 'has no iscrowd of 0 or 1' in message(lambda coco: coco['annotations'][0].pop(
+        'iscrowd'), 'bbox', 'CityscapesDataset')
+    assert len(_load_val_set(tiny_shapes, tmp_path, lambda coco: coco['annotations'][0].pop(
+        'area'), 'proposal_fast')[0]) == 4
     assert message(lambda coco: coco['annotations'][0].update(segmentation=[[1, 2, 3, 4]]),
                    metrics='segm').startswith('data.val: annotation 1 (image 1) has a first '
                                               'polygon of 4 numbers')
