@@ -1,5 +1,6 @@
 """Building a dataset from its config with one clear error per failure, at building time and
 when an image fails in the pipeline later."""
+import collections
 import math
 import os.path as osp
 
@@ -32,14 +33,12 @@ class _PipelineNamingItsImage:
         self.pipeline = pipeline
 
     def __call__(self, results):
-        info = results.get('img_info') or {}
-        image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
         try:
             return self._run(results)
         except DatasetError:
             raise
         except Exception as error:
-            raise DatasetError(f'{image} (image id {info.get("id")}): {type(error).__name__}: '
+            raise DatasetError(f'{_image_named(results)}: {type(error).__name__}: '
                                f'{error_summary(error)}') from error
 
     def _run(self, results):
@@ -67,6 +66,13 @@ class _PipelineNamingItsImage:
         return repr(self.pipeline)
 
 
+def _image_named(results):
+    """'PATH (image id N)' of the image a pipeline's ``results`` are of."""
+    info = results.get('img_info') or {}
+    image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
+    return f'{image} (image id {info.get("id")})'
+
+
 def _check_image_size(results):
     """A DatasetError where the loaded image is not as large as the annotation file says: its
     boxes and masks are then in another frame (training met boxes clipped to nothing and a NaN
@@ -75,10 +81,9 @@ def _check_image_size(results):
     expected = (info.get('height'), info.get('width'))
     loaded = tuple(results['ori_shape'][:2])
     if None not in expected and loaded != expected:
-        image = osp.join(results.get('img_prefix') or '', str(info.get('filename', '?')))
-        raise DatasetError(f'{image} (image id {info.get("id")}): the image is {loaded[1]}x'
-                           f'{loaded[0]} pixels, the annotation file says {expected[1]}x'
-                           f'{expected[0]}: its boxes and masks do not fit it (a resized copy, '
+        raise DatasetError(f'{_image_named(results)}: the image is {loaded[1]}x{loaded[0]} '
+                           f'pixels, the annotation file says {expected[1]}x{expected[0]}: its '
+                           f'boxes and masks do not fit it (a resized copy, '
                            f'or a JPEG its EXIF orientation turns when loaded?)')
 
 
@@ -137,15 +142,23 @@ def _is_box(bbox):
     return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))
 
 
+# CocoDataset's min_size: its training leaves out images under this many pixels a side.
+MIN_TRAINING_SIDE = 32
+
+
+def _small_images(coco):
+    return sum(1 for image in coco.imgs.values()
+               if min(image['width'], image['height']) < MIN_TRAINING_SIDE)
+
+
 def _check_images(dataset, name):
     """A DatasetError naming the first image entry of the annotation file without a size, or
     whose id another entry has: mmdet reads every image's size, and of images sharing an id it
     keeps one, with the annotations of all of them. In training, a warning counting the images
-    mmdet leaves out for being under 32 pixels a side (CocoDataset's min_size)."""
+    mmdet leaves out for being under MIN_TRAINING_SIDE pixels a side."""
     coco = getattr(dataset, 'coco', None)
     if coco is None:
         return
-    small = 0
     files = {}
     for image in coco.dataset.get('images', []):
         where = f'{name}: image id {image.get("id")} ({image.get("file_name")})'
@@ -161,11 +174,11 @@ def _check_images(dataset, name):
         files[image.get('id')] = image.get('file_name')
         for side in ('width', 'height'):  # (mmdet's masks take whole numbers: 64.0 failed)
             image[side] = int(image[side])
-        small += min(image['width'], image['height']) < 32
-    if small and not getattr(dataset, 'test_mode', True):
-        get_root_logger().warning(f'{name}: {small} of {len(files)} images are under 32 pixels a '
-                                  f'side and left out of training, as mmdet leaves them out '
-                                  f'(ann_file {dataset.ann_file})')
+    small = 0 if getattr(dataset, 'test_mode', True) else _small_images(coco)
+    if small:
+        get_root_logger().warning(f'{name}: {small} of {len(files)} images are under '
+                                  f'{MIN_TRAINING_SIDE} pixels a side and left out of training, '
+                                  f'as mmdet leaves them out (ann_file {dataset.ann_file})')
 
 
 def _loads_masks(dataset):
@@ -241,7 +254,7 @@ def _check_annotations(dataset, name, metrics=None):
     area_read = training or bool(metrics & _READ_BY_COCOEVAL)
     masks_read = _loads_masks(dataset) if training else 'segm' in metrics
     class_ids = set(dataset.cat_ids)
-    ignored = {}
+    ignored = collections.Counter()  # annotations of the classes by why training leaves them out
     annotations = 0
     for ann in coco.anns.values():
         of_the_classes = ann.get('category_id') in class_ids
@@ -250,7 +263,7 @@ def _check_annotations(dataset, name, metrics=None):
         if training and ann.get('ignore', False):  # left out before anything is read
             if of_the_classes:
                 annotations += 1
-                ignored['ignore'] = ignored.get('ignore', 0) + 1
+                ignored['ignore'] += 1
             continue
         problem = None
         if not _is_box(ann.get('bbox')):
@@ -268,7 +281,7 @@ def _check_annotations(dataset, name, metrics=None):
         image = coco.imgs.get(ann.get('image_id'))
         if problem is None:
             reason = _ignored_in_training(ann, image) if training else None
-            ignored[reason] = ignored.get(reason, 0) + 1
+            ignored[reason] += 1
             if masks_read and reason is None and image is not None:
                 problem = _segmentation_problem(ann.get('segmentation'), image)
         if problem:
@@ -276,16 +289,16 @@ def _check_annotations(dataset, name, metrics=None):
                                f'{problem} (ann_file {dataset.ann_file})')
     if not training or not annotations:
         return
-    if not ignored.get(None):
+    if not ignored[None]:
         raise DatasetError(f'{name}: mmdet\'s training leaves out every annotation ('
-                           f'{ignored.get("empty", 0)} with an empty box, under 1 px wide or high '
-                           f'or of area 0; {ignored.get("outside", 0)} with a box outside its '
-                           f'image; {ignored.get("crowd", 0)} crowd, iscrowd 1; '
-                           f'{ignored.get("ignore", 0)} marked ignore): nothing to train on '
+                           f'{ignored["empty"]} with an empty box, under 1 px wide or high or of '
+                           f'area 0; {ignored["outside"]} with a box outside its image; '
+                           f'{ignored["crowd"]} crowd, iscrowd 1; {ignored["ignore"]} marked '
+                           f'ignore): nothing to train on '
                            f'(ann_file {dataset.ann_file})')
     for reason, what in (('empty', 'an empty box (under 1 px wide or high, or area 0)'),
                          ('outside', 'a box outside its image')):
-        if ignored.get(reason):
+        if ignored[reason]:
             get_root_logger().warning(f'{name}: {ignored[reason]} of {annotations} '
                                       f'annotations have {what} and are ignored, as mmdet '
                                       f'ignores them (ann_file {dataset.ann_file})')
@@ -315,16 +328,15 @@ def load_dataset(dataset_cfg, name, default_args=None, metrics=None):
         # Training leaves out images without annotations of the config's classes (mmdet's
         # filter_empty_gt): a class-name typo empties the dataset, and training would then run
         # no iteration and save an untrained checkpoint.
-        # It also leaves out images under 32 pixels a side (CocoDataset's min_size).
+        # It also leaves out images under MIN_TRAINING_SIDE pixels a side.
         training = not getattr(dataset, 'test_mode', True)
         filtered = training and getattr(dataset, 'filter_empty_gt', False)
         coco = getattr(dataset, 'coco', None)
-        small = sum(1 for image in coco.imgs.values() if min(image['width'], image['height']) < 32
-                    ) if training and coco is not None else 0
+        small = _small_images(coco) if training and coco is not None else 0
         classes = ', '.join(dataset.CLASSES)
         if small:
-            kept = (f' that mmdet\'s training keeps: it leaves out images under 32 pixels a side '
-                    f'({small} of {len(coco.imgs)} here)'
+            kept = (f' that mmdet\'s training keeps: it leaves out images under '
+                    f'{MIN_TRAINING_SIDE} pixels a side ({small} of {len(coco.imgs)} here)'
                     + (f' and those without annotations of the classes {classes}' if filtered
                        else ''))
         else:
