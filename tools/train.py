@@ -143,8 +143,11 @@ def main(argv=None):
                              ParamwiseConfigError):
             train(args)
     except KeyboardInterrupt as interrupt:
-        print('tools/train.py: interrupted' + (f'; {interrupt}' if str(interrupt) else ''),
-              file=sys.stderr)
+        # One write of the whole line: every process of a run prints it to the same file, and
+        # print's two writes (the text, then the newline) ran two processes' lines together.
+        sys.stderr.write('tools/train.py: interrupted' + (f'; {interrupt}' if str(interrupt) else '')
+                         + '\n')
+        sys.stderr.flush()
         raise SystemExit(130) from None
     finally:
         if dist.is_available() and dist.is_initialized():
