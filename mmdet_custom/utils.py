@@ -1,4 +1,5 @@
 """Small helpers shared across the plugin."""
+import numpy as np
 
 
 def error_summary(error: BaseException) -> str:
@@ -8,3 +9,19 @@ def error_summary(error: BaseException) -> str:
     if not text:
         return type(error).__name__
     return text.split('. ')[0].splitlines()[0]
+
+
+def numpy_pickle_globals() -> list:
+    """What numpy values in a checkpoint (a best score, a seed drawn with numpy) pickle as, under
+    the module names of numpy 1 and 2: scalars, dtypes and arrays, data only. For
+    ``torch.serialization.safe_globals``, so that torch's weights-only loader reads them."""
+    try:  # numpy 2, and 1.26, whose numpy._core forwards to numpy.core when imported by name
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
+    allowed = [np.ndarray, np.dtype] + sorted({type(np.dtype(code)) for code in '?bhilqBHILQefdFD'},
+                                              key=str)
+    for name in ('scalar', '_reconstruct'):
+        allowed += [(getattr(multiarray, name), f'{module}.{name}')
+                    for module in ('numpy.core.multiarray', 'numpy._core.multiarray')]
+    return allowed

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from mmcv.runner import load_state_dict
 
-from ..utils import error_summary
+from ..utils import error_summary, numpy_pickle_globals
 
 
 class CheckpointError(RuntimeError):
@@ -21,23 +21,11 @@ class DamagedCheckpointError(CheckpointError):
     """A checkpoint file is there but cannot be read whole (truncated, or failing its checksums)."""
 
 
-def _numpy_globals():
-    """What numpy values in a checkpoint's meta (a best score, a seed drawn with numpy) pickle
-    as, under the module names of numpy 1 and 2: scalars, dtypes and arrays, data only."""
-    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
-    allowed = [np.ndarray, np.dtype] + sorted({type(np.dtype(code)) for code in '?bhilqBHILQefdFD'},
-                                              key=str)
-    for name in ('scalar', '_reconstruct'):
-        allowed += [(getattr(multiarray, name), f'{module}.{name}')
-                    for module in ('numpy.core.multiarray', 'numpy._core.multiarray')]
-    return allowed
-
-
 def load_safely(path, **load_kwargs):
     """``torch.load`` with the safe (weights-only) unpickler: tensors, plain Python values and
     numpy data; never code. An object it will not read is a CheckpointError naming it."""
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(numpy_pickle_globals()):
             return torch.load(path, map_location='cpu', weights_only=True, **load_kwargs)
     except pickle.UnpicklingError as error:
         found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
