@@ -1,6 +1,8 @@
 """InternImage backbone: key layout, reference outputs, options, checkpointing, pretrained loading."""
+import argparse
 import logging
 
+import numpy as np
 import pytest
 import torch
 from internimage_testlib import TINY_BACKBONE, load_reference_json, load_reference_pt
@@ -377,6 +379,30 @@ def test_pretrained_unreadable_files_say_they_may_be_truncated(tmp_path):
             tiny().load_pretrained(str(path))
         assert str(error.value).startswith(f'InternImage: could not load pretrained checkpoint '
                                            f'{path} (truncated or not a PyTorch checkpoint?): ')
+
+
+def test_pretrained_meta_may_hold_numpy_values_but_no_other_objects(tmp_path):
+    # A detector checkpoint saved by a run's best-score record holds numpy values in its meta:
+    # torch's weights-only loader refused them with "Weights only load failed" and no cause.
+    source = tiny()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+    numpy_meta = tmp_path / 'numpy_meta.pth'
+    torch.save({'meta': {'best_score': np.float64(0.5), 'seed': np.int64(3)},
+                'state_dict': source.state_dict()}, numpy_meta)
+    model = tiny()
+    model.load_pretrained(str(numpy_meta))
+    for (name, expected), got in zip(source.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+    code = tmp_path / 'code.pth'
+    torch.save({'meta': {'args': argparse.Namespace(lr=0.1)}, 'state_dict': source.state_dict()}, code)
+    with pytest.raises(PretrainedCheckpointError) as error:
+        model.load_pretrained(str(code))
+    assert str(error.value) == (
+        f'InternImage: pretrained checkpoint {code} holds an object of type argparse.Namespace, '
+        f'which the safe loader does not read (only tensors, plain Python values and numpy data): '
+        f'save its state_dict alone')
 
 
 def test_pretrained_of_another_model_size_is_refused_by_its_first_weight(tmp_path):

@@ -9,6 +9,7 @@ Module and parameter names follow the original implementation so that released I
 checkpoints load unchanged (e.g. ``levels.2.blocks.5.dcn.offset.weight``).
 """
 import os.path as osp
+import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
 from ops_dcnv3.modules.dcnv3 import build_activation, build_norm
 from ops_dcnv3.modules.linear import linear
 
-from ...utils import error_summary
+from ...utils import error_summary, numpy_pickle_globals
 
 __all__ = ['InternImage', 'PretrainedCheckpointError']
 
@@ -418,7 +419,10 @@ class InternImage(BaseModule):
         if '://' not in path and not osp.isfile(osp.expanduser(path)):  # mmcv expands ~ too
             raise FileNotFoundError(f'InternImage: pretrained checkpoint not found: {path}')
         try:
-            ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
+            # torch's weights-only loader, reading numpy values in the meta as detector checkpoints'
+            # loader does (mmcv's reads a URL's file with the full unpickler)
+            with torch.serialization.safe_globals(numpy_pickle_globals()):
+                ckpt = _load_checkpoint(path, map_location=map_location, logger=logger)
         except Exception as exc:
             raise PretrainedCheckpointError(_unreadable_checkpoint_message(path, exc)) from exc
         state_dict = _backbone_state_dict(ckpt, path)
@@ -451,6 +455,11 @@ def _unreadable_checkpoint_message(path: str, error: Exception) -> str:
     """Why ``path`` could not be loaded, worded as read_checkpoint (mmdet_custom/apis/checkpoint.py)
     words a damaged file: torch's own error for one (an OSError, a KeyError) names no cause."""
     refused_by_safe_loader = 'Weights only load failed' in str(error)
+    unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+    if refused_by_safe_loader and unsupported:
+        return (f'InternImage: pretrained checkpoint {path} holds an object of type '
+                f'{unsupported.group(1)}, which the safe loader does not read (only tensors, plain '
+                f'Python values and numpy data): save its state_dict alone')
     damaged = '://' not in path and not refused_by_safe_loader  # a URL may fail to download
     hint = ' (truncated or not a PyTorch checkpoint?)' if damaged else ''
     return f'InternImage: could not load pretrained checkpoint {path}{hint}: {error_summary(error)}'
