@@ -114,3 +114,23 @@ def test_resuming_restores_the_saved_scale(tmp_path):
     assert runner.epoch == 2
     # Restored at 256 * 2^3 and doubled through the second epoch's 3 steps.
     assert hook.loss_scaler.get_scale() == 256.0 * 2 ** (2 * ITERS_PER_EPOCH)
+
+
+@pytest.mark.parametrize('loss_scale', ['dynamic', 256.0, dict(init_scale=64.0, growth_interval=7)])
+def test_scaler_is_mmcvs_without_its_deprecation_warning(loss_scale, recwarn, monkeypatch):
+    # mmcv builds torch.cuda.amp.GradScaler, whose construction is deprecated in favour of
+    # torch.amp.GradScaler('cuda'): every float16 run printed a FutureWarning. (A CUDA scaler
+    # keeps its settings only where CUDA looks available.)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    hook = SyncFreeFp16OptimizerHook(loss_scale=loss_scale, grad_clip=dict(max_norm=1.0),
+                                     distributed=False)
+    assert not [w for w in recwarn if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    mmcvs = Fp16OptimizerHook(loss_scale=loss_scale, grad_clip=dict(max_norm=1.0),
+                              distributed=False)
+    assert type(hook.loss_scaler) is torch.amp.GradScaler
+    assert hook.loss_scaler._device == 'cuda'
+    for setting in ('_init_scale', '_growth_factor', '_backoff_factor', '_growth_interval'):
+        assert getattr(hook.loss_scaler, setting) == getattr(mmcvs.loss_scaler, setting), setting
+    for attribute in ('grad_clip', 'coalesce', 'bucket_size_mb', 'distributed',
+                      '_scale_update_param'):
+        assert getattr(hook, attribute) == getattr(mmcvs, attribute), attribute

@@ -10,10 +10,10 @@ written, so it is copied then.
 """
 import inspect
 import math
-from typing import Union
+from typing import Optional, Union
 
 from mmcv.runner import HOOKS, Fp16OptimizerHook
-from torch.cuda.amp import GradScaler  # the scaler mmcv's hook builds
+from torch.amp import GradScaler
 
 
 def checked_loss_scale(loss_scale) -> Union[float, str, dict]:
@@ -27,7 +27,7 @@ def checked_loss_scale(loss_scale) -> Union[float, str, dict]:
         if math.isfinite(loss_scale) and loss_scale > 0:
             return float(loss_scale)
     elif isinstance(loss_scale, dict):
-        arguments = [name for name in inspect.signature(GradScaler).parameters]
+        arguments = [name for name in inspect.signature(GradScaler).parameters if name != 'device']
         unknown = [name for name in loss_scale if name not in arguments]
         if not unknown:
             return loss_scale
@@ -48,8 +48,23 @@ class SyncFreeFp16OptimizerHook(Fp16OptimizerHook):
     skip on the GPU itself, as ``fused=True`` AdamW does (the COCO configs' setting).
     """
 
-    def __init__(self, *, loss_scale: Union[float, str, dict] = 512., **kwargs) -> None:
-        super().__init__(loss_scale=checked_loss_scale(loss_scale), **kwargs)
+    def __init__(self, *, grad_clip: Optional[dict] = None, coalesce: bool = True,
+                 bucket_size_mb: int = -1, loss_scale: Union[float, str, dict] = 512.,
+                 distributed: bool = True) -> None:
+        # mmcv's constructor, but with torch.amp's scaler: mmcv builds torch.cuda.amp's, whose
+        # construction warns that it is deprecated (a FutureWarning in every float16 run).
+        self.grad_clip = grad_clip
+        self.coalesce = coalesce
+        self.bucket_size_mb = bucket_size_mb
+        self.distributed = distributed
+        loss_scale = checked_loss_scale(loss_scale)
+        self._scale_update_param = loss_scale if isinstance(loss_scale, float) else None
+        if loss_scale == 'dynamic':
+            self.loss_scaler = GradScaler('cuda')
+        elif isinstance(loss_scale, float):
+            self.loss_scaler = GradScaler('cuda', init_scale=loss_scale)
+        else:
+            self.loss_scaler = GradScaler('cuda', **loss_scale)
 
     def before_run(self, runner) -> None:
         super().before_run(runner)  # marks the model fp16-enabled, restores a resumed scaler
