@@ -5,6 +5,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def _setup_module():
     finally:
         sys.path.remove(str(ROOT))
     return setup
+
+
+def test_source_distribution_holds_every_extension_file(tmp_path):
+    # The headers were left out (setup.py lists sources only), so installing the sdist failed
+    # with "dcnv3.h: No such file or directory"; without nvcc, the .cu files were left out too.
+    subprocess.run([sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', str(tmp_path),
+                    'sdist', '-d', str(tmp_path)], cwd=ROOT,
+                   env=dict(os.environ, DCNV3_WITH_CUDA='0'), check=True, capture_output=True)
+    (archive,) = tmp_path.glob('*.tar.gz')
+    with tarfile.open(archive) as sdist:
+        packed = {name.split('/', 1)[1] for name in sdist.getnames() if '/ops_dcnv3/csrc/' in name}
+    csrc = Path(ROOT, 'ops_dcnv3', 'csrc')
+    wanted = {str(p.relative_to(ROOT)) for p in csrc.rglob('*') if p.suffix in ('.h', '.cpp', '.cu')}
+    assert wanted and wanted <= packed, sorted(wanted - packed)
 
 
 def test_find_cuda_home_follows_nvcc_wrapper(tmp_path, monkeypatch):
