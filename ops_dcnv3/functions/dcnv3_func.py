@@ -14,6 +14,7 @@ for the tensors' device, the call falls back to :func:`dcnv3_core_pytorch` with 
 import importlib
 import math
 import numbers
+import os
 import warnings
 
 import torch
@@ -302,9 +303,12 @@ def _warn_fallback_once(device_type):
         reason = f'ops_dcnv3._C was built without a {device_type} kernel'
     else:
         reason = f'ops_dcnv3._C could not be loaded ({COMPILED_OP_IMPORT_ERROR})'
+    # The repository's tools import the checkout's package even where a built copy is installed.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     warnings.warn(f'{reason}; DCNv3 falls back to the much slower pure-PyTorch core '
-                  'dcnv3_core_pytorch. Build the extension with `python setup.py build_ext --inplace`.',
-                  RuntimeWarning, stacklevel=3)
+                  f'dcnv3_core_pytorch. This ops_dcnv3 is {package}: in a checkout, build the '
+                  f'extension with `python setup.py build_ext --inplace`; an installed copy, '
+                  f'install again', RuntimeWarning, stacklevel=3)
 
 
 class DCNv3Function:

@@ -679,8 +679,13 @@ def test_fallback_warns_once_and_matches_core(monkeypatch):
     monkeypatch.setattr(dcnv3_func, 'COMPILED_OP_IMPORT_ERROR', ImportError('simulated'))
     monkeypatch.setattr(dcnv3_func, '_fallback_warned', False)
     input, offset, mask, scalars = make_case()
-    with pytest.warns(RuntimeWarning, match=r'could not be loaded \(simulated\).*falls back'):
+    with pytest.warns(RuntimeWarning, match=r'could not be loaded \(simulated\).*falls back') as seen:
         output = DCNv3Function.apply(input, offset, mask, *scalars, 64)
+    # Which copy has no extension (the tools import the checkout's, even beside an installed one).
+    package = os.path.dirname(os.path.dirname(os.path.abspath(dcnv3_func.__file__)))
+    assert str(seen[0].message).endswith(
+        f'This ops_dcnv3 is {package}: in a checkout, build the extension with `python setup.py '
+        f'build_ext --inplace`; an installed copy, install again')
     torch.testing.assert_close(output, dcnv3_core_pytorch(input, offset, mask, *scalars), rtol=0, atol=0)
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # a second warning would raise here
