@@ -16,7 +16,9 @@ from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
 from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.models import build_detector
+from mmcv.cnn import VGG
 from mmdet.models.dense_heads import GARPNHead, RPNHead
+from mmdet.models.roi_heads.mask_heads import FusedSemanticHead
 from mmdet.utils import update_data_root
 
 from mmdet_custom.apis import DatasetError, ResultsNotGathered, init_distributed
@@ -222,11 +224,17 @@ def build_model(cfg, config_path, training=False):
                          f'{type(error).__name__}: {error}') from None
 
 
+# Modules with a num_classes that need not be the dataset's: the RPN's (object or not), and
+# those mmdet's NumClassCheckHook leaves out too (HTC's and SCNet's semantic heads count COCO's
+# stuff classes as well, VGG its ImageNet ones).
+_NOT_DATASET_CLASS_HEADS = (RPNHead, GARPNHead, FusedSemanticHead, VGG)
+
+
 def _class_heads(model):
-    """(name, num_classes) of each head of ``model`` that tells classes apart (not the RPN's)."""
+    """(name, num_classes) of each head of ``model`` that tells the dataset's classes apart."""
     for module_name, module in model.named_modules():
         count = getattr(module, 'num_classes', None)
-        if isinstance(count, int) and not isinstance(module, (RPNHead, GARPNHead)):
+        if isinstance(count, int) and not isinstance(module, _NOT_DATASET_CLASS_HEADS):
             yield module_name, count
 
 
@@ -242,8 +250,10 @@ def check_num_classes(model, dataset, name, checkpoint=None):
     were numbered for other classes and formatting them failed after inference, or not at all.
     With the weights of ``checkpoint`` loaded, the model's class count is the checkpoint's, and
     the dataset's classes are what to change. A dataset without class names (mmdet's
-    CustomDataset without ``classes``) has nothing to compare."""
-    if dataset.CLASSES is None:
+    CustomDataset without ``classes``) has nothing to compare, nor has a panoptic one: its heads
+    count its thing classes, its stuff classes or both (mmdet's panoptic configs turn mmdet's
+    check off)."""
+    if dataset.CLASSES is None or getattr(dataset, 'THING_CLASSES', None) is not None:
         return
     for module_name, count in _class_heads(model):
         if count != len(dataset.CLASSES):
@@ -299,8 +309,11 @@ _COCO_METRIC_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR@
 
 
 def predicts_masks(cfg):
-    """Whether the detector ``cfg.model`` describes gives instance masks (a mask head)."""
-    return bool((cfg.model.get('roi_head') or {}).get('mask_head'))
+    """Whether the detector ``cfg.model`` describes gives instance masks: a mask head in its RoI
+    head (Mask R-CNN and its kin) or of its own (SOLO, YOLACT), or MaskFormer's kind of head."""
+    model = cfg.model
+    return bool((model.get('roi_head') or {}).get('mask_head') or model.get('mask_head')
+                or model.get('panoptic_head'))
 
 
 def registered_dataset(dataset_cfg):

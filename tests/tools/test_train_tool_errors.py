@@ -89,6 +89,45 @@ def test_a_dataset_without_class_names_has_no_class_count_to_check(tiny_config):
     assert usage.predicted_class_count(model) == 3
 
 
+def _mmdet_config(name):
+    """One of the configs mmdet ships in its package (mmdet/.mim/configs)."""
+    import mmdet
+    from mmcv import Config
+    return Config.fromfile(osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', name))
+
+
+def test_heads_that_count_more_than_the_datasets_classes_are_left_out_as_mmdet_does():
+    # HTC's semantic head counts COCO's 183 stuff and thing classes: training and testing were
+    # refused with "set num_classes=80 in every head", which would have broken the model; and
+    # a panoptic model's heads count its things, its stuff or both.
+    import types
+
+    from mmdet.datasets import CocoDataset, CocoPanopticDataset
+    from mmdet.models import build_detector
+    usage = load_script('tools/_usage.py', '_usage')
+    htc = build_detector(_mmdet_config('htc/htc_r50_fpn_1x_coco.py').model)
+    usage.check_num_classes(htc, types.SimpleNamespace(CLASSES=CocoDataset.CLASSES), 'data.train')
+    with pytest.raises(usage.UsageError, match=r'^model.roi_head.bbox_head.0.num_classes is 80, '
+                                               r'but data.train has 2 classes'):
+        usage.check_num_classes(htc, types.SimpleNamespace(CLASSES=('a', 'b')), 'data.train')
+    panoptic = build_detector(_mmdet_config('panoptic_fpn/panoptic_fpn_r50_fpn_1x_coco.py').model)
+    usage.check_num_classes(panoptic, CocoPanopticDataset, 'data.train')
+
+
+@pytest.mark.parametrize('config, masks', [
+    ('solo/solo_r50_fpn_1x_coco.py', True),  # a mask head of its own, no RoI head
+    ('yolact/yolact_r50_1x8_coco.py', True),
+    ('mask2former/mask2former_r50_lsj_8x2_50e_coco.py', True),
+    ('mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py', True),
+    ('faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py', False),
+    ('retinanet/retinanet_r50_fpn_1x_coco.py', False),
+])
+def test_detectors_with_masks_are_told_from_their_config(config, masks):
+    # SOLO's and YOLACT's mask heads are not in an RoI head: `--eval segm` was refused for them.
+    usage = load_script('tools/_usage.py', '_usage')
+    assert usage.predicts_masks(_mmdet_config(config)) is masks
+
+
 def _train_set(tiny_shapes, ann_file, classes):
     from mmcv import ConfigDict
 
