@@ -53,8 +53,9 @@ def _nms_iou_threshold(nms_cfg, where):
     return float(nms_cfg['iou_threshold'])
 
 
-def _check_supported(detector):
-    """Raise NotImplementedError naming the first part this export does not cover."""
+def check_exportable(detector):
+    """Raise NotImplementedError naming the first part of ``detector`` this export does not cover
+    (the tools call it before loading weights, the export before tracing)."""
     if not isinstance(detector, TwoStageDetector) or not detector.with_rpn:
         raise NotImplementedError(f'ONNX export supports two-stage detectors with an RPN '
                                   f'(Mask R-CNN), got {type(detector).__name__}')
@@ -104,7 +105,7 @@ class MaskRCNNForExport(nn.Module):
 
     def __init__(self, detector: TwoStageDetector):
         super().__init__()
-        _check_supported(detector)
+        check_exportable(detector)
         self.detector = detector
 
     def forward(self, img, img_shape):

@@ -268,6 +268,33 @@ def test_export_tool_errors(tiny_detector, tmp_path, args, message):
     assert not (tmp_path / 'x.onnx').exists()
 
 
+def test_deployment_tools_refuse_other_detectors_before_loading_weights(tiny_detector, tmp_path):
+    # A RetinaNet or Cascade config ended in an AttributeError on roi_head.bbox_head.num_classes.
+    config, checkpoint, _, _ = tiny_detector
+    retinanet = tmp_path / 'retinanet.py'
+    retinanet.write_text(
+        f"_base_ = {config!r}\n"
+        "model = dict(_delete_=True, type='RetinaNet', backbone={{_base_.model.backbone}},\n"
+        "             neck={{_base_.model.neck}}, bbox_head=dict(\n"
+        "                 type='RetinaHead', num_classes=3, in_channels=32,\n"
+        "                 anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,\n"
+        "                                       scales_per_octave=1, ratios=[1.0],\n"
+        "                                       strides=[4, 8, 16, 32]),\n"
+        "                 bbox_coder=dict(type='DeltaXYWHBBoxCoder')),\n"
+        "             test_cfg=dict(nms_pre=10, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),\n"
+        "                           max_per_img=10))\n")
+    unsupported = 'ONNX export supports two-stage detectors with an RPN (Mask R-CNN), got RetinaNet'
+    with pytest.raises(SystemExit) as error:
+        load_tool('pytorch2onnx').main([str(retinanet), checkpoint,
+                                        '--output-file', str(tmp_path / 'x.onnx')])
+    assert str(error.value) == (f'tools/deployment/pytorch2onnx.py: error: cannot export '
+                                f'{retinanet}: {unsupported}')
+    with pytest.raises(SystemExit) as error:
+        load_tool('benchmark_onnx').main([str(retinanet), checkpoint, str(tmp_path / 'x.onnx')])
+    assert str(error.value) == (f'tools/deployment/benchmark_onnx.py: error: {retinanet} is not a '
+                                f'detector the ONNX export writes: {unsupported}')
+
+
 def test_export_tool_refuses_a_folder_it_cannot_write_in_before_exporting(tiny_detector, tmp_path,
                                                                          monkeypatch):
     # It built and traced the model, then ended in a PermissionError traceback. (Root may write

@@ -44,9 +44,13 @@ def parse_args(argv=None):
 
 
 def run(args):
-    from mmdet_custom.deployment import prepare_input
+    from mmdet_custom.deployment import check_exportable, prepare_input
     cfg = load_config(args.config, None)
     detector = build_model(cfg, args.config)
+    try:
+        check_exportable(detector)
+    except NotImplementedError as error:
+        raise UsageError(f'{args.config} is not a detector the ONNX export writes: {error}') from None
     load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
     onnx_model = open_onnx_model(args.model, detector.roi_head.bbox_head.num_classes, args.threads,

@@ -118,8 +118,8 @@ def verify(detector, onnx_file, img, meta, num_classes):
 
 
 def run(args):
-    from mmdet_custom.deployment import (MAX_OPSET, MIN_OPSET, ExportError, export_mask_rcnn,
-                                         prepare_input)
+    from mmdet_custom.deployment import (MAX_OPSET, MIN_OPSET, ExportError, check_exportable,
+                                         export_mask_rcnn, prepare_input)
     if not MIN_OPSET <= args.opset_version <= MAX_OPSET:
         raise UsageError(f'unsupported --opset-version {args.opset_version}: the export needs '
                          f'opset {MIN_OPSET} to {MAX_OPSET} (GridSample and RoiAlign\'s '
@@ -130,6 +130,10 @@ def run(args):
     shape = input_shape(args, cfg)
     image = input_image(args.input_img, shape)
     detector = build_model(cfg, args.config)
+    try:
+        check_exportable(detector)  # before the weights load: another detector's would not fit
+    except NotImplementedError as error:
+        raise UsageError(f'cannot export {args.config}: {error}') from None
     checkpoint = load_detector_checkpoint(detector, args.checkpoint)
     detector.eval()
     num_classes = detector.roi_head.bbox_head.num_classes
