@@ -12,9 +12,11 @@ import subprocess
 
 import torch
 import torch.distributed as dist
+import mmcv.ops
+from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.parallel import MMDistributedDataParallel, scatter_kwargs
 from mmcv.runner import init_dist
-from mmdet.utils import build_ddp, build_dp
+from mmdet.utils import build_ddp, build_dp, get_root_logger
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -131,13 +133,24 @@ def _no_buffer_sync_per_forward():
     return dict(broadcast_buffers=False)
 
 
+def _batchnorm_per_process(model):
+    """``model`` with its SyncBN layers made BN (same parameters and buffers, so checkpoints are
+    the same), for CPU processes: torch's DDP refuses SyncBN on anything but GPUs."""
+    sync_layers = (torch.nn.SyncBatchNorm, mmcv.ops.SyncBatchNorm)
+    if any(isinstance(module, sync_layers) for module in model.modules()):
+        get_root_logger().warning('SyncBN synchronizes batch statistics across GPUs only: in these '
+                                  'CPU processes each normalizes its own images, as BN')
+        model = revert_sync_batchnorm(model)
+    return model
+
+
 def wrap_model(model, cfg, distributed, find_unused_parameters=False):
     """Wrap a detector for training or testing on ``cfg.device`` (the mmdet conventions)."""
     if not distributed:
         return build_dp(model, cfg.device, device_ids=cfg.gpu_ids)
     options = dict(find_unused_parameters=find_unused_parameters, **_no_buffer_sync_per_forward())
     if cfg.device == 'cpu':
-        return MMDistributedDataParallelAnyDevice(model, **options)
+        return MMDistributedDataParallelAnyDevice(_batchnorm_per_process(model), **options)
     if cfg.device != 'cuda':
         return build_ddp(model, cfg.device, device_ids=[int(os.environ['LOCAL_RANK'])], **options)
     local_rank = int(os.environ['LOCAL_RANK'])
