@@ -18,10 +18,12 @@ from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.models import build_detector
 from mmcv.cnn import VGG
 from mmdet.models.dense_heads import GARPNHead, RPNHead
+from mmdet.models.necks import FPN
 from mmdet.models.roi_heads.mask_heads import FusedSemanticHead
 from mmdet.utils import update_data_root
 
 from mmdet_custom.apis import DatasetError, ResultsNotGathered, init_distributed
+from mmdet_custom.models.backbones import InternImage
 
 
 class UsageError(Exception):
@@ -217,11 +219,29 @@ def build_model(cfg, config_path, training=False):
     """``build_detector`` of ``cfg.model`` (with ``cfg.train_cfg`` when ``training``); a model the
     config cannot describe (an unknown type, a wrong argument) is a UsageError naming the config."""
     try:
-        return build_detector(cfg.model, train_cfg=cfg.get('train_cfg') if training else None,
-                              test_cfg=cfg.get('test_cfg'))
+        model = build_detector(cfg.model, train_cfg=cfg.get('train_cfg') if training else None,
+                               test_cfg=cfg.get('test_cfg'))
     except (KeyError, TypeError, ValueError, AssertionError) as error:
         raise UsageError(f'cannot build the model of config {config_path}: '
                          f'{type(error).__name__}: {error}') from None
+    _check_neck_inputs(model)
+    return model
+
+
+def _check_neck_inputs(model):
+    """A UsageError where the neck expects other feature maps than the InternImage backbone gives
+    (a config derived from another model size, or other out_indices): the first forward failed
+    with a bare assert in the FPN or a convolution's channel error."""
+    backbone, neck = getattr(model, 'backbone', None), getattr(model, 'neck', None)
+    # FPN and its kin (PAFPN) take every output in order; other necks pick or reorder them.
+    if not isinstance(backbone, InternImage) or not isinstance(neck, FPN):
+        return
+    expected = list(neck.in_channels)
+    if expected != backbone.out_channels:
+        raise UsageError(f'model.neck.in_channels is {expected}, but the backbone gives '
+                         f'{backbone.out_channels} (channels={backbone.channels}, out_indices='
+                         f'{list(backbone.out_indices)}): set model.neck.in_channels='
+                         f'{backbone.out_channels}')
 
 
 # Modules with a num_classes that need not be the dataset's: the RPN's (object or not), and

@@ -77,6 +77,23 @@ def test_heads_of_another_class_count_than_the_dataset_are_refused(train_tool, t
                             'config')
 
 
+@pytest.mark.parametrize('options, neck, backbone', [
+    # the neck of a config of another model size
+    (['model.neck.in_channels=[64,128,256,512]'], [64, 128, 256, 512], [16, 32, 64, 128]),
+    (['model.backbone.out_indices=[1,2,3]'], [16, 32, 64, 128], [32, 64, 128]),
+])
+def test_a_neck_expecting_other_feature_maps_than_the_backbone_gives_is_refused(
+        train_tool, tmp_path, tiny_config, options, neck, backbone):
+    # The first step failed after "Start running": a bare AssertionError in mmdet's FPN, or a
+    # convolution's "expected input to have 64 channels, but got 16".
+    message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(tmp_path),
+                      '--cfg-options', *options)
+    indices = [1, 2, 3] if len(backbone) == 3 else [0, 1, 2, 3]
+    assert message.endswith(f'model.neck.in_channels is {neck}, but the backbone gives {backbone} '
+                            f'(channels=16, out_indices={indices}): set model.neck.in_channels='
+                            f'{backbone}')
+
+
 def test_a_dataset_without_class_names_has_no_class_count_to_check(tiny_config):
     # mmdet's CustomDataset without ``classes`` has CLASSES None; training stopped on a TypeError.
     import types

@@ -318,6 +318,8 @@ class InternImage(BaseModule):
         self.num_levels = num_stages
         self.num_features = int(channels * 2 ** (num_stages - 1))
         self.out_indices = tuple(out_indices)
+        # The channels of each output, in order: what a neck's in_channels must list.
+        self.out_channels = [channels * 2 ** i for i in self.out_indices]
         self.frozen_stages = frozen_stages
 
         self.patch_embed = StemLayer(3, channels, act_layer=act_layer, norm_layer=norm_layer)
