@@ -81,6 +81,20 @@ def _strip_prefix(state_dict, prefix='module.'):
     return state_dict
 
 
+def _class_counts(model, state_dict, expected, wrong_shape):
+    """(the checkpoint's, the model's) number of classes where the weights of another shape differ
+    in their first dimension only, as a box classifier's (``fc_cls``) rows do for another
+    number of classes; else None."""
+    if any(state_dict[key].shape[1:] != expected[key].shape[1:] for key in wrong_shape):
+        return None
+    for key in wrong_shape:
+        if key.endswith('.fc_cls.weight'):
+            count = getattr(model.get_submodule(key[:-len('.fc_cls.weight')]), 'num_classes', None)
+            if isinstance(count, int):
+                return count + state_dict[key].shape[0] - expected[key].shape[0], count
+    return None
+
+
 def load_detector_checkpoint(model, path, logger=None):
     """Load weights into ``model`` only if they fit it; returns the checkpoint dict.
 
@@ -98,6 +112,15 @@ def load_detector_checkpoint(model, path, logger=None):
     missing = [key for key in expected if key not in state_dict]
     wrong_shape = [key for key in expected
                    if key in state_dict and state_dict[key].shape != expected[key].shape]
+    class_counts = None if missing else _class_counts(model, state_dict, expected, wrong_shape)
+    if class_counts:
+        key = wrong_shape[0]
+        raise CheckpointError(f'checkpoint {path} predicts {class_counts[0]} classes, the model '
+                              f'built from the config {class_counts[1]} ({key} is '
+                              f'{tuple(state_dict[key].shape)} in the checkpoint, '
+                              f'{tuple(expected[key].shape)} in the model): set '
+                              f'num_classes={class_counts[0]} in every head of the config, and '
+                              f'name the checkpoint\'s classes in its dataset\'s classes')
     if missing or wrong_shape:
         details = []
         if missing:

@@ -298,9 +298,11 @@ def test_resuming_from_a_checkpoint_of_another_model(train_tool, tmp_path, tiny_
     _save_untrained_checkpoint(tiny_config, work / 'epoch_1.pth',
                                {'model.roi_head.bbox_head.num_classes': 4})
     message = refused(train_tool, tiny_config, '--auto-resume', '--work-dir', str(work))
-    assert (f'checkpoint {work}/epoch_1.pth does not fit the model built from the config' in message
-            and 'first: roi_head.bbox_head.fc_cls.weight is (5, 256) in the checkpoint, (4, 256) in '
-            'the model' in message)
+    assert message.endswith(
+        f'checkpoint {work}/epoch_1.pth predicts 4 classes, the model built from the config 3 '
+        f'(roi_head.bbox_head.fc_cls.weight is (5, 256) in the checkpoint, (4, 256) in the model): '
+        f"set num_classes=4 in every head of the config, and name the checkpoint's classes in its "
+        f"dataset's classes")
 
 
 def test_resuming_from_weights_alone_points_to_load_from(train_tool, tmp_path, tiny_config):
