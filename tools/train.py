@@ -33,9 +33,9 @@ from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
 
 import mmdet_custom  # noqa: E402,F401  (registers the backbone and friends)
 from mmdet_custom.apis import (AMP_CHOICES, CheckpointError, TrainingStopped,  # noqa: E402
-                               check_mixed_precision, load_dataset, resume_checkpoint,
-                               set_mixed_precision, start_worker_server, stored_seed,
-                               train_detector, train_loader_config)
+                               check_mixed_precision, holds_backbone_weights, load_dataset,
+                               resume_checkpoint, set_mixed_precision, start_worker_server,
+                               stored_seed, train_detector, train_loader_config)
 from mmdet_custom.core.optimizers import ParamwiseConfigError  # noqa: E402
 from mmdet_custom.models.backbones import PretrainedCheckpointError  # noqa: E402
 from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  # noqa: E402
@@ -47,6 +47,19 @@ DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of 
              '{split}.ann_file=FILE {split}.img_prefix=FOLDER')
 PRETRAINED_HINT = ('to use a local copy: --cfg-options model.backbone.init_cfg.checkpoint=FILE; '
                    'to start from random weights: --cfg-options model.backbone.init_cfg=None')
+
+
+def _take_backbone_from_load_from(model, cfg, logger):
+    """Point a pretrained backbone at ``load_from`` where that file holds every backbone weight:
+    loaded after initialisation, it replaces them all, and fetching the ImageNet weights first
+    cost a download (and failed offline)."""
+    init_cfg = getattr(getattr(model, 'backbone', None), 'init_cfg', None)
+    load_from = cfg.get('load_from')
+    if (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained' and load_from
+            and osp.isfile(load_from) and holds_backbone_weights(load_from, model.backbone)):
+        logger.info(f'load_from {load_from} holds every backbone weight: the backbone starts from '
+                    f'it, not from {init_cfg["checkpoint"]}')
+        model.backbone.init_cfg = dict(init_cfg, checkpoint=load_from)
 
 
 def parse_args(argv=None):
@@ -251,18 +264,18 @@ def train(args):
     meta['exp_name'] = osp.basename(args.config)
 
     model = build_model(cfg, args.config, training=True)
-    if not cfg.resume_from:  # resuming replaces every weight: no pretrained backbone to fetch
-        try:
-            model.init_weights()
-        except (FileNotFoundError, PretrainedCheckpointError) as error:
-            raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
-
     datasets = [load_dataset(cfg.data.train, 'data.train')]
     if len(cfg.workflow) == 2:
         val_dataset = copy.deepcopy(cfg.data.val)
         val_dataset.pipeline = cfg.data.train.pipeline
         datasets.append(load_dataset(val_dataset, 'data.val'))
-    check_num_classes(model, datasets[0], 'data.train')
+    check_num_classes(model, datasets[0], 'data.train')  # before fetching pretrained weights
+    if not cfg.resume_from:  # resuming replaces every weight: no pretrained backbone to fetch
+        _take_backbone_from_load_from(model, cfg, logger)
+        try:
+            model.init_weights()
+        except (FileNotFoundError, PretrainedCheckpointError) as error:
+            raise UsageError(f'{error} ({PRETRAINED_HINT})') from None
     if cfg.checkpoint_config is not None:
         # Checkpoints remember the versions and class names they were trained with.
         cfg.checkpoint_config.meta = dict(

@@ -1,7 +1,7 @@
 """Training and testing entry points used by tools/: resumable, CPU- and GPU-distributed."""
-from .checkpoint import (CheckpointError, find_resumable_checkpoint, load_detector_checkpoint,
-                         load_weights_leniently, read_checkpoint, restore_best_record,
-                         stored_seed)
+from .checkpoint import (CheckpointError, find_resumable_checkpoint, holds_backbone_weights,
+                         load_detector_checkpoint, load_weights_leniently, read_checkpoint,
+                         restore_best_record, stored_seed)
 from .datasets import DatasetError, load_dataset
 from .distributed import MMDistributedDataParallelAnyDevice, init_distributed, wrap_model
 from .seeding import EpochSeedHook, derive_seed, seed_everything
@@ -12,7 +12,8 @@ from .train import (AMP_CHOICES, build_train_dataloader, check_mixed_precision,
                     TrainingStopped, train_loader_config)
 
 __all__ = [
-    'CheckpointError', 'find_resumable_checkpoint', 'load_detector_checkpoint',
+    'CheckpointError', 'find_resumable_checkpoint', 'holds_backbone_weights',
+    'load_detector_checkpoint',
     'load_weights_leniently', 'read_checkpoint', 'restore_best_record', 'stored_seed',
     'DatasetError',
     'load_dataset',

@@ -158,6 +158,19 @@ def load_weights_leniently(model, path, logger=None):
     return checkpoint
 
 
+def holds_backbone_weights(path, backbone, prefix='backbone.'):
+    """Whether the detector checkpoint ``path`` (a local file) holds a weight of ``backbone``'s
+    shape under ``prefix`` for every one of its weights; read without loading the weights. Any
+    file that cannot be read says False (loading it names the problem)."""
+    try:
+        checkpoint = load_safely(path, mmap=True)
+        state_dict = _strip_prefix(checkpoint.get('state_dict', checkpoint))
+        return all(getattr(state_dict.get(prefix + key), 'shape', None) == value.shape
+                   for key, value in backbone.state_dict().items())
+    except Exception:  # a damaged or foreign file
+        return False
+
+
 def restore_best_record(meta, work_dir, epoch, logger=None):
     """Bring the evaluation hook's record of the best checkpoint (``meta['hook_msgs']``) up to
     date after resuming from the checkpoint of ``epoch``.

@@ -364,6 +364,32 @@ def test_resuming_with_another_seed_by_name_is_warned_of(train_tool, tmp_path, t
             'orders and augmentations') in caplog.text
 
 
+@pytest.mark.parametrize('backbone_in_load_from', [True, False])
+def test_a_load_from_holding_the_backbone_saves_fetching_the_pretrained_one(
+        train_tool, tmp_path, tiny_shapes, caplog, backbone_in_load_from):
+    # The ImageNet weights were fetched, then replaced by load_from's: a download for nothing,
+    # and offline (here: nothing listens at the URL) a refusal.
+    url = f'http://127.0.0.1:{free_port()}/imagenet.pth'
+    config = write_tiny_config(tmp_path / 'pretrained.py', tiny_shapes, extra=(
+        f"model['backbone']['init_cfg'] = dict(type='Pretrained', checkpoint={url!r})"))
+    detector = tmp_path / 'detector.pth'
+    _save_untrained_checkpoint(config, detector)
+    if not backbone_in_load_from:  # a detector checkpoint whose backbone is not this one
+        checkpoint = torch.load(detector, weights_only=True)
+        checkpoint['state_dict'] = {k: v for k, v in checkpoint['state_dict'].items()
+                                    if not k.startswith('backbone.levels.3.')}
+        torch.save(checkpoint, detector)
+        message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'),
+                          '--cfg-options', f'load_from={detector}')
+        assert f'could not load pretrained checkpoint {url}' in message
+        return
+    train_tool.main([config, '--no-validate', '--work-dir', str(tmp_path / 'work'),
+                     '--cfg-options', f'load_from={detector}'])
+    assert (f'load_from {detector} holds every backbone weight: the backbone starts from it, not '
+            f'from {url}') in caplog.messages
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+
+
 def test_fine_tuning_from_a_missing_checkpoint(train_tool, tmp_path, tiny_config):
     message = refused(train_tool, tiny_config, '--work-dir', str(tmp_path / 'work'),
                        '--cfg-options', f'load_from={tmp_path}/coco.pth')
