@@ -341,7 +341,7 @@ def test_training_from_scratch_draws_every_linear_as_the_original(mmdet_log):
         assert linear.weight.std().item() == pytest.approx(0.02, rel=0.2)
         assert not linear.bias.any()
     assert (model.levels[0].blocks[0].norm1[0].weight == 1).all()
-    assert any('training starts from scratch' in r.getMessage() and r.levelno == logging.WARNING
+    assert any('training starts from scratch' in r.getMessage() and r.levelno == logging.INFO
                for r in mmdet_log)
 
 

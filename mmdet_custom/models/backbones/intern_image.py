@@ -396,9 +396,10 @@ class InternImage(BaseModule):
         init_cfg = self.init_cfg
         if init_cfg is None:
             # Training from scratch starts as the original's does: every Linear drawn again, the
-            # DCNv3 offset and mask ones included (random, where construction zeroes them).
-            get_root_logger().warning('InternImage: no pretrained weights (init_cfg is None), '
-                                      'training starts from scratch')
+            # DCNv3 offset and mask ones included (random, where construction zeroes them). A
+            # config says so on purpose (the quick start's does): a note, not a warning.
+            get_root_logger().info('InternImage: no pretrained weights (init_cfg is None), '
+                                   'training starts from scratch')
             self.apply(self._init_linear_and_norm)
             return
         if not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'):
