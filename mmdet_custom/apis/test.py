@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from mmcv.runner import get_dist_info
 from mmdet.apis import multi_gpu_test
-from mmdet.core import DistEvalHook, encode_mask_results
+from mmdet.core import DistEvalHook, EvalHook, encode_mask_results
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..utils import error_summary
@@ -83,8 +83,52 @@ def multi_process_test(model, data_loader, tmpdir=None, gpu_collect=False):
     return _gather_on_cpu(model, data_loader)
 
 
-class DistEvalHookAnyDevice(DistEvalHook):
-    """mmdet's DistEvalHook, with results collected by ``multi_process_test`` (CPU or CUDA)."""
+class BestCheckpointWrittenFirst:
+    """An evaluation hook's ``save_best``, with the new best checkpoint written before the previous
+    one is removed.
+
+    mmcv's ``_save_ckpt`` removed the previous ``best_*.pth`` first: a write that then failed (a
+    full disk) left no best checkpoint at all. The record in ``runner.meta['hook_msgs']``
+    (``best_score``, ``best_ckpt``) is set for the write, since the new file's meta carries it
+    (``restore_best_record`` reads it there on resume), and put back if the write fails, so that
+    it never names a file that is not there.
+    """
+
+    def _save_ckpt(self, runner, key_score):
+        if self.by_epoch:
+            current, unit = runner.epoch + 1, 'epoch'
+        else:
+            current, unit = runner.iter + 1, 'iter'
+        record = runner.meta['hook_msgs']
+        if not self.compare_func(key_score, record.get('best_score', self.init_value_map[self.rule])):
+            return
+        name = f'best_{self.key_indicator}_{unit}_{current}.pth'
+        path = self.file_client.join_path(self.out_dir, name)
+        kept = {key: record.pop(key) for key in ('best_score', 'best_ckpt') if key in record}
+        record.update(best_score=key_score, best_ckpt=path)
+        try:
+            runner.save_checkpoint(self.out_dir, filename_tmpl=name, create_symlink=False)
+        except BaseException:
+            for key in ('best_score', 'best_ckpt'):
+                del record[key]
+            record.update(kept)
+            raise
+        previous, self.best_ckpt_path = self.best_ckpt_path, path
+        if previous and previous != path and self.file_client.isfile(previous):
+            self.file_client.remove(previous)
+            runner.logger.info(f'The previous best checkpoint {previous} was removed')
+        runner.logger.info(f'Now best checkpoint is saved as {name}.')
+        runner.logger.info(f'Best {self.key_indicator} is {key_score:0.4f} at {current} {unit}.')
+
+
+class BestWrittenFirstEvalHook(BestCheckpointWrittenFirst, EvalHook):
+    """mmdet's EvalHook (one process), whose ``save_best`` writes the new best checkpoint before
+    removing the old one."""
+
+
+class DistEvalHookAnyDevice(BestCheckpointWrittenFirst, DistEvalHook):
+    """mmdet's DistEvalHook, with results collected by ``multi_process_test`` (CPU or CUDA), whose
+    ``save_best`` writes the new best checkpoint before removing the old one."""
 
     def _do_evaluate(self, runner):
         if self.broadcast_bn_buffer:

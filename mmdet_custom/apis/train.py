@@ -59,7 +59,7 @@ from mmcv.runner import EpochBasedRunner
 from mmcv.runner import EvalHook as MmcvEvalHook
 from mmcv.runner import OptimizerHook, build_runner, get_dist_info
 from mmdet.apis.train import auto_scale_lr
-from mmdet.core import EvalHook, build_optimizer
+from mmdet.core import build_optimizer
 from mmdet.datasets import build_dataloader, replace_ImageToTensor
 from mmdet.datasets.samplers import DistributedGroupSampler
 from mmdet.utils import compat_cfg, get_root_logger
@@ -75,7 +75,7 @@ from .checkpoint import (CheckpointError, DamagedCheckpointError, ends_its_epoch
 from .datasets import DatasetError, load_dataset
 from .distributed import wrap_model
 from .seeding import EpochSeedHook
-from .test import DistEvalHookAnyDevice, evaluate_kwargs
+from .test import BestWrittenFirstEvalHook, DistEvalHookAnyDevice, evaluate_kwargs
 
 
 class ResumableGroupSampler(DistributedGroupSampler):
@@ -299,7 +299,7 @@ def _build_eval_hook(cfg, distributed, train_classes=None):
     val_loader = build_dataloader(val_set, **loader_args)
     eval_cfg = evaluate_kwargs(cfg.get('evaluation', {}))
     eval_cfg['by_epoch'] = cfg.runner['type'] != 'IterBasedRunner'
-    hook_type = DistEvalHookAnyDevice if distributed else EvalHook
+    hook_type = DistEvalHookAnyDevice if distributed else BestWrittenFirstEvalHook
     return hook_type(val_loader, **eval_cfg)
 
 

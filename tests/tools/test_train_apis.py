@@ -1,5 +1,6 @@
 """Fast checks of the pieces that make training resumable: seeds, sampler order, checkpoints;
 and of the epoch-transition sleeps single-process training skips."""
+import errno
 import json
 import logging
 import os
@@ -362,6 +363,59 @@ def test_restore_best_record_takes_the_newest_best_checkpoint_up_to_the_resumed_
     untouched = dict(epoch=1, hook_msgs=dict(best_score=0.2))
     restore_best_record(untouched, str(tmp_path), epoch=1)  # no best checkpoint up to epoch 1
     assert untouched['hook_msgs'] == dict(best_score=0.2)
+
+
+class _OneWeight(torch.nn.Module):
+    """A model mmcv's runner accepts (it needs a train_step), whose checkpoints take no time."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def train_step(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize('distributed', [False, True], ids=['one-process', 'distributed'])
+def test_a_new_best_checkpoint_that_cannot_be_written_keeps_the_previous_one(
+        tmp_path, tiny_config, monkeypatch, distributed):
+    # mmcv's hook removed the previous best_*.pth before writing the new one: with the disk full,
+    # no best checkpoint was left, and the record named the file that was never written.
+    from mmcv.runner import EpochBasedRunner
+
+    from mmdet_custom import mmcv_compat
+    from mmdet_custom.apis.train import _build_eval_hook
+    cfg = Config.fromfile(tiny_config)
+    cfg.evaluation.save_best = 'bbox_mAP_50'
+    hook = _build_eval_hook(cfg, distributed)
+    work = tmp_path / 'work'
+    runner = EpochBasedRunner(_OneWeight(), work_dir=str(work), meta={},
+                              logger=logging.getLogger('test_best_checkpoint'))
+    hook.before_run(runner)
+    runner._epoch = 3  # evaluating epoch 4
+    hook._save_ckpt(runner, 0.5)
+    epoch_4 = str(work / 'best_bbox_mAP_50_epoch_4.pth')
+    assert runner.meta['hook_msgs'] == dict(best_score=0.5, best_ckpt=epoch_4)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mmcv_compat.os, 'fsync', full_disk)
+        runner._epoch = 4
+        with pytest.raises(OSError, match='No space left on device'):
+            hook._save_ckpt(runner, 0.75)
+    assert sorted(p.name for p in work.iterdir()) == ['best_bbox_mAP_50_epoch_4.pth']
+    assert runner.meta['hook_msgs'] == dict(best_score=0.5, best_ckpt=epoch_4)
+
+    runner._epoch = 5  # written, the new best replaces the old one, its record in its meta
+    hook._save_ckpt(runner, 0.75)
+    epoch_6 = str(work / 'best_bbox_mAP_50_epoch_6.pth')
+    assert sorted(p.name for p in work.iterdir()) == ['best_bbox_mAP_50_epoch_6.pth']
+    assert runner.meta['hook_msgs'] == dict(best_score=0.75, best_ckpt=epoch_6)
+    resumed = {}
+    restore_best_record(resumed, str(work), epoch=6)
+    assert resumed['hook_msgs'] == dict(best_score=0.75, best_ckpt=epoch_6)
 
 
 def test_fine_tuning_load_skips_weights_of_another_shape_but_not_a_bad_file(tmp_path):
