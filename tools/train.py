@@ -5,9 +5,9 @@
 
 A missing or unreadable config, missing training (or validation) data, a pretrained checkpoint
 that cannot be fetched or read, and a checkpoint to resume from that is missing, damaged or does
-not load end the run with one line naming the problem and exit status 1; so do a NaN/inf loss
-and a checkpoint that cannot be written, naming the newest complete checkpoint to go on from
-(Ctrl-C does the same with exit status 130). The data files are checked before the model is
+not load end the run with one line naming the problem and exit status 1; so do a NaN/inf loss,
+a checkpoint that cannot be written and a data-loader worker that was killed, naming the newest
+complete checkpoint to go on from (Ctrl-C does the same with exit status 130). The data files are checked before the model is
 built, so that a run does not first download weights it cannot use; the annotations once it is. Training turns on TF32 matmuls, as
 the original's train.py does.
 """

@@ -21,8 +21,9 @@ Differences from ``mmdet.apis.train_detector``:
   and takes the evaluation hook's best-checkpoint record from the newest ``best_*.pth``, since an
   epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
 - training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at a
-  non-finite loss, before its weights are saved (``FiniteLossHook``), and when a checkpoint
-  cannot be written (a full disk, no permission); checkpoints are written whole or not at all
+  non-finite loss, before its weights are saved (``FiniteLossHook``), when a checkpoint
+  cannot be written (a full disk, no permission) and when a data-loader worker dies (killed by
+  the out-of-memory killer, say: ``_data_loader_worker_death``); checkpoints are written whole or not at all
   (``mmcv_compat``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
@@ -46,6 +47,8 @@ import math
 import multiprocessing
 import multiprocessing.forkserver
 import os.path as osp
+import re
+import signal
 import types
 import uuid
 from functools import partial
@@ -356,6 +359,39 @@ class TrainingStopped(Exception):
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+# torch's messages for a loader worker that died (the SIGCHLD handler's, from C++, and the
+# DataLoader's own check), one or several pids.
+_WORKER_KILLED = re.compile(r'DataLoader worker \(pid(?:\(s\))? [\d, ]+\) is killed by signal: '
+                            r'(?P<signal>[^.]+)\.')
+_WORKER_EXITED = re.compile(r'DataLoader worker \(pid(?:\(s\))? [\d, ]+\) exited unexpectedly'
+                            r'(?: with exit code (?P<code>-?\d+))?')
+# What the system's kills of a worker usually mean, and the remedy.
+_WORKER_SIGNAL_CAUSES = {
+    'SIGKILL': 'out of memory? fewer data.workers_per_gpu or a smaller data.samples_per_gpu',
+    'SIGBUS': 'out of shared memory? a larger /dev/shm or fewer data.workers_per_gpu',
+}
+
+
+def _data_loader_worker_death(error):
+    """What torch's RuntimeError ``error`` says of a data-loader worker that died (killed by the
+    out-of-memory killer, say), with the likely cause and remedy; None for another error."""
+    message = str(error)
+    killed = _WORKER_KILLED.search(message)
+    if killed:
+        # torch names the signal as strsignal() does ('Killed'): name it as kill -l does.
+        names = {signal.strsignal(number): number.name for number in signal.Signals}
+        name = names.get(killed['signal'], killed['signal'])
+        cause = _WORKER_SIGNAL_CAUSES.get(name)
+        return f'a data-loader worker was killed (by signal {name}' + (
+            f': {cause})' if cause else ')')
+    exited = _WORKER_EXITED.search(message)
+    if exited:
+        code = f' with exit code {exited["code"]}' if exited['code'] else ''
+        return (f'a data-loader worker exited unexpectedly{code} (data.workers_per_gpu=0 loads '
+                f'the data in the training process, where the error shows)')
+    return None
+
+
 def checkpoint_dir(cfg):
     """The folder the run's epoch (or iteration) checkpoints are written to."""
     return hook_output_dir(cfg.work_dir, (cfg.get('checkpoint_config') or {}).get('out_dir'))
@@ -562,6 +598,11 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         target = error.filename if error.filename is not None else f'in {cfg.work_dir}'
         raise TrainingStopped(f'training stopped: cannot write {target}: {error.strerror}; '
                               f'{_where_to_resume(cfg)}') from None
+    except RuntimeError as error:
+        worker_death = _data_loader_worker_death(error)
+        if worker_death is None:
+            raise
+        raise TrainingStopped(f'training stopped: {worker_death}; {_where_to_resume(cfg)}') from None
 
 
 def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None,

@@ -2,7 +2,9 @@
 refuses the checkpoint, and resuming under changed settings (batch size, optimizer, lr)."""
 import errno
 import logging
+import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,17 @@ class CtrlCAtEpochTwoHook(Hook):
     def before_train_iter(self, runner):
         if runner.epoch == 1 and runner.inner_iter == 1:
             raise KeyboardInterrupt
+
+
+@HOOKS.register_module()
+class KillLoaderWorkerInEpochTwoHook(Hook):
+    """SIGKILLs the training loader's worker in the second epoch, as the out-of-memory killer
+    does."""
+
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == 1:
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGKILL)  # (torch's SIGCHLD handler finds it)
 
 
 @pytest.fixture(scope='module')
@@ -148,6 +161,18 @@ def test_a_full_disk_under_the_log_names_the_work_dir(train_tool, tmp_path, tiny
     work = tmp_path / 'work'
     message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work))
     assert f'training stopped: cannot write in {work}: No space left on device; ' in message
+
+
+def test_a_killed_loader_worker_is_one_line(train_tool, tmp_path, tiny_shapes):
+    # torch's "DataLoader worker (pid N) is killed by signal: Killed." ended a 70-line traceback.
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes, epochs=2, workers=1,
+                               extra="custom_hooks = [dict(type='KillLoaderWorkerInEpochTwoHook')]")
+    work = tmp_path / 'work'
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
+    assert message.endswith(
+        'training stopped: a data-loader worker was killed (by signal SIGKILL: out of memory? '
+        'fewer data.workers_per_gpu or a smaller data.samples_per_gpu); the newest complete '
+        f'checkpoint is {work}/epoch_1.pth (--auto-resume goes on from it)')
 
 
 def _train_one_epoch(train_tool, config, work, *options):
