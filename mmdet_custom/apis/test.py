@@ -100,7 +100,8 @@ class BestCheckpointWrittenFirst:
         else:
             current, unit = runner.iter + 1, 'iter'
         record = runner.meta['hook_msgs']
-        if not self.compare_func(key_score, record.get('best_score', self.init_value_map[self.rule])):
+        best_score = record.get('best_score', self.init_value_map[self.rule])
+        if not self.compare_func(key_score, best_score):
             return
         name = f'best_{self.key_indicator}_{unit}_{current}.pth'
         path = self.file_client.join_path(self.out_dir, name)
