@@ -22,9 +22,9 @@ Differences from ``mmdet.apis.train_detector``:
   epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
 - training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at a
   non-finite loss, before its weights are saved (``FiniteLossHook``), when a checkpoint
-  cannot be written (a full disk, no permission) and when a data-loader worker dies (killed by
-  the out-of-memory killer, say: ``_data_loader_worker_death``); checkpoints are written whole or not at all
-  (``mmcv_compat``);
+  cannot be written (a full disk, no permission, the work dir removed) and when a data-loader worker dies (killed by
+  the out-of-memory killer, say: ``_data_loader_worker_death``); checkpoints are written whole
+  or not at all (``mmcv_compat``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
   from a server that has mmdet and this plugin imported (``start_worker_server``), so that they
@@ -392,6 +392,32 @@ def _data_loader_worker_death(error):
     return None
 
 
+def _removed_output_folder(cfg, error):
+    """'the work dir PATH' (or the checkpoint folder) where ``error`` is a write into it that failed
+    because it is no longer there; None for another error, e.g. reading an input file that is
+    missing (an image: load_dataset names it)."""
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+        return None
+    written = osp.abspath(error.filename) if isinstance(error.filename, str) else None
+    for name, folder in (('the work dir', cfg.work_dir),
+                         ('the checkpoint folder', checkpoint_dir(cfg))):
+        inside = written is None or written.startswith(osp.join(osp.abspath(folder), ''))
+        if inside and not osp.isdir(folder):
+            return f'{name} {folder}'
+    return None
+
+
+def _where_to_resume_without(removed, cfg, runner):
+    """``_where_to_resume`` once the folder ``removed`` names is gone (checkpoints in it too)."""
+    if osp.isdir(checkpoint_dir(cfg)):
+        return _where_to_resume(cfg)
+    last = ((runner.meta or {}).get('hook_msgs') or {}).get('last_ckpt')
+    if last is None:
+        return 'no checkpoint was written before'
+    return (f'its newest checkpoint, {osp.basename(last)}, went with it (if it was moved: '
+            f'--resume-from NEW_PLACE/{osp.basename(last)} goes on from it)')
+
+
 def checkpoint_dir(cfg):
     """The folder the run's epoch (or iteration) checkpoints are written to."""
     return hook_output_dir(cfg.work_dir, (cfg.get('checkpoint_config') or {}).get('out_dir'))
@@ -592,6 +618,11 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
                               f'was saved; {_where_to_resume(cfg)}, with '
                               f'{_divergence_remedy(cfg)}') from None
     except OSError as error:
+        removed = _removed_output_folder(cfg, error)
+        if removed is not None:
+            raise TrainingStopped(f'training stopped: {removed} was removed or moved while it '
+                                  f'trained (cannot write {error.filename}: {error.strerror}); '
+                                  f'{_where_to_resume_without(removed, cfg, runner)}') from None
         if error.errno not in _WRITE_ERRNOS:
             raise
         # A buffered write (the logs) fails at its flush, which names no file.
@@ -602,7 +633,8 @@ def train_detector(model, dataset, cfg, distributed=False, validate=False, times
         worker_death = _data_loader_worker_death(error)
         if worker_death is None:
             raise
-        raise TrainingStopped(f'training stopped: {worker_death}; {_where_to_resume(cfg)}') from None
+        raise TrainingStopped(f'training stopped: {worker_death}; '
+                              f'{_where_to_resume(cfg)}') from None
 
 
 def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_position=None,

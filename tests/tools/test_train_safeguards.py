@@ -4,6 +4,8 @@ import errno
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -56,6 +58,18 @@ class KillLoaderWorkerInEpochTwoHook(Hook):
         if runner.epoch == 1 and runner.inner_iter == 1:
             for worker in multiprocessing.active_children():
                 os.kill(worker.pid, signal.SIGKILL)  # (torch's SIGCHLD handler finds it)
+
+
+@HOOKS.register_module()
+class RemoveFolderInEpochTwoHook(Hook):
+    """Removes a folder in the second epoch: ``folder`` (default: the work dir)."""
+
+    def __init__(self, folder=None):
+        self.folder = folder
+
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == 1:
+            shutil.rmtree(self.folder or runner.work_dir)
 
 
 @pytest.fixture(scope='module')
@@ -173,6 +187,30 @@ def test_a_killed_loader_worker_is_one_line(train_tool, tmp_path, tiny_shapes):
         'training stopped: a data-loader worker was killed (by signal SIGKILL: out of memory? '
         'fewer data.workers_per_gpu or a smaller data.samples_per_gpu); the newest complete '
         f'checkpoint is {work}/epoch_1.pth (--auto-resume goes on from it)')
+
+
+def test_a_work_dir_removed_while_training_is_named(train_tool, tmp_path, tiny_shapes):
+    # The text log's next write ended in a traceback: FileNotFoundError ... .log.json.
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes, epochs=2,
+                               extra="custom_hooks = [dict(type='RemoveFolderInEpochTwoHook')]")
+    work = tmp_path / 'work'
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(work))
+    assert re.fullmatch(
+        rf'tools/train.py: error: training stopped: the work dir {work} was removed or moved '
+        rf'while it trained \(cannot write {work}/\d+_\d+\.log\.json: No such file or '
+        r'directory\); its newest checkpoint, epoch_1.pth, went with it \(if it was moved: '
+        r'--resume-from NEW_PLACE/epoch_1.pth goes on from it\)', message), message
+
+
+def test_an_image_removed_while_training_is_still_named_as_an_image(train_tool, tmp_path,
+                                                                     tiny_shapes):
+    # Not taken for a removed work dir: the image that cannot be read is named.
+    data = _copy_of(tiny_shapes, tmp_path)
+    config = write_tiny_config(tmp_path / 'tiny.py', str(data), epochs=2, extra=(
+        f"custom_hooks = [dict(type='RemoveFolderInEpochTwoHook', folder='{data}/train')]"))
+    message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
+    assert re.search(rf'error: {data}/train/\d+\.png \(image id \d+\): FileNotFoundError: '
+                     r'\[Errno 2\] No such file or directory', message), message
 
 
 def _train_one_epoch(train_tool, config, work, *options):
