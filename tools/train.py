@@ -4,15 +4,18 @@
     bash tools/dist_train.sh CONFIG NUM_PROCESSES [same options]
 
 A missing or unreadable config, missing training (or validation) data, a pretrained checkpoint
-that cannot be fetched or read, and a checkpoint to resume from that is missing, damaged or does
-not load end the run with one line naming the problem and exit status 1; so do a NaN/inf loss,
-a checkpoint that cannot be written and a data-loader worker that was killed, naming the newest
-complete checkpoint to go on from (Ctrl-C does the same with exit status 130). The data files are checked before the model is
+that cannot be fetched or read, a checkpoint to resume from that is missing, damaged or does
+not load, and a work dir where another training is running (``training_lock``) end the run with
+one line naming the problem and exit status 1; so do a NaN/inf loss, a checkpoint that cannot be
+written and a data-loader worker that was killed, naming the newest complete checkpoint to go on
+from (Ctrl-C does the same with exit status 130). The data files are checked before the model is
 built, so that a run does not first download weights it cannot use; the annotations once it is. Training turns on TF32 matmuls, as
 the original's train.py does.
 """
 import argparse
+import contextlib
 import copy
+import fcntl
 import os
 import os.path as osp
 import sys
@@ -45,6 +48,8 @@ from _usage import (ConfigOptions, UsageError, build_model, check_evaluation,  #
 DATA_HINT = ('put the dataset there, or set MMDET_DATASETS=FOLDER/ to a copy of that layout '
              'elsewhere, or point the config at the files: --cfg-options '
              '{split}.ann_file=FILE {split}.img_prefix=FOLDER')
+# In the work dir: held by the training running there (its rank 0), and naming its pid.
+TRAINING_LOCK = '.train.lock'
 PRETRAINED_HINT = ('to use a local copy: --cfg-options model.backbone.init_cfg.checkpoint=FILE; '
                    'to start from random weights: --cfg-options model.backbone.init_cfg=None')
 
@@ -148,13 +153,55 @@ def check_training_settings(cfg):
         raise UsageError(f'optimizer.lr must be a number of at least 0, got {lr!r}')
 
 
+@contextlib.contextmanager
+def training_lock(work_dir):
+    """Hold ``work_dir``'s ``TRAINING_LOCK`` for the block (rank 0 does; a distributed run's
+    other ranks learn whether it got it), or raise UsageError where another training holds it.
+
+    Two trainings in one work dir overwrote each other's checkpoints and ran their lines together
+    in one log, both ending with status 0. The lock is an flock, which the kernel releases when
+    its process ends, killed or not: a stale file never blocks a later --auto-resume. Tools that
+    only read a work dir (test.py, plot_training.py) take no lock and are never blocked.
+    """
+    rank, world_size = get_dist_info()
+    lock = refusal = None
+    if rank == 0:
+        try:
+            lock = open(osp.join(work_dir, TRAINING_LOCK), 'a+')
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0)
+            lock.write(f'{os.getpid()}\n')
+            lock.flush()
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            pid = f' (pid {holder})' if holder else ''
+            refusal = (f'another training{pid} is running in {work_dir}; wait for it or use '
+                       f'another --work-dir')
+        except OSError as error:  # e.g. a folder this user cannot write to
+            refusal = f'cannot write to the work dir {work_dir}: {error.strerror}'
+        if refusal is not None and lock is not None:
+            lock.close()
+    if world_size > 1:  # every rank stops with the same line, not at rank 0's absence
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal is not None:
+        raise UsageError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
     try:
         with one_line_errors('tools/train.py', CheckpointError, TrainingStopped,
-                             ParamwiseConfigError):
-            train(args)
+                             ParamwiseConfigError), contextlib.ExitStack() as held:
+            train(args, held)
     except KeyboardInterrupt as interrupt:
         # One write of the whole line: every process of a run prints it to the same file, and
         # print's two writes (the text, then the newline) ran two processes' lines together.
@@ -167,7 +214,9 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
-def train(args):
+def train(args, held):
+    """Train as ``args`` say; ``held`` (an ExitStack) keeps the work dir's lock until the
+    caller is done."""
     validate = not args.no_validate
     cfg = read_config(args.config, args.cfg_options,
                       required=('model', 'data.train') + (('data.val',) if validate else ()))
@@ -215,6 +264,7 @@ def train(args):
         if osp.exists(cfg.work_dir) and not osp.isdir(cfg.work_dir):
             raise UsageError(f'the work dir {cfg.work_dir} is a file, not a folder')
         mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+        held.enter_context(training_lock(cfg.work_dir))  # before anything is written there
         cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
     except OSError as error:  # e.g. a folder this user cannot write to
         raise UsageError(f'cannot write to the work dir {cfg.work_dir}: {error.strerror}') from None

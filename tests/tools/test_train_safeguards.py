@@ -1,9 +1,11 @@
 """What tools/train.py does when training cannot simply go on: a diverged loss, a disk that
 refuses the checkpoint, and resuming under changed settings (batch size, optimizer, lr)."""
 import errno
+import fcntl
 import logging
 import multiprocessing
 import os
+import os.path as osp
 import re
 import shutil
 import signal
@@ -70,6 +72,26 @@ class RemoveFolderInEpochTwoHook(Hook):
     def before_train_iter(self, runner):
         if runner.epoch == 1 and runner.inner_iter == 1:
             shutil.rmtree(self.folder or runner.work_dir)
+
+
+@HOOKS.register_module()
+class CheckTrainingLockHook(Hook):
+    """Records, in training, whether another process could take the work dir's training lock and
+    the pid the lock file names (in ``record``, emptied at the start of a run)."""
+
+    record = []
+
+    def before_run(self, runner):
+        self.record.clear()
+
+    def before_train_iter(self, runner):
+        with open(osp.join(runner.work_dir, '.train.lock')) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
+            except BlockingIOError:
+                taken = False
+            self.record.append((taken, lock.read().strip()))
 
 
 @pytest.fixture(scope='module')
@@ -211,6 +233,30 @@ def test_an_image_removed_while_training_is_still_named_as_an_image(train_tool, 
     message = refused(train_tool, config, '--no-validate', '--work-dir', str(tmp_path / 'work'))
     assert re.search(rf'error: {data}/train/\d+\.png \(image id \d+\): FileNotFoundError: '
                      r'\[Errno 2\] No such file or directory', message), message
+
+
+def test_a_second_training_in_the_same_work_dir_is_refused(train_tool, tmp_path, tiny_config):
+    # Both ran to the end, with status 0, each overwriting the other's checkpoints.
+    work = tmp_path / 'work'
+    work.mkdir()
+    with open(work / '.train.lock', 'w') as lock:  # as the training running there holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write('4242\n')
+        lock.flush()
+        message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work))
+    assert message == (f'tools/train.py: error: another training (pid 4242) is running in '
+                       f'{work}; wait for it or use another --work-dir')
+    assert [p.name for p in work.iterdir()] == ['.train.lock']  # nothing written there
+
+
+def test_a_training_holds_its_work_dir_until_it_ends(train_tool, tmp_path, tiny_shapes):
+    config = write_tiny_config(tmp_path / 'tiny.py', tiny_shapes,
+                               extra="custom_hooks = [dict(type='CheckTrainingLockHook')]")
+    work = tmp_path / 'work'
+    train_tool.main([config, '--no-validate', '--work-dir', str(work)])
+    assert CheckTrainingLockHook.record == [(False, str(os.getpid()))] * 4  # every iteration
+    with open(work / '.train.lock') as lock:  # released at its end
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _train_one_epoch(train_tool, config, work, *options):
