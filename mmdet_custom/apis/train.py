@@ -646,6 +646,21 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
     batches_done = 0
     evaluation = cfg.get('evaluation', {})
     evaluated_epochs = _evaluated_epochs(cfg.work_dir, run_id) if validate else set()
+    epoch_batches_then = _epoch_length_then(runner, train_loader, epoch_position, batch_layout)
+    training_set_changed = epoch_batches_then not in (None, len(train_loader))
+    # Saved part-way into an epoch that has no more batches than it had done now.
+    cut_short = (training_set_changed and bool(epoch_position)
+                 and not ends_its_epoch(epoch_position)
+                 and epoch_position['batches'] >= len(train_loader))
+    if training_set_changed:
+        if cut_short:
+            goes_on = (f'epoch {runner.epoch + 1} was saved after batch '
+                       f'{epoch_position["batches"]} of {epoch_batches_then} and now ends at batch '
+                       f'{len(train_loader)}: what follows that epoch comes next')
+        else:
+            goes_on = 'the iterations are recounted in epochs of the new length'
+        logger.warning(f'{cfg.resume_from}: the training set changed: {epoch_batches_then} '
+                       f'batches an epoch then, {len(train_loader)} now; {goes_on}')
     if epoch_position:
         batches_done = _batches_done(runner, train_loader, cfg.resume_from, epoch_position, logger)
         epoch = runner.epoch + 1  # under way when it was saved
@@ -654,11 +669,13 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
         if batches_done == len(train_loader) and (evaluated or not evaluation_due):
             # Nothing of the epoch is left: going on in it would evaluate it once more.
             done = 'whose evaluation is in the log' if evaluated else 'and no evaluation is due'
-            logger.info(f'{cfg.resume_from} was saved after the last batch of epoch {epoch}, '
-                        f'{done}: going on after it')
+            if not cut_short:  # (the warning above said where it goes on)
+                logger.info(f'{cfg.resume_from} was saved after the last batch of epoch {epoch}, '
+                            f'{done}: going on after it')
             runner._epoch, batches_done = epoch, 0
         elif runner.epoch < runner.max_epochs:
-            _go_on_mid_epoch(runner, train_loader, cfg.resume_from, batches_done, logger)
+            _go_on_mid_epoch(runner, train_loader, cfg.resume_from, batches_done, logger,
+                             announce=not cut_short)
             _skip_evaluation_at_start(runner)  # of part of an epoch, which save_best could keep
     # The iterations done are the finished epochs * this loader's length and the batches of
     # the epoch under way: the stored count was made with the checkpoint's batch size and
@@ -683,9 +700,11 @@ def _resume_epoch_based(runner, train_loader, cfg, validate, logger, epoch_posit
         runner._iter = iterations
     elif runner.iter != iterations:
         in_epoch = f' and {batches_done} batches' if batches_done else ''
-        logger.info(f'{cfg.resume_from}: {runner.iter} iterations were counted with another batch '
-                    f'size or number of processes; going on from {iterations} '
-                    f'({runner.epoch} epochs of {len(train_loader)}{in_epoch})')
+        counted_in = (f'epochs of {epoch_batches_then} batches' if training_set_changed
+                      else 'another batch size or number of processes')
+        logger.info(f'{cfg.resume_from}: {runner.iter} iterations were counted with {counted_in}; '
+                    f'going on from {iterations} ({runner.epoch} epochs of {len(train_loader)}'
+                    f'{in_epoch})')
         runner._iter = iterations
     if validate:
         best_dir = hook_output_dir(cfg.work_dir, evaluation.get('out_dir'))
@@ -718,9 +737,27 @@ def _skip_evaluation_at_start(runner):
             hook.initial_flag = False
 
 
+def _epoch_length_then(runner, train_loader, epoch_position=None, batch_layout=None):
+    """The batches an epoch had in the run that saved the checkpoint ``runner`` resumed, where
+    that run counted them in this loader's batch layout (processes, images each): an iteration
+    checkpoint's ``epoch_position`` records them, an epoch checkpoint's count of iterations (its
+    ``batch_layout``) gives them. None where the file does not say, or for another layout."""
+    _, world_size = get_dist_info()
+    if epoch_position:
+        recorded, batches = epoch_position, epoch_position.get('epoch_batches')
+    elif batch_layout and runner.epoch and runner.iter % runner.epoch == 0:
+        recorded, batches = batch_layout, runner.iter // runner.epoch
+    else:
+        return None
+    layout = (recorded['world_size'], recorded['samples_per_gpu'] or train_loader.batch_size)
+    if batches is None or layout != (world_size, train_loader.batch_size):
+        return None
+    return int(batches)
+
+
 def _batches_done(runner, train_loader, path, position, logger):
     """How many of this loader's batches of the epoch under way the batches ``position`` says
-    were done stand for."""
+    were done stand for: at most the epoch's (a training set that shrank since has fewer)."""
     _, world_size = get_dist_info()
     layout = (position['world_size'], position['samples_per_gpu'] or train_loader.batch_size)
     batches = position['batches']
@@ -736,11 +773,12 @@ def _batches_done(runner, train_loader, path, position, logger):
                        f'each; with {world_size} of {train_loader.batch_size}, the epoch goes on '
                        f'after {batches} batches, in another image order than the run that saved '
                        f'it had')
-    return batches
+    return min(batches, len(train_loader))
 
 
-def _go_on_mid_epoch(runner, train_loader, path, batches, logger):
-    """Set the epoch under way to go on after ``batches`` of this loader's batches."""
+def _go_on_mid_epoch(runner, train_loader, path, batches, logger, announce=True):
+    """Set the epoch under way to go on after ``batches`` of this loader's batches (and log
+    where, with ``announce``)."""
     if not isinstance(runner, ResumableEpochBasedRunner):  # a runner type of the config's own
         raise CheckpointError(f'{path} was saved {batches} batches into epoch '
                               f'{runner.epoch + 1}: going on there needs runner type '
@@ -748,6 +786,8 @@ def _go_on_mid_epoch(runner, train_loader, path, batches, logger):
                               f'ResumableEpochBasedRunner), not {type(runner).__name__}')
     train_loader.sampler.skip_next(batches * train_loader.batch_size)
     runner.go_on_in_epoch(batches)
+    if not announce:
+        return
     if batches < len(train_loader):
         logger.info(f'{path} was saved in epoch {runner.epoch + 1}: it goes on from batch '
                     f'{batches + 1} of {len(train_loader)}')

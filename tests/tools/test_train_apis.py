@@ -20,8 +20,9 @@ from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_datal
                                derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, restore_best_record,
                                resume_checkpoint, stored_seed, train_loader_config)
-from mmdet_custom.apis.train import (_batches_done, _evaluated_epochs,  # noqa: E402
-                                    _load_training_state, without_epoch_transition_sleeps)
+from mmdet_custom.apis.train import (_batches_done, _epoch_length_then,  # noqa: E402
+                                    _evaluated_epochs, _load_training_state,
+                                    without_epoch_transition_sleeps)
 from tools_testlib import PYTHON, ROOT, run_tool  # noqa: E402
 
 
@@ -230,6 +231,21 @@ def test_a_whole_epoch_saved_in_another_layout_goes_on_after_it_without_a_warnin
         part = dict(whole, batches=5)
         assert _batches_done(runner, loader, 'iter_5.pth', part, logger) == 2
         assert 'the epoch goes on after 2 batches, in another image order' in caplog.text
+
+
+def test_the_epoch_length_a_checkpoint_was_counted_in_is_known_in_the_same_layout_only():
+    # What tells a changed training set from another batch layout when resuming.
+    loader = build_train_dataloader(_FlaggedDataset(16), samples_per_gpu=2, workers_per_gpu=0,
+                                    seed=0)  # 8 batches an epoch
+    runner = types.SimpleNamespace(epoch=2, iter=8)  # 2 epochs done in 8 iterations
+    same = dict(world_size=1, samples_per_gpu=2)
+    assert _epoch_length_then(runner, loader, batch_layout=same) == 4
+    assert _epoch_length_then(runner, loader, batch_layout=dict(same, world_size=2)) is None
+    assert _epoch_length_then(runner, loader) is None  # mmcv's epoch_N.pth: no layout recorded
+    position = dict(batches=1, epoch_batches=4, **same)  # an iteration checkpoint's
+    assert _epoch_length_then(runner, loader, epoch_position=position) == 4
+    assert _epoch_length_then(runner, loader, dict(position, samples_per_gpu=4)) is None
+    assert _epoch_length_then(runner, loader, dict(position, epoch_batches=None)) is None
 
 
 def test_the_one_before_a_damaged_copied_checkpoint_goes_by_the_number_in_its_name(tmp_path):

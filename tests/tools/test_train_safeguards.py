@@ -314,6 +314,56 @@ def test_a_checkpoint_mmcv_saved_mid_epoch_is_named_as_such(train_tool, tmp_path
     assert read_checkpoint(str(tmp_path / 'resumed' / 'epoch_3.pth'))['meta']['iter'] == 12
 
 
+@pytest.fixture(scope='module')
+def sixteen_shapes(tmp_path_factory):
+    """16 train images: twice tiny_shapes' 8."""
+    from mmdet_custom.datasets.synthetic_shapes import generate
+    out = tmp_path_factory.mktemp('shapes16')
+    generate(str(out), num_train=16, num_val=4, size=64, seed=0)
+    return str(out)
+
+
+@pytest.mark.parametrize('grown, warning, recount, goes_on', [
+    # 8 images, then 16: iter_5.pth is batch 1 of 4 of epoch 2. The recount blamed the batch
+    # size or the number of processes, neither of which changed.
+    (True, 'the training set changed: 4 batches an epoch then, 8 now; the iterations are '
+           'recounted in epochs of the new length',
+     '5 iterations were counted with epochs of 4 batches; going on from 9 (1 epochs of 8 and 1 '
+     'batches)', 'was saved in epoch 2: it goes on from batch 2 of 8'),
+    # 16 images, then 8: iter_5.pth is batch 5 of 8 of epoch 1, more than the 4 it has now. It
+    # was said to be "saved after the last batch of epoch 1".
+    (False, 'the training set changed: 8 batches an epoch then, 4 now; epoch 1 was saved after '
+            'batch 5 of 8 and now ends at batch 4: what follows that epoch comes next',
+     '5 iterations were counted with epochs of 8 batches; going on from 4 (1 epochs of 4)', None),
+], ids=['grown', 'shrunk'])
+def test_resuming_on_a_changed_training_set_says_so(train_tool, tmp_path, tiny_shapes,
+                                                   sixteen_shapes, mmdet_log, grown, warning,
+                                                   recount, goes_on):
+    saved_on, resumed_on = (tiny_shapes, sixteen_shapes) if grown else (sixteen_shapes, tiny_shapes)
+    every_5_iterations = ['checkpoint_config.by_epoch=False', 'checkpoint_config.interval=5']
+    work = tmp_path / 'work'
+    train_tool.main([write_tiny_config(tmp_path / 'saved.py', saved_on, epochs=2 if grown else 1),
+                     '--no-validate', '--seed', '0', '--work-dir', str(work), '--cfg-options',
+                     *every_5_iterations])
+    mmdet_log.clear()
+    resumed = tmp_path / 'resumed'
+    train_tool.main([write_tiny_config(tmp_path / 'resumed.py', resumed_on, epochs=2),
+                     '--no-validate', '--resume-from', str(work / 'iter_5.pth'), '--work-dir',
+                     str(resumed), '--cfg-options', *every_5_iterations])
+    log = _text(mmdet_log)
+    assert f'{work}/iter_5.pth: {warning}\n' in log + '\n', log
+    assert f'{work}/iter_5.pth: {recount}\n' in log + '\n', log
+    assert (goes_on is None) == ('goes on from batch' not in log)
+    if goes_on:
+        assert f'{work}/iter_5.pth {goes_on}' in log
+    assert 'another batch size' not in log and 'after the last batch' not in log
+    # Epoch 2 trained whole (8 batches, or 4), after the rest of epoch 2 or after epoch 1.
+    last = read_checkpoint(str(resumed / 'latest.pth'))['meta']
+    assert last['iter'] == (16 if grown else 8)
+    assert last['epoch_position'] == dict(batches=last['iter'] // 2, world_size=1,
+                                          samples_per_gpu=2, epoch_batches=last['iter'] // 2)
+
+
 def test_a_resumed_runs_checkpoints_record_that_run(train_tool, tmp_path, tiny_config):
     # mmcv's resume replaced the run's meta with the checkpoint's: later checkpoints had no
     # config and the first segment's seed, which the next --auto-resume then took. (Another seed
