@@ -22,9 +22,9 @@ Differences from ``mmdet.apis.train_detector``:
   epoch's checkpoint is written before that epoch is evaluated (``restore_best_record``);
 - training stops with ``TrainingStopped`` (one line naming the checkpoint to go on from) at a
   non-finite loss, before its weights are saved (``FiniteLossHook``), when a checkpoint
-  cannot be written (a full disk, no permission, the work dir removed) and when a data-loader worker dies (killed by
-  the out-of-memory killer, say: ``_data_loader_worker_death``); checkpoints are written whole
-  or not at all (``mmcv_compat``);
+  cannot be written (a full disk, no permission, the work dir removed) and when a data-loader
+  worker dies (killed by the out-of-memory killer, say: ``_data_loader_worker_death``);
+  checkpoints are written whole or not at all (``mmcv_compat``);
 - distributed CPU training uses gloo and a CPU DDP wrapper (see ``distributed.py``);
 - ``data.train_dataloader.multiprocessing_context='forkserver'`` starts the loader's workers
   from a server that has mmdet and this plugin imported (``start_worker_server``), so that they

@@ -1,4 +1,5 @@
 """tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
+import fcntl
 import json
 import os
 import os.path as osp
@@ -118,16 +119,15 @@ def test_a_failed_process_ends_the_launcher_in_one_line_with_its_status(tmp_path
 def test_a_work_dir_another_training_holds_is_refused_by_every_process(tmp_path, tiny_config):
     # Rank 0 takes the lock and tells the others: each stops with the same line, none waits for
     # a rank 0 that is gone.
-    import fcntl
     work = tmp_path / 'work'
     work.mkdir()
     with open(work / '.train.lock', 'w') as lock:  # as the training running there holds it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write('4242\n')
         lock.flush()
-        result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir', str(work)],
-                          env={'PORT': str(free_port()), 'OMP_NUM_THREADS': '1',
-                               'PYTHON': sys.executable}, timeout=300)
+        env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable}
+        result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir',
+                           str(work)], env=env, timeout=300)
     assert result.returncode == 1
     refusal = (f'tools/train.py: error: another training (pid 4242) is running in {work}; wait '
                f'for it or use another --work-dir')
