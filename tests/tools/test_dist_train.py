@@ -1,5 +1,4 @@
 """tools/dist_train.sh and dist_test.sh with two CPU processes (gloo), as on a machine without GPUs."""
-import fcntl
 import json
 import os
 import os.path as osp
@@ -14,7 +13,8 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
-from tools_testlib import ROOT, free_port, run_tool, write_tiny_config  # noqa: E402
+from tools_testlib import (ROOT, free_port, run_tool, training_lock_held,  # noqa: E402
+                           write_tiny_config)
 
 # Each rank saves its own weights at the end, and the images it trained on in each epoch, so
 # the ranks can be compared with each other.
@@ -121,10 +121,7 @@ def test_a_work_dir_another_training_holds_is_refused_by_every_process(tmp_path,
     # a rank 0 that is gone.
     work = tmp_path / 'work'
     work.mkdir()
-    with open(work / '.train.lock', 'w') as lock:  # as the training running there holds it
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock.write('4242\n')
-        lock.flush()
+    with training_lock_held(work):
         env = {'PORT': str(free_port()), 'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable}
         result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir',
                            str(work)], env=env, timeout=300)

@@ -16,7 +16,8 @@ import torch
 
 pytest.importorskip('mmdet')
 from mmcv.runner import HOOKS, Hook  # noqa: E402
-from tools_testlib import load_script, refused, write_tiny_config  # noqa: E402
+from tools_testlib import (load_script, refused, training_lock_held,  # noqa: E402
+                           write_tiny_config)
 
 from mmdet_custom.apis import read_checkpoint  # noqa: E402
 
@@ -239,10 +240,7 @@ def test_a_second_training_in_the_same_work_dir_is_refused(train_tool, tmp_path,
     # Both ran to the end, with status 0, each overwriting the other's checkpoints.
     work = tmp_path / 'work'
     work.mkdir()
-    with open(work / '.train.lock', 'w') as lock:  # as the training running there holds it
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock.write('4242\n')
-        lock.flush()
+    with training_lock_held(work):
         message = refused(train_tool, tiny_config, '--no-validate', '--work-dir', str(work))
     assert message == (f'tools/train.py: error: another training (pid 4242) is running in '
                        f'{work}; wait for it or use another --work-dir')

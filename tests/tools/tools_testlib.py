@@ -1,5 +1,7 @@
 """Helpers shared by the tools tests: a tiny config derived from the quick-start one (so the tools
 run end to end in seconds), free ports and subprocess runs from the repository root."""
+import contextlib
+import fcntl
 import importlib.util
 import os
 import os.path as osp
@@ -115,3 +117,14 @@ def run_tool(args, env=None, timeout=600, cwd=ROOT, pythonpath=(), **popen_kwarg
     full_env.update(env or {})
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout, **popen_kwargs)
+
+
+@contextlib.contextmanager
+def training_lock_held(work_dir, pid=4242):
+    """``work_dir``'s training lock held, as a training of process ``pid`` running there holds it
+    (tools/train.py's ``training_lock``)."""
+    with open(osp.join(work_dir, '.train.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(f'{pid}\n')
+        lock.flush()
+        yield
