@@ -1,6 +1,6 @@
 """Imported first by every tool: makes the checkout importable, mutes two import-time notices and
-keeps long log records off the console (brief_console); tools that run a model call
-reuse_freed_memory() first.
+keeps long log records off the console (brief_console) and makes a log file's failed write
+stop a run (failed_log_writes_raise); tools that run a model call reuse_freed_memory() first.
 
 - ``mmdet_custom`` and ``ops_dcnv3`` import from the repository root, installed or not;
 - mmcv 1.7 announces its 2.0 renaming on every import, torch notes "No CUDA runtime is found" on
@@ -67,6 +67,25 @@ def brief_console(logger, log_file, max_lines=4):
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler not in mmcv_logger.handlers:
             mmcv_logger.addHandler(handler)
+
+
+def failed_log_writes_raise(logger):
+    """Make a write to ``logger``'s log files that fails (a full disk, the file removed) raise its
+    OSError, so that training stops on it in one line naming the cause (train_detector's), as at
+    a checkpoint it cannot write. logging's default prints a traceback for each record it could
+    not write, to stderr, and goes on without them: the text log silently lost its lines."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = _raise_write_error(handler)
+
+
+def _raise_write_error(handler):
+    def handle_error(record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise error
+        logging.Handler.handleError(handler, record)  # a record that cannot be formatted
+    return handle_error
 
 
 def reuse_freed_memory() -> bool:

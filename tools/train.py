@@ -272,6 +272,7 @@ def train(args, held):
     log_file = osp.join(cfg.work_dir, f'{timestamp}.log')
     logger = get_root_logger(log_file=log_file, log_level=cfg.log_level)
     _bootstrap.brief_console(logger, log_file)  # long reports (environment, config): file only
+    _bootstrap.failed_log_writes_raise(logger)
 
     meta = dict()
     env_info = '\n'.join(f'{key}: {value}' for key, value in collect_env().items())

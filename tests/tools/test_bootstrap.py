@@ -57,3 +57,34 @@ def test_model_tools_make_the_setting(tool):
     with open(f'{ROOT}/tools/{tool}.py') as source:
         main = source.read().split('\ndef main(', 1)[1]
     assert '_bootstrap.reuse_freed_memory()' in main.split('\ndef ', 1)[0]
+
+
+def test_a_log_file_that_cannot_be_written_raises_the_write_error(tmp_path, capsys):
+    # logging printed "--- Logging error ---" and a traceback for each record (while the text log
+    # lost its lines) and went on; training went on until a checkpoint could not be written.
+    import errno
+    import logging
+    sys.path.insert(0, f'{ROOT}/tools')
+    try:
+        import _bootstrap
+    finally:
+        sys.path.pop(0)
+    logger = logging.getLogger('failed_log_writes')
+    handler = logging.FileHandler(tmp_path / 'run.log')
+    logger.addHandler(handler)
+    try:
+        _bootstrap.failed_log_writes_raise(logger)
+        logger.warning('written')
+
+        def full_disk(text):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+        handler.stream.write = full_disk
+        with pytest.raises(OSError) as error:
+            logger.warning('not written')
+        assert error.value.errno == errno.ENOSPC
+        assert 'Logging error' not in capsys.readouterr().err
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert (tmp_path / 'run.log').read_text() == 'written\n'
