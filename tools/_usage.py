@@ -12,11 +12,11 @@ import re
 
 import torch
 from mmcv import Config, DictAction
+from mmcv.cnn import VGG
 from mmcv.runner import DistEvalHook as MmcvDistEvalHook
 from mmdet.core import DistEvalHook
 from mmdet.datasets import DATASETS, CocoDataset, CustomDataset
 from mmdet.models import build_detector
-from mmcv.cnn import VGG
 from mmdet.models.dense_heads import GARPNHead, RPNHead
 from mmdet.models.necks import FPN
 from mmdet.models.roi_heads.mask_heads import FusedSemanticHead
