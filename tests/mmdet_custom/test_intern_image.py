@@ -126,6 +126,15 @@ def test_train_returns_self_and_out_indices():
         tiny(out_indices=(4,))
 
 
+@pytest.mark.parametrize('out_indices', [(1, 3), (3, 2, 1, 0), (2, 2, 3)])
+def test_out_channels_are_those_of_the_outputs_in_order(out_indices):
+    # forward gives the stages' maps in stage order, once each: out_channels listed them in the
+    # order of out_indices, so the neck check refused (3, 2, 1, 0) and proposed a neck that failed.
+    model = tiny(out_indices=out_indices)
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert model.out_channels == [o.shape[1] for o in outs]
+
+
 def test_drop_path_schedules():
     def rates(model):
         return [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.0
@@ -444,8 +453,9 @@ def test_pretrained_backbone_weights_without_a_place_are_warned_of(tmp_path, mmd
             f"for: does its layer_scale / depths differ from the checkpoint's? (first: "
             f"{', '.join(unplaced[:5])})") in warnings
     infos = [r.getMessage() for r in mmdet_log if r.levelno == logging.INFO]
-    assert ("InternImage: skipped 3 keys that are not backbone parameters (e.g. the classifier "
-            "head): ['head.weight', 'conv_head.0.weight', 'fc_norm.weight']") in infos
+    assert ("InternImage: skipped 3 keys that are not backbone parameters (a classifier head, a "
+            "detector's neck and heads; first: head.weight, conv_head.0.weight, fc_norm.weight)"
+            ) in infos
 
 
 @pytest.mark.parametrize('layer_scale', [None, 0.7])

@@ -318,8 +318,9 @@ class InternImage(BaseModule):
         self.num_levels = num_stages
         self.num_features = int(channels * 2 ** (num_stages - 1))
         self.out_indices = tuple(out_indices)
-        # The channels of each output, in order: what a neck's in_channels must list.
-        self.out_channels = [channels * 2 ** i for i in self.out_indices]
+        # The channels of each output, in order (forward gives the stages' maps in stage order,
+        # once each, whatever the order of out_indices): what a neck's in_channels must list.
+        self.out_channels = [channels * 2 ** i for i in range(num_stages) if i in self.out_indices]
         self.frozen_stages = frozen_stages
 
         self.patch_embed = StemLayer(3, channels, act_layer=act_layer, norm_layer=norm_layer)
@@ -447,7 +448,8 @@ class InternImage(BaseModule):
                            f"checkpoint's? (first: {', '.join(unplaced[:5])})")
         if others:
             logger.info(f'InternImage: skipped {len(others)} keys that are not backbone parameters '
-                        f'(e.g. the classifier head): {others}')
+                        f"(a classifier head, a detector's neck and heads; first: "
+                        f"{', '.join(others[:5])})")
         if missing:
             logger.warning(f'InternImage: {len(missing)} backbone parameters are not in {path} and keep '
                            f'their initial values: {sorted(missing)}')
