@@ -263,6 +263,19 @@ def predicted_class_count(model):
     return next((count for _, count in _class_heads(model)), None)
 
 
+def _wrapped(dataset):
+    """The dataset inside mmdet's wrappers (RepeatDataset, ClassBalancedDataset,
+    MultiImageMixDataset: ``dataset``; ConcatDataset: the first of ``datasets``), which copy
+    only its CLASSES."""
+    while True:
+        if getattr(dataset, 'dataset', None) is not None:
+            dataset = dataset.dataset
+        elif getattr(dataset, 'datasets', None):
+            dataset = dataset.datasets[0]
+        else:
+            return dataset
+
+
 def check_num_classes(model, dataset, name, checkpoint=None):
     """A UsageError where a head of ``model`` predicts another number of classes than ``dataset``
     (config entry ``name``) has: the most common slip with a dataset of one's own. mmdet's check
@@ -273,7 +286,7 @@ def check_num_classes(model, dataset, name, checkpoint=None):
     CustomDataset without ``classes``) has nothing to compare, nor has a panoptic one: its heads
     count its thing classes, its stuff classes or both (mmdet's panoptic configs turn mmdet's
     check off)."""
-    if dataset.CLASSES is None or getattr(dataset, 'THING_CLASSES', None) is not None:
+    if dataset.CLASSES is None or getattr(_wrapped(dataset), 'THING_CLASSES', None) is not None:
         return
     for module_name, count in _class_heads(model):
         if count != len(dataset.CLASSES):

@@ -129,6 +129,12 @@ def test_heads_that_count_more_than_the_datasets_classes_are_left_out_as_mmdet_d
         usage.check_num_classes(htc, types.SimpleNamespace(CLASSES=('a', 'b')), 'data.train')
     panoptic = build_detector(_mmdet_config('panoptic_fpn/panoptic_fpn_r50_fpn_1x_coco.py').model)
     usage.check_num_classes(panoptic, CocoPanopticDataset, 'data.train')
+    # mmdet's 3x panoptic config repeats its training set; the wrapper copies CLASSES alone.
+    repeated = types.SimpleNamespace(CLASSES=CocoPanopticDataset.CLASSES,
+                                     dataset=CocoPanopticDataset)
+    usage.check_num_classes(panoptic, repeated, 'data.train')
+    usage.check_num_classes(panoptic, types.SimpleNamespace(CLASSES=CocoPanopticDataset.CLASSES,
+                                                            datasets=[repeated]), 'data.train')
 
 
 @pytest.mark.parametrize('config, masks', [
