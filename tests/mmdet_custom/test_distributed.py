@@ -9,6 +9,7 @@ import torch.distributed as dist
 pytest.importorskip('mmdet')
 from mmcv import Config  # noqa: E402
 from mmcv.cnn import build_norm_layer  # noqa: E402
+from mmdet.utils import get_root_logger  # noqa: E402
 
 from mmdet_custom.apis import MMDistributedDataParallelAnyDevice, wrap_model  # noqa: E402
 
@@ -33,6 +34,8 @@ def test_syncbn_becomes_batchnorm_in_cpu_processes(one_process_group, caplog):
                                 build_norm_layer(dict(type='SyncBN'), 4)[1])
     weight, running_mean = model[1].weight, model[1].running_mean
     keys = list(model.state_dict())
+    # mmdet's logger set up outside caplog, which would leave it at NOTSET for the tests after.
+    get_root_logger()
     with caplog.at_level(logging.WARNING, logger='mmdet'):
         wrapped = wrap_model(model, Config(dict(device='cpu')), distributed=True)
     assert isinstance(wrapped, MMDistributedDataParallelAnyDevice)

@@ -287,9 +287,12 @@ def mmdet_log():
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger('mmdet')
+    level = logger.level  # INFO once mmdet's get_root_logger has run, whichever test ran it
+    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def _classification_checkpoint(source):
