@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import torch
 from mmcv.runner import load_state_dict
+from mmdet.models.dense_heads import GARPNHead, RPNHead
 
 from ..utils import error_summary, numpy_pickle_globals
 
@@ -81,17 +82,28 @@ def _strip_prefix(state_dict, prefix='module.'):
     return state_dict
 
 
+def _class_head(model, key):
+    """The module of ``model`` nearest above weight ``key`` that counts classes (num_classes), or
+    None; the RPN's object-or-not count is not one."""
+    parts = key.split('.')[:-1]
+    for end in range(len(parts), 0, -1):
+        module = model.get_submodule('.'.join(parts[:end]))
+        if isinstance(getattr(module, 'num_classes', None), int):
+            return None if isinstance(module, (RPNHead, GARPNHead)) else module
+    return None
+
+
 def _class_counts(model, state_dict, expected, wrong_shape):
-    """(the checkpoint's, the model's) number of classes where the weights of another shape differ
-    in their first dimension only, as a box classifier's (``fc_cls``) rows do for another
-    number of classes; else None."""
-    if any(state_dict[key].shape[1:] != expected[key].shape[1:] for key in wrong_shape):
+    """(the checkpoint's and the model's number of classes, the box classifier weight that says
+    so) where every weight of another shape is a class head's and differs in its first dimension
+    only, as for another number of classes; else None."""
+    if any(state_dict[key].shape[1:] != expected[key].shape[1:] or _class_head(model, key) is None
+           for key in wrong_shape):
         return None
     for key in wrong_shape:
-        if key.endswith('.fc_cls.weight'):
-            count = getattr(model.get_submodule(key[:-len('.fc_cls.weight')]), 'num_classes', None)
-            if isinstance(count, int):
-                return count + state_dict[key].shape[0] - expected[key].shape[0], count
+        if key.endswith('.fc_cls.weight'):  # its rows: the classes and the background
+            count = _class_head(model, key).num_classes
+            return count + state_dict[key].shape[0] - expected[key].shape[0], count, key
     return None
 
 
@@ -114,7 +126,7 @@ def load_detector_checkpoint(model, path, logger=None):
                    if key in state_dict and state_dict[key].shape != expected[key].shape]
     class_counts = None if missing else _class_counts(model, state_dict, expected, wrong_shape)
     if class_counts:
-        key = wrong_shape[0]
+        key = class_counts[2]
         raise CheckpointError(f'checkpoint {path} predicts {class_counts[0]} classes, the model '
                               f'built from the config {class_counts[1]} ({key} is '
                               f'{tuple(state_dict[key].shape)} in the checkpoint, '
@@ -163,7 +175,10 @@ def holds_backbone_weights(path, backbone, prefix='backbone.'):
     shape under ``prefix`` for every one of its weights; read without loading the weights. Any
     file that cannot be read says False (loading it names the problem)."""
     try:
-        checkpoint = load_safely(path, mmap=True)
+        try:
+            checkpoint = load_safely(path, mmap=True)
+        except RuntimeError:  # torch maps zip files only, not the legacy format
+            checkpoint = load_safely(path)
         state_dict = _strip_prefix(checkpoint.get('state_dict', checkpoint))
         return all(getattr(state_dict.get(prefix + key), 'shape', None) == value.shape
                    for key, value in backbone.state_dict().items())

@@ -17,7 +17,8 @@ pytest.importorskip('mmdet')
 from mmcv import Config  # noqa: E402
 
 from mmdet_custom.apis import (CheckpointError, EpochSeedHook, build_train_dataloader,  # noqa: E402
-                               derive_seed, find_resumable_checkpoint, load_detector_checkpoint,
+                               derive_seed, find_resumable_checkpoint, holds_backbone_weights,
+                               load_detector_checkpoint,
                                load_weights_leniently, read_checkpoint, restore_best_record,
                                resume_checkpoint, stored_seed, train_loader_config)
 from mmdet_custom.apis.train import (_batches_done, _epoch_length_then,  # noqa: E402
@@ -307,6 +308,54 @@ def test_numpy_values_in_a_checkpoint_meta_load_and_other_objects_are_named(tmp_
     with pytest.raises(CheckpointError, match=r'holds an object of type argparse.Namespace, which '
                                               r'the safe loader does not read'):
         read_checkpoint(str(tmp_path / 'args.pth'))
+
+
+def test_holds_backbone_weights_reads_every_checkpoint_layout(tmp_path):
+    backbone = torch.nn.Linear(3, 2)
+    weights = {'backbone.weight': torch.zeros(2, 3), 'backbone.bias': torch.zeros(2),
+               'neck.weight': torch.zeros(1)}
+    cases = {'plain': (weights, True),
+             'ddp': ({f'module.{k}': v for k, v in weights.items()}, True),
+             'short': ({'backbone.weight': torch.zeros(2, 3)}, False),
+             'other_shape': (dict(weights, **{'backbone.weight': torch.zeros(4, 3)}), False)}
+    for name, (state_dict, held) in cases.items():
+        _save(tmp_path / f'{name}.pth', state_dict)
+        assert holds_backbone_weights(str(tmp_path / f'{name}.pth'), backbone) is held, name
+    # torch maps zip files only: a legacy-format file was taken for one without the weights.
+    torch.save(dict(state_dict=weights), tmp_path / 'legacy.pth',
+               _use_new_zipfile_serialization=False)
+    assert holds_backbone_weights(str(tmp_path / 'legacy.pth'), backbone)
+    (tmp_path / 'text.pth').write_text('not a checkpoint')
+    assert not holds_backbone_weights(str(tmp_path / 'text.pth'), backbone)
+
+
+@pytest.mark.parametrize('other_ratios', [False, True])
+def test_a_checkpoint_of_another_class_count_is_told_from_another_architecture(tmp_path,
+                                                                              tiny_config,
+                                                                              other_ratios):
+    # Any weights differing in their first dimension were called another class count, naming
+    # the RPN's classifier for a checkpoint with other anchor ratios too.
+    from mmdet.models import build_detector
+    cfg = Config.fromfile(tiny_config)
+    cfg.model.backbone.init_cfg = None
+    model = build_detector(cfg.model)
+    cfg.model.roi_head.bbox_head.num_classes = 5
+    cfg.model.roi_head.mask_head.num_classes = 5
+    if other_ratios:
+        cfg.model.rpn_head.anchor_generator.ratios = [0.25, 0.5, 1.0, 2.0, 4.0]
+    path = tmp_path / 'other.pth'
+    _save(path, build_detector(cfg.model).state_dict())
+    with pytest.raises(CheckpointError) as error:
+        load_detector_checkpoint(model, str(path))
+    if other_ratios:
+        assert 'another architecture?' in str(error.value)
+        assert 'first: rpn_head.rpn_cls.weight is (5, 64, 1, 1)' in str(error.value)
+    else:
+        assert str(error.value) == (
+            f'checkpoint {path} predicts 5 classes, the model built from the config 3 '
+            f'(roi_head.bbox_head.fc_cls.weight is (6, 256) in the checkpoint, (4, 256) in the '
+            f'model): set num_classes=5 in every head of the config, and name the checkpoint\'s '
+            f'classes in its dataset\'s classes')
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path):
