@@ -10,9 +10,9 @@ import inspect
 import os
 import subprocess
 
+import mmcv.ops
 import torch
 import torch.distributed as dist
-import mmcv.ops
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.parallel import MMDistributedDataParallel, scatter_kwargs
 from mmcv.runner import init_dist
