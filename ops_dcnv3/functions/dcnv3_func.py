@@ -18,6 +18,7 @@ import os
 import warnings
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
 try:
@@ -47,6 +48,17 @@ def dcnv3_output_size(height, width, kernel_h, kernel_w, stride_h, stride_w, pad
 def _check(condition, message, error=ValueError):
     if not condition:
         raise error(message)
+
+
+def _check_no_forward_mode_ad(*tensors):
+    """Forward-mode AD (torch.func.jvp, jacfwd, forward_ad's dual tensors) is refused: the op
+    registers a backward only, and a dual input came out of it without a tangent, a silent zero
+    derivative."""
+    if torch.compiler.is_compiling():  # traced graphs carry no dual tensors
+        return
+    _check(all(forward_ad.unpack_dual(t).tangent is None for t in tensors),
+           'dcnv3: forward-mode AD (torch.func.jvp, jacfwd, dual tensors) is not supported; use '
+           'backward() or torch.autograd.grad, or dcnv3_core_pytorch', NotImplementedError)
 
 
 def _dtype_name(dtype):
@@ -330,6 +342,7 @@ class DCNv3Function:
         for name, value in (('input', input), ('offset', offset), ('mask', mask)):
             _check(isinstance(value, torch.Tensor),
                    f'dcnv3: {name} must be a Tensor, got {type(value).__name__}', TypeError)
+        _check_no_forward_mode_ad(input, offset, mask)
         _check(isinstance(offset_scale, numbers.Real) and not isinstance(offset_scale, bool),
                f'dcnv3: offset_scale must be a number, got {offset_scale!r}', TypeError)
         args = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,

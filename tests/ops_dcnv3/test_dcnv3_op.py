@@ -718,6 +718,25 @@ def test_package_imports_and_falls_back_without_extension():
 
 
 @requires_compiled_cpu
+def test_forward_mode_ad_is_refused_not_a_zero_derivative():
+    # The op registers a backward only: jvp and jacfwd got the output without its tangent, a
+    # derivative of zero with no error.
+    import torch.autograd.forward_ad as forward_ad
+    input, offset, mask, scalars = make_case()
+
+    def call(x):
+        return DCNv3Function.apply(x, offset, mask, *scalars, 64)
+
+    for transform in (lambda: torch.func.jvp(call, (input,), (torch.ones_like(input),)),
+                      lambda: torch.func.jacfwd(call)(input)):
+        with pytest.raises(NotImplementedError, match=r'^dcnv3: forward-mode AD .* not supported'):
+            transform()
+    with forward_ad.dual_level(), pytest.raises(NotImplementedError, match='forward-mode AD'):
+        call(forward_ad.make_dual(input, torch.ones_like(input)))
+    call(input)  # outside forward mode, as before
+
+
+@requires_compiled_cpu
 def test_double_backward_raises_clearly():
     input, offset, mask, scalars = make_case()
     leaves = [t.requires_grad_() for t in (input, offset, mask)]
