@@ -7,6 +7,8 @@ implementation so released InternImage weights keep working.
 
 All tensors are channels-last: the modules take and return (N, H, W, C).
 """
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -116,12 +118,19 @@ class _DCNv3Base(nn.Module):
             raise NotImplementedError(
                 'use_dcn_v4_op=True needs the DCNv4 operator, which this package does not provide; '
                 'set use_dcn_v4_op=False (DCNv4 checkpoints have the same keys and load into DCNv3).')
-        for name, value in (('channels', channels), ('kernel_size', kernel_size), ('group', group)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be a positive int, got {value!r}')
+        dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
+        for name, value, least in (('channels', channels, 1), ('kernel_size', kernel_size, 1),
+                                   ('group', group, 1), ('dw_kernel_size', dw_kernel_size, 1),
+                                   ('stride', stride, 1), ('dilation', dilation, 1),
+                                   ('pad', pad, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                kind = 'a positive int' if least else 'an int of at least 0'
+                raise ValueError(f'{name} must be {kind}, got {value!r}')
+        if (isinstance(offset_scale, bool) or not isinstance(offset_scale, numbers.Real)
+                or not math.isfinite(offset_scale)):
+            raise ValueError(f'offset_scale must be a finite number, got {offset_scale!r}')
         if channels % group != 0:
             raise ValueError(f'channels ({channels}) must be divisible by group ({group})')
-        dw_kernel_size = kernel_size if dw_kernel_size is None else dw_kernel_size
         # The offsets come from a depth-wise conv that keeps the input's height and width, so the
         # sampling kernel must keep them too (else the core refuses offsets of the wrong size).
         if dw_kernel_size % 2 == 0:
@@ -184,13 +193,19 @@ class _DCNv3Base(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) -> (N, Ho, Wo, C)."""
+        # An NCHW or 3-D input failed inside the first Linear or permute, naming neither.
+        if input.dim() != 4 or input.shape[-1] != self.channels:
+            nchw = input.dim() == 4 and input.shape[1] == self.channels
+            raise ValueError(f'{type(self).__name__}: expected a channels-last input (N, H, W, '
+                             f'{self.channels}), got shape {tuple(input.shape)}'
+                             + ('; an NCHW tensor x is x.permute(0, 2, 3, 1)' if nchw else ''))
         values = linear(self.input_proj, input)
         features = self.dw_conv(input.permute(0, 3, 1, 2))  # back to channels-last after its norm
-        n, h, w, _ = features.shape
         offset = linear(self.offset, features)
         mask = linear(self.mask, features)
         if not self.fuses_mask_softmax:
-            mask = mask.reshape(n, h, w, self.group, -1).softmax(-1).reshape(n, h, w, -1)
+            # (unflatten: a reshape to (N, H, W, group, -1) cannot infer -1 for an empty batch)
+            mask = mask.unflatten(-1, (self.group, -1)).softmax(-1).flatten(-2)
         # Under autocast the softmax runs in float32 while the Linears give half; the core wants
         # one dtype (a fused softmax still runs in float32 inside the core).
         mask = mask.to(values.dtype)

@@ -68,7 +68,13 @@ def test_channels_must_divide_into_groups(cls):
 @pytest.mark.parametrize('settings, message', [
     (dict(group=0), 'group must be a positive int, got 0'),
     (dict(channels=16.0), 'channels must be a positive int, got 16.0'),
-    (dict(kernel_size=-1), 'kernel_size must be a positive int, got -1')])
+    (dict(kernel_size=-1), 'kernel_size must be a positive int, got -1'),
+    # These were built and failed in forward (or in a schema error of the compiled op).
+    (dict(dilation=0, pad=0), 'dilation must be a positive int, got 0'),
+    (dict(pad=1.0), 'pad must be an int of at least 0, got 1.0'),
+    (dict(dw_kernel_size=-1), 'dw_kernel_size must be a positive int, got -1'),
+    (dict(offset_scale=float('nan')), 'offset_scale must be a finite number, got nan'),
+    (dict(offset_scale='a'), "offset_scale must be a finite number, got 'a'")])
 def test_sizes_must_be_positive_ints(cls, settings, message):
     # They failed as a ZeroDivisionError, or in torch's parameter allocation.
     with pytest.raises(ValueError, match=message):
@@ -76,10 +82,26 @@ def test_sizes_must_be_positive_ints(cls, settings, message):
 
 
 @pytest.mark.parametrize('cls', MODULES)
-def test_channels_first_input_gets_torchs_shape_error(cls):
-    # The oneDNN Linear's own error said only that it could not create a primitive.
-    with pytest.raises(RuntimeError, match='mat1 and mat2 shapes cannot be multiplied'):
-        cls(channels=16, group=2)(torch.randn(1, 16, 5, 6))
+@pytest.mark.parametrize('shape, hint', [
+    ((1, 16, 5, 6), '; an NCHW tensor x is x.permute(0, 2, 3, 1)'),  # was a Linear's shape error
+    ((5, 6, 16), ''),  # was an error of permute
+    ((1, 5, 6, 8), '')])
+def test_an_input_that_is_not_channels_last_is_named(cls, shape, hint):
+    with pytest.raises(ValueError) as error:
+        cls(channels=16, group=2)(torch.randn(shape))
+    assert str(error.value) == (f'{cls.__name__}: expected a channels-last input (N, H, W, 16), '
+                                f'got shape {shape}{hint}')
+
+
+@pytest.mark.parametrize('cls', MODULES)
+def test_an_empty_batch_gives_an_empty_output(cls):
+    # The PyTorch module's mask reshape could not infer its -1 for no elements.
+    layer = cls(channels=16, group=4)
+    input = torch.randn(0, 7, 9, 16, requires_grad=True)
+    output = layer(input)
+    assert output.shape == (0, 7, 9, 16)
+    output.sum().backward()
+    assert input.grad.shape == input.shape
 
 
 @pytest.mark.parametrize('cls', MODULES)
