@@ -2,7 +2,7 @@
 
 A process that fails (a refused option, a missing file, a crash) prints its own message; torchrun
 then buried it under some 40 lines of its traceback, once per run, and exited 1 whatever the
-process's exit status. A Ctrl-C or SIGTERM (the processes print where to resume) did the same.
+process's exit status. A Ctrl-C (the processes print where to resume) or SIGTERM did the same.
 Here the exit status is the failing process's, or 128 + the signal (130 for Ctrl-C).
 """
 import signal

@@ -8,7 +8,7 @@ that cannot be fetched or read, a checkpoint to resume from that is missing, dam
 not load, and a work dir where another training is running (``training_lock``) end the run with
 one line naming the problem and exit status 1; so do a NaN/inf loss, a checkpoint that cannot be
 written and a data-loader worker that was killed, naming the newest complete checkpoint to go on
-from (Ctrl-C does the same with exit status 130). The data files are checked before the model is
+from (Ctrl-C does the same with exit status 130, SIGTERM with 143). The data files are checked before the model is
 built, so that a run does not first download weights it cannot use; the annotations once it is. Training turns on TF32 matmuls, as
 the original's train.py does.
 """
@@ -18,7 +18,9 @@ import copy
 import fcntl
 import os
 import os.path as osp
+import signal
 import sys
+import threading
 import time
 
 import _bootstrap  # (first: repository on sys.path, quiet imports)
@@ -195,20 +197,48 @@ def training_lock(work_dir):
             lock.close()
 
 
+@contextlib.contextmanager
+def sigterm_stops_as_ctrl_c(terminated):
+    """SIGTERM (``kill``, slurm's scancel or preemption) ends the run as Ctrl-C does, saying where
+    to go on from, instead of at once and silently; ``terminated`` gets the signal's number.
+
+    A second SIGTERM ends the process at once. Processes torchrun started keep the default:
+    torchrun sends SIGTERM to the others when one fails, and a process blocked in a collective
+    would hold up that end until torchrun's kill."""
+    if ('TORCHELASTIC_RUN_ID' in os.environ
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     args = parse_args(argv)
     _bootstrap.reuse_freed_memory()  # CPU steps reuse freed pages instead of faulting in new ones
+    terminated = []
     try:
-        with one_line_errors('tools/train.py', CheckpointError, TrainingStopped,
-                             ParamwiseConfigError), contextlib.ExitStack() as held:
+        with sigterm_stops_as_ctrl_c(terminated), one_line_errors(
+                'tools/train.py', CheckpointError, TrainingStopped, ParamwiseConfigError), \
+                contextlib.ExitStack() as held:
             train(args, held)
     except KeyboardInterrupt as interrupt:
+        how = 'terminated (SIGTERM)' if terminated else 'interrupted'
         # One write of the whole line: every process of a run prints it to the same file, and
         # print's two writes (the text, then the newline) ran two processes' lines together.
-        sys.stderr.write('tools/train.py: interrupted' + (f'; {interrupt}' if str(interrupt) else '')
+        sys.stderr.write(f'tools/train.py: {how}' + (f'; {interrupt}' if str(interrupt) else '')
                          + '\n')
         sys.stderr.flush()
-        raise SystemExit(130) from None
+        raise SystemExit(128 + signal.SIGTERM if terminated else 130) from None
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

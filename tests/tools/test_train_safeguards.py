@@ -53,6 +53,13 @@ class CtrlCAtEpochTwoHook(Hook):
 
 
 @HOOKS.register_module()
+class SigtermAtEpochTwoHook(Hook):
+    def before_train_iter(self, runner):
+        if runner.epoch == 1 and runner.inner_iter == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@HOOKS.register_module()
 class KillLoaderWorkerInEpochTwoHook(Hook):
     """SIGKILLs the training loader's worker in the second epoch, as the out-of-memory killer
     does."""
@@ -722,6 +729,21 @@ def test_ctrl_c_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, caps
     assert capsys.readouterr().err.endswith(
         f'tools/train.py: interrupted; the newest complete checkpoint is {work}/epoch_1.pth '
         '(--auto-resume goes on from it)\n')
+
+
+def test_sigterm_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, capsys):
+    # kill, scancel or a preemption ended the run at once, saying nothing (exit status 143).
+    config = write_tiny_config(tmp_path / 'terminated.py', tiny_shapes, epochs=2,
+                               extra="custom_hooks = [dict(type='SigtermAtEpochTwoHook')]")
+    work = tmp_path / 'work'
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main([config, '--no-validate', '--work-dir', str(work)])
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err.endswith(
+        f'tools/train.py: terminated (SIGTERM); the newest complete checkpoint is '
+        f'{work}/epoch_1.pth (--auto-resume goes on from it)\n')
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_damaged_newest_checkpoint_points_to_the_one_before(train_tool, tmp_path, tiny_config,
