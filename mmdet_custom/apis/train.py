@@ -146,7 +146,8 @@ def start_worker_server(loader_cfg: dict, preload: Sequence[str] = ()):
     if loader_cfg.get('workers_per_gpu', 0) == 0 or \
             loader_cfg.get('multiprocessing_context') != 'forkserver':
         return
-    multiprocessing.set_forkserver_preload([*preload, 'mmdet_custom', 'mmdet.datasets'])
+    multiprocessing.set_forkserver_preload([*preload, 'mmdet_custom.apis.worker_server_lifetime',
+                                            'mmdet_custom', 'mmdet.datasets'])
     multiprocessing.forkserver.ensure_running()
 
 

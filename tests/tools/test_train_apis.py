@@ -104,6 +104,43 @@ def test_workers_from_a_forkserver_draw_what_forked_workers_draw():
     assert _epoch_draws(in_process, 1)[0] == _epoch_draws(forked, 1)[0]
 
 
+@pytest.mark.slow
+def test_the_worker_server_ends_with_the_training_process_however_it_ends():
+    # A training killed (the out-of-memory killer's SIGKILL) left the forkserver and its
+    # workers running for good, re-parented, with the dataset's memory.
+    import signal
+    import subprocess
+    script = ('import multiprocessing.forkserver as fs, time, torch\n'
+              'from mmdet_custom.apis import start_worker_server\n'
+              "start_worker_server(dict(workers_per_gpu=1, multiprocessing_context='forkserver'))\n"
+              'loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(9)),'
+              " num_workers=1, multiprocessing_context='forkserver')\n"
+              'batches = iter(loader); next(batches)  # a worker forked by the server, waiting\n'
+              'print(fs._forkserver._forkserver_pid, batches._workers[0].pid, flush=True)\n'
+              'time.sleep(600)\n')
+    training = subprocess.Popen([PYTHON, '-c', script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server_and_worker = [int(pid) for pid in training.stdout.readline().split()]
+        assert all(_running(pid) for pid in server_and_worker)
+        training.send_signal(signal.SIGKILL)
+        training.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in server_and_worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in server_and_worker)
+    finally:
+        training.kill()
+
+
+def _running(pid):
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
 def test_train_loader_config_layers_defaults_counts_and_loader_dict():
     from mmcv import Config
     assert train_loader_config(Config(dict(data=dict()))) == dict(samples_per_gpu=2,
