@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import copy
 import fcntl
+import logging
 import os
 import os.path as osp
 import signal
@@ -32,6 +33,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from mmcv.runner import get_dist_info  # noqa: E402
 from mmcv.utils import get_git_hash  # noqa: E402
+from mmcv.utils.logging import logger_initialized  # noqa: E402
 from mmdet import __version__ as mmdet_version  # noqa: E402
 from mmdet.apis import init_random_seed, set_random_seed  # noqa: E402
 from mmdet.utils import collect_env, get_device, get_root_logger  # noqa: E402
@@ -197,6 +199,26 @@ def training_lock(work_dir):
             lock.close()
 
 
+# mmcv's logger of this run (get_root_logger's) and its own, which gets the run's log file too.
+_RUN_LOGGERS = ('mmdet', 'mmcv')
+
+
+def _logging_handlers():
+    return {name: list(logging.getLogger(name).handlers) for name in _RUN_LOGGERS}
+
+
+def _detach_run_logging(before):
+    """Take off the handlers a run added to its loggers (``before``: ``_logging_handlers()`` from
+    its start) and close its log file. mmcv sets a logger up once per process: a second main() in
+    one process (a notebook, an API user) wrote its text log into the first run's file."""
+    for name in _RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h not in before[name]]:
+            logger.removeHandler(handler)
+            handler.close()
+    logger_initialized.pop('mmdet', None)
+
+
 @contextlib.contextmanager
 def sigterm_stops_as_ctrl_c(terminated):
     """SIGTERM (``kill``, slurm's scancel or preemption) ends the run as Ctrl-C does, saying where
@@ -300,6 +322,7 @@ def train(args, held):
         raise UsageError(f'cannot write to the work dir {cfg.work_dir}: {error.strerror}') from None
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     log_file = osp.join(cfg.work_dir, f'{timestamp}.log')
+    held.callback(_detach_run_logging, _logging_handlers())
     logger = get_root_logger(log_file=log_file, log_level=cfg.log_level)
     _bootstrap.brief_console(logger, log_file)  # long reports (environment, config): file only
     _bootstrap.failed_log_writes_raise(logger)

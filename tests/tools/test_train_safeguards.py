@@ -731,6 +731,18 @@ def test_ctrl_c_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, caps
         '(--auto-resume goes on from it)\n')
 
 
+def test_each_run_in_one_process_writes_its_own_log(train_tool, tmp_path, tiny_config):
+    # mmcv sets its logger up once per process: a second main() wrote its text log into the
+    # first run's file, in the first run's work dir, which stayed open.
+    handlers = {name: list(logging.getLogger(name).handlers) for name in ('mmdet', 'mmcv')}
+    for run in ('first', 'second'):
+        train_tool.main([tiny_config, '--no-validate', '--work-dir', str(tmp_path / run)])
+    for run in ('first', 'second'):
+        (log,) = (tmp_path / run).glob('*.log')
+        assert log.read_text().count(f'work_dir = \'{tmp_path / run}\'') == 1, run
+    assert handlers == {name: list(logging.getLogger(name).handlers) for name in ('mmdet', 'mmcv')}
+
+
 def test_sigterm_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, capsys):
     # kill, scancel or a preemption ended the run at once, saying nothing (exit status 143).
     config = write_tiny_config(tmp_path / 'terminated.py', tiny_shapes, epochs=2,
