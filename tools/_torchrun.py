@@ -5,8 +5,10 @@ then buried it under some 40 lines of its traceback, once per run, and exited 1 
 process's exit status. A Ctrl-C (the processes print where to resume) or SIGTERM did the same.
 Here the exit status is the failing process's, or 128 + the signal (130 for Ctrl-C).
 """
+import shutil
 import signal
 import sys
+import tempfile
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -14,6 +16,16 @@ from torch.distributed.run import main
 
 
 def run(argv: list) -> int:
+    # torchrun's own log folder (TMPDIR/torchelastic_*, per-process attempt folders) was left
+    # behind by every run, ended well or not.
+    log_dir = tempfile.mkdtemp(prefix='torchelastic_')
+    try:
+        return _run(['--log-dir', log_dir, *argv])
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _run(argv: list) -> int:
     try:
         main(argv)
     except ChildFailedError as error:

@@ -103,10 +103,13 @@ def test_two_cpu_processes_train_identical_weights_and_test(tmp_path, tiny_shape
 def test_a_failed_process_ends_the_launcher_in_one_line_with_its_status(tmp_path, tiny_config):
     # torchrun printed some 40 lines of its own traceback under the process's message, exit 1.
     missing = tmp_path / 'missing.pth'
+    temporary = tmp_path / 'tmp'
+    temporary.mkdir()
     result = run_tool(['bash', 'tools/dist_train.sh', tiny_config, '2', '--work-dir',
                        str(tmp_path / 'work'), '--resume-from', str(missing)],
                       env={'PORT': str(free_port()), 'OMP_NUM_THREADS': '1',
-                           'PYTHON': sys.executable}, timeout=300)
+                           'PYTHON': sys.executable, 'TMPDIR': str(temporary)}, timeout=300)
+    assert list(temporary.iterdir()) == []  # torchrun's log folder was left there
     assert result.returncode == 1
     assert f'tools/train.py: error: --resume-from: checkpoint not found: {missing}' in result.stderr
     assert re.fullmatch(r'torchrun: \S+/tools/train\.py ended first in process [01], with exit '
