@@ -1,6 +1,10 @@
 """Small helpers shared across the plugin."""
 import numpy as np
 
+# The training process's pid, in the environment its data-loader workers' forkserver starts with
+# (mmdet_custom.apis.start_worker_server sets it, worker_server_lifetime reads it there).
+WORKER_SERVER_PARENT_VARIABLE = 'INTERNIMAGE_WORKER_SERVER_PARENT'
+
 
 def error_summary(error: BaseException) -> str:
     """The first sentence (or line) of an exception's message, which names the failure (torch

@@ -46,6 +46,7 @@ import json
 import math
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import os.path as osp
 import re
 import signal
@@ -71,7 +72,7 @@ from torch.utils.data import DataLoader
 from ..core import ResumableEpochBasedRunner
 from ..core.hooks import FiniteLossHook, NonFiniteLossError, SyncFreeFp16OptimizerHook
 from ..core.hooks.fp16_optimizer import checked_loss_scale
-from ..utils import error_summary
+from ..utils import WORKER_SERVER_PARENT_VARIABLE, error_summary
 from .checkpoint import (CheckpointError, DamagedCheckpointError, ends_its_epoch,
                          find_resumable_checkpoint, hook_output_dir, load_detector_checkpoint,
                          load_weights_leniently, restore_best_record)
@@ -148,7 +149,12 @@ def start_worker_server(loader_cfg: dict, preload: Sequence[str] = ()):
         return
     multiprocessing.set_forkserver_preload([*preload, 'mmdet_custom.apis.worker_server_lifetime',
                                             'mmdet_custom', 'mmdet.datasets'])
-    multiprocessing.forkserver.ensure_running()
+    # (worker_server_lifetime reads it: the server starts with this environment)
+    os.environ[WORKER_SERVER_PARENT_VARIABLE] = str(os.getpid())
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.pop(WORKER_SERVER_PARENT_VARIABLE, None)
 
 
 @contextlib.contextmanager

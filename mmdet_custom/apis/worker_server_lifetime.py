@@ -12,9 +12,14 @@ import os
 import signal
 import sys
 
+from ..utils import WORKER_SERVER_PARENT_VARIABLE
+
 _PR_SET_PDEATHSIG = 1
 
 if sys.platform.startswith('linux'):
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    if os.getppid() == 1:  # the parent ended before the setting took effect
+    parent = os.environ.pop(WORKER_SERVER_PARENT_VARIABLE, None)
+    # The parent ended before the setting took effect. (Compared with the pid it had, not with 1:
+    # a training process may itself be pid 1, in a container.)
+    if parent is not None and os.getppid() != int(parent):
         os._exit(0)

@@ -132,6 +132,29 @@ def test_the_worker_server_ends_with_the_training_process_however_it_ends():
         training.kill()
 
 
+@pytest.mark.slow
+def test_a_training_process_of_pid_1_keeps_its_worker_server():
+    # In a container without an init process the training process is pid 1: the server took a
+    # parent of pid 1 for its parent having ended, left, and the first worker failed.
+    import shutil
+    import subprocess
+    unshare = shutil.which('unshare')
+    if unshare is None:
+        pytest.skip('needs unshare')
+    script = ('import torch\n'
+              'from mmdet_custom.apis import start_worker_server\n'
+              "start_worker_server(dict(workers_per_gpu=1, multiprocessing_context='forkserver'))\n"
+              'loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(3)),'
+              " num_workers=1, multiprocessing_context='forkserver')\n"
+              'import os; print(os.getpid(), sum(1 for _ in loader))\n')
+    probe = subprocess.run([unshare, '-Urpf', '--mount-proc', 'true'], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f'unshare cannot make a pid namespace here: {probe.stderr.decode().strip()}')
+    result = subprocess.run([unshare, '-Urpf', '--mount-proc', PYTHON, '-c', script], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ['1', '3'], result.stderr[-2000:]
+
+
 def _running(pid):
     """Whether process ``pid`` exists and is not a zombie."""
     try:
