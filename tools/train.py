@@ -203,20 +203,35 @@ def training_lock(work_dir):
 _RUN_LOGGERS = ('mmdet', 'mmcv')
 
 
-def _logging_handlers():
-    return {name: list(logging.getLogger(name).handlers) for name in _RUN_LOGGERS}
+def _own_run_logging():
+    """Give the run a logger set up afresh, with its own console and file handlers, and return
+    what puts the earlier state back (the run's handlers off, its file closed).
 
+    mmcv sets a logger up once per process and ignores later log files: a second main() in one
+    process (a notebook, an API user) wrote its text log into the first run's file, and after a
+    ``get_root_logger()`` elsewhere (tools/test.py's) into none. Handlers of mmcv's own kinds are
+    set aside for the run; others (a test's, a user's) stay."""
+    logger = logging.getLogger('mmdet')
+    was_set_up = logger_initialized.pop('mmdet', None)
+    set_aside = [h for h in logger.handlers if type(h) in (logging.StreamHandler, logging.FileHandler)]
+    for handler in set_aside:
+        logger.removeHandler(handler)
+    before = {name: list(logging.getLogger(name).handlers) for name in _RUN_LOGGERS}
 
-def _detach_run_logging(before):
-    """Take off the handlers a run added to its loggers (``before``: ``_logging_handlers()`` from
-    its start) and close its log file. mmcv sets a logger up once per process: a second main() in
-    one process (a notebook, an API user) wrote its text log into the first run's file."""
-    for name in _RUN_LOGGERS:
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if h not in before[name]]:
-            logger.removeHandler(handler)
-            handler.close()
-    logger_initialized.pop('mmdet', None)
+    def restore():
+        for name in _RUN_LOGGERS:
+            run_logger = logging.getLogger(name)
+            for handler in [h for h in run_logger.handlers if h not in before[name]]:
+                run_logger.removeHandler(handler)
+                handler.close()
+        for handler in set_aside:
+            logger.addHandler(handler)
+        if was_set_up is None:
+            logger_initialized.pop('mmdet', None)
+        else:
+            logger_initialized['mmdet'] = was_set_up
+
+    return restore
 
 
 @contextlib.contextmanager
@@ -322,7 +337,7 @@ def train(args, held):
         raise UsageError(f'cannot write to the work dir {cfg.work_dir}: {error.strerror}') from None
     timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     log_file = osp.join(cfg.work_dir, f'{timestamp}.log')
-    held.callback(_detach_run_logging, _logging_handlers())
+    held.callback(_own_run_logging())
     logger = get_root_logger(log_file=log_file, log_level=cfg.log_level)
     _bootstrap.brief_console(logger, log_file)  # long reports (environment, config): file only
     _bootstrap.failed_log_writes_raise(logger)

@@ -731,16 +731,21 @@ def test_ctrl_c_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, caps
         '(--auto-resume goes on from it)\n')
 
 
-def test_each_run_in_one_process_writes_its_own_log(train_tool, tmp_path, tiny_config):
+def test_each_run_in_one_process_writes_its_own_log(train_tool, tmp_path, tiny_config, capsys):
     # mmcv sets its logger up once per process: a second main() wrote its text log into the
-    # first run's file, in the first run's work dir, which stayed open.
-    handlers = {name: list(logging.getLogger(name).handlers) for name in ('mmdet', 'mmcv')}
+    # first run's file, in the first run's work dir, which stayed open; after another tool's
+    # get_root_logger() in between, into no file, and its console lines came twice.
+    from mmdet.utils import get_root_logger
     for run in ('first', 'second'):
         train_tool.main([tiny_config, '--no-validate', '--work-dir', str(tmp_path / run)])
+        get_root_logger().info(f'after the {run} run')  # as tools/test.py's main() would
     for run in ('first', 'second'):
         (log,) = (tmp_path / run).glob('*.log')
         assert log.read_text().count(f'work_dir = \'{tmp_path / run}\'') == 1, run
-    assert handlers == {name: list(logging.getLogger(name).handlers) for name in ('mmdet', 'mmcv')}
+        assert 'after the' not in log.read_text()
+    console = capsys.readouterr().err
+    assert console.count('Epoch [1][4/4]') == 2 and console.count('after the second run') == 1
+    assert sum(type(h) is logging.FileHandler for h in logging.getLogger('mmdet').handlers) == 0
 
 
 def test_sigterm_says_where_to_go_on_from(train_tool, tmp_path, tiny_shapes, capsys):
