@@ -1,4 +1,7 @@
 """Small helpers shared across the plugin."""
+import re
+from typing import Optional
+
 import numpy as np
 
 # The training process's pid, in the environment its data-loader workers' forkserver starts with
@@ -29,3 +32,10 @@ def numpy_pickle_globals() -> list:
         allowed += [(getattr(multiarray, name), f'{module}.{name}')
                     for module in ('numpy.core.multiarray', 'numpy._core.multiarray')]
     return allowed
+
+
+def unsupported_pickle_global(error: BaseException) -> Optional[str]:
+    """The object type (``module.name``) torch's weights-only loader refused, as ``error`` (its
+    UnpicklingError) names it, or None for another error."""
+    found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+    return found.group(1) if found else None

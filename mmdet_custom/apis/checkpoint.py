@@ -11,7 +11,7 @@ import torch
 from mmcv.runner import load_state_dict
 from mmdet.models.dense_heads import GARPNHead, RPNHead
 
-from ..utils import error_summary, numpy_pickle_globals
+from ..utils import error_summary, numpy_pickle_globals, unsupported_pickle_global
 
 
 class CheckpointError(RuntimeError):
@@ -29,10 +29,10 @@ def load_safely(path, **load_kwargs):
         with torch.serialization.safe_globals(numpy_pickle_globals()):
             return torch.load(path, map_location='cpu', weights_only=True, **load_kwargs)
     except pickle.UnpicklingError as error:
-        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
-        if found is None:
+        refused = unsupported_pickle_global(error)
+        if refused is None:
             raise
-        raise CheckpointError(f'checkpoint {path} holds an object of type {found.group(1)}, which '
+        raise CheckpointError(f'checkpoint {path} holds an object of type {refused}, which '
                               f'the safe loader does not read (only tensors, plain Python values '
                               f'and numpy data): save its state_dict and meta alone') from None
 

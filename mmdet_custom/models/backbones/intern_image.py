@@ -9,7 +9,6 @@ Module and parameter names follow the original implementation so that released I
 checkpoints load unchanged (e.g. ``levels.2.blocks.5.dcn.offset.weight``).
 """
 import os.path as osp
-import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,7 +24,7 @@ from ops_dcnv3.modules import DCNv3, DCNv3_pytorch
 from ops_dcnv3.modules.dcnv3 import build_activation, build_norm
 from ops_dcnv3.modules.linear import linear
 
-from ...utils import error_summary, numpy_pickle_globals
+from ...utils import error_summary, numpy_pickle_globals, unsupported_pickle_global
 
 __all__ = ['InternImage', 'PretrainedCheckpointError']
 
@@ -460,10 +459,10 @@ def _unreadable_checkpoint_message(path: str, error: Exception) -> str:
     """Why ``path`` could not be loaded, worded as read_checkpoint (mmdet_custom/apis/checkpoint.py)
     words a damaged file: torch's own error for one (an OSError, a KeyError) names no cause."""
     refused_by_safe_loader = 'Weights only load failed' in str(error)
-    unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+    unsupported = unsupported_pickle_global(error)
     if refused_by_safe_loader and unsupported:
         return (f'InternImage: pretrained checkpoint {path} holds an object of type '
-                f'{unsupported.group(1)}, which the safe loader does not read (only tensors, plain '
+                f'{unsupported}, which the safe loader does not read (only tensors, plain '
                 f'Python values and numpy data): save its state_dict alone')
     damaged = '://' not in path and not refused_by_safe_loader  # a URL may fail to download
     hint = ' (truncated or not a PyTorch checkpoint?)' if damaged else ''
